@@ -1,0 +1,88 @@
+package crypto
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"golang.org/x/crypto/nacl/box"
+)
+
+// replyContext prefixes every sealed reply's plaintext. Requests and
+// replies between one client and one watcher use the same box key pair, so
+// the prefix keeps a reply from ever being read as anything else.
+var replyContext = []byte("sera reply v1\x00")
+
+// MaxReplyOverhead is how many bytes SealReply adds to its plaintext, at
+// most: callers split larger output so each sealed part fits one message.
+const MaxReplyOverhead = 512
+
+// SealedReply is a parsed, still sealed reply.
+type SealedReply struct {
+	// From is the watcher that claims to have sealed the reply;
+	// authenticated only once Open succeeds.
+	From   *PublicKey
+	nonce  [nonceSize]byte
+	sealed []byte
+}
+
+type replyJSON struct {
+	V     int    `json:"v"`
+	From  string `json:"from"`
+	Nonce []byte `json:"nonce"`
+	Box   []byte `json:"box"`
+}
+
+// SealReply encrypts and authenticates plain from the watcher from to the
+// client to.
+func SealReply(rand io.Reader, from *Identity, to *PublicKey, plain []byte) ([]byte, error) {
+	var nonce [nonceSize]byte
+	if _, err := io.ReadFull(rand, nonce[:]); err != nil {
+		return nil, fmt.Errorf("failed to read randomness: %w", err)
+	}
+	msg := append(append(make([]byte, 0, len(replyContext)+len(plain)), replyContext...), plain...)
+	rj := replyJSON{V: envelopeV, From: from.pub.text, Nonce: nonce[:]}
+	rj.Box = box.Seal(nil, msg, &nonce, &to.box, &from.box)
+	b, err := json.Marshal(rj)
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode reply: %w", err)
+	}
+	return b, nil
+}
+
+// ParseReply parses a sealed reply without opening it.
+func ParseReply(b []byte) (*SealedReply, error) {
+	if len(b) > MaxEnvelopeSize {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformed, len(b), MaxEnvelopeSize)
+	}
+	var rj replyJSON
+	if err := strictUnmarshal(b, &rj); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if rj.V != envelopeV {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrMalformed, rj.V, envelopeV)
+	}
+	from, err := ParsePublicKey(rj.From)
+	if err != nil {
+		return nil, fmt.Errorf("%w: from: %v", ErrMalformed, err)
+	}
+	if len(rj.Nonce) != nonceSize {
+		return nil, fmt.Errorf("%w: nonce is %d bytes, want %d", ErrMalformed, len(rj.Nonce), nonceSize)
+	}
+	if len(rj.Box) < box.Overhead+len(replyContext) {
+		return nil, fmt.Errorf("%w: reply too short", ErrMalformed)
+	}
+	r := &SealedReply{From: from, sealed: rj.Box}
+	copy(r.nonce[:], rj.Nonce)
+	return r, nil
+}
+
+// Open decrypts the reply with id, proving it was sealed by r.From for id.
+func (r *SealedReply) Open(id *Identity) ([]byte, error) {
+	plain, ok := box.Open(nil, r.sealed, &r.nonce, &r.From.box, &id.box)
+	if !ok || !bytes.HasPrefix(plain, replyContext) {
+		return nil, ErrBoxOpen
+	}
+	return plain[len(replyContext):], nil
+}

@@ -1,0 +1,109 @@
+package sera
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// ErrSymlink is returned when sera would write through a symbolic link.
+var ErrSymlink = errors.New("refusing to follow a symbolic link")
+
+// WriteFileAtomic replaces path with data: a temporary file in the same
+// directory is written, fsynced, given mode perm and renamed over path,
+// and the directory is fsynced, so a reader sees the old or the new file,
+// never a torn one. It refuses to write if path or its directory is a
+// symbolic link: the rename would replace a link, and a hostile link in a
+// user-writable directory must never redirect a root-owned write.
+func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	dir := filepath.Dir(path)
+	if fi, err := os.Lstat(dir); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	} else if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("failed to write %s: %w: %s", path, ErrSymlink, dir)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("failed to write %s: %w", path, ErrSymlink)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("failed to write %s: %w", path, err)
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("failed to sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("failed to sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// ReadFileNoFollow reads path, refusing a symbolic link at path itself.
+func ReadFileNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("failed to read %s: %w", path, ErrSymlink)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("failed to read %s: not a regular file", path)
+	}
+	return io.ReadAll(f)
+}
+
+// MkdirPrivate creates dir (and parents) with mode 0700 if it is missing,
+// and refuses a symbolic link in its place.
+func MkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("failed to create %s: %w", dir, err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("failed to create %s: %w", dir, err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("failed to use %s: %w", dir, ErrSymlink)
+	}
+	return nil
+}

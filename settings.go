@@ -1,0 +1,289 @@
+package sera
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/sera-dev/sera/transport"
+)
+
+// Setting names, one per setting, the same in the env file, the
+// environment and the documentation.
+const (
+	KeyHome       = "SERA_HOME"
+	KeyState      = "SERA_STATE"
+	KeyTransport  = "SERA_TRANSPORT"
+	KeySpool      = "SERA_SPOOL"
+	KeyName       = "SERA_NAME"
+	KeyGroups     = "SERA_GROUPS"
+	KeyPrefix     = "SERA_PREFIX"
+	KeyRegion     = "SERA_REGION"
+	KeyAccessKey  = "SERA_ACCESS_KEY"
+	KeySecretKey  = "SERA_SECRET_KEY"
+	KeyTimeout    = "SERA_TIMEOUT"
+	KeyRequestTTL = "SERA_REQUEST_TTL"
+)
+
+// ErrUnknownSetting is returned for a key that is not a sera setting.
+var ErrUnknownSetting = errors.New("unknown setting")
+
+// SettingDef describes one setting.
+type SettingDef struct {
+	Key  string
+	Help string
+	// Secret settings are shown masked by "config list".
+	Secret bool
+	// check validates a value before it is stored or used.
+	check func(string) error
+}
+
+// Settings lists every setting sera reads, in the order "config list"
+// shows them.
+var Settings = []SettingDef{
+	{Key: KeyHome, Help: "config directory (env, key, known_*); only from the environment"},
+	{Key: KeyState, Help: "watcher state: replay cache, audit log"},
+	{Key: KeyTransport, Help: "spool or sqs", check: oneOf("spool", "sqs")},
+	{Key: KeySpool, Help: "spool directory shared by client and watcher"},
+	{Key: KeyName, Help: "this watcher's name", check: checkName},
+	{Key: KeyGroups, Help: "this watcher's groups, comma-separated", check: checkGroups},
+	{Key: KeyPrefix, Help: "queue and topic name prefix", check: checkPrefix},
+	{Key: KeyRegion, Help: "AWS region; else the SDK's default chain"},
+	{Key: KeyAccessKey, Help: "AWS access key id; else the SDK's default chain"},
+	{Key: KeySecretKey, Help: "AWS secret access key; else the SDK's default chain", Secret: true},
+	{Key: KeyTimeout, Help: "how long a client waits for replies", check: checkDuration},
+	{Key: KeyRequestTTL, Help: "request lifetime (expires_at)", check: checkTTL},
+}
+
+// LookupSetting returns the definition of key.
+func LookupSetting(key string) (SettingDef, bool) {
+	for _, d := range Settings {
+		if d.Key == key {
+			return d, true
+		}
+	}
+	return SettingDef{}, false
+}
+
+// CheckSetting validates value for key without storing it.
+func CheckSetting(key, value string) error {
+	d, ok := LookupSetting(key)
+	if !ok {
+		return fmt.Errorf("%w %q (see 'sera config list')", ErrUnknownSetting, key)
+	}
+	if key == KeyHome {
+		return fmt.Errorf("%s cannot be stored in the env file it locates; set it in the environment", KeyHome)
+	}
+	if d.check != nil && value != "" {
+		if err := d.check(value); err != nil {
+			return fmt.Errorf("invalid %s: %w", key, err)
+		}
+	}
+	return nil
+}
+
+// Source says where a setting's value came from.
+type Source string
+
+// Where a value came from, in order of precedence.
+const (
+	SourceEnv     Source = "env"
+	SourceFile    Source = "file"
+	SourceDefault Source = "default"
+)
+
+// Value is a resolved setting.
+type Value struct {
+	Value  string
+	Source Source
+}
+
+// Config is the resolved settings of one sera process.
+type Config struct {
+	// Home is the config directory; EnvFile is Home/env.
+	Home    string
+	EnvFile string
+	values  map[string]Value
+}
+
+// Env is the process environment as sera sees it, injected so tests can
+// use their own.
+type Env struct {
+	Getenv   func(string) string
+	IsRoot   bool
+	UserHome string
+	Hostname string
+}
+
+// OSEnv returns the real environment.
+func OSEnv() Env {
+	home, _ := os.UserHomeDir()
+	host, _ := os.Hostname()
+	return Env{Getenv: os.Getenv, IsRoot: os.Geteuid() == 0, UserHome: home, Hostname: host}
+}
+
+// DefaultHome is SERA_HOME when the environment does not set it.
+func DefaultHome(env Env, system bool) string {
+	if system || env.IsRoot {
+		return "/etc/sera"
+	}
+	return filepath.Join(env.UserHome, ".sera")
+}
+
+// LoadConfig resolves every setting: the environment wins over the env
+// file, which wins over the default. A missing env file is not an error.
+func LoadConfig(env Env, system bool) (*Config, error) {
+	home := env.Getenv(KeyHome)
+	homeSrc := SourceEnv
+	if home == "" || system {
+		home, homeSrc = DefaultHome(env, system), SourceDefault
+	}
+	c := &Config{Home: home, EnvFile: filepath.Join(home, "env"), values: map[string]Value{}}
+	c.values[KeyHome] = Value{home, homeSrc}
+	file, err := ReadEnvFile(c.EnvFile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, d := range Settings {
+		if d.Key == KeyHome {
+			continue
+		}
+		if v := env.Getenv(d.Key); v != "" {
+			c.values[d.Key] = Value{v, SourceEnv}
+		} else if v, ok := file.Get(d.Key); ok {
+			c.values[d.Key] = Value{v, SourceFile}
+		}
+	}
+	// Defaults that depend on other settings are resolved in order.
+	def := func(key, v string) {
+		if _, ok := c.values[key]; !ok {
+			c.values[key] = Value{v, SourceDefault}
+		}
+	}
+	if env.IsRoot || system {
+		def(KeyState, "/var/lib/sera")
+	} else {
+		def(KeyState, filepath.Join(home, "state"))
+	}
+	def(KeyTransport, "spool")
+	def(KeySpool, filepath.Join(c.Get(KeyState), "spool"))
+	short, _, _ := strings.Cut(env.Hostname, ".")
+	def(KeyName, short)
+	def(KeyGroups, "")
+	def(KeyPrefix, "sera")
+	def(KeyRegion, "")
+	def(KeyAccessKey, "")
+	def(KeySecretKey, "")
+	def(KeyTimeout, "60s")
+	def(KeyRequestTTL, "5m")
+	for _, d := range Settings {
+		v := c.values[d.Key]
+		if d.check != nil && v.Value != "" {
+			if err := d.check(v.Value); err != nil {
+				return nil, fmt.Errorf("invalid %s (from %s): %w", d.Key, v.Source, err)
+			}
+		}
+	}
+	return c, nil
+}
+
+// Get returns the value of key ("" if unset).
+func (c *Config) Get(key string) string { return c.values[key].Value }
+
+// Lookup returns the value of key and its source.
+func (c *Config) Lookup(key string) Value { return c.values[key] }
+
+// Duration returns a duration setting; LoadConfig has validated it.
+func (c *Config) Duration(key string) time.Duration {
+	d, _ := time.ParseDuration(c.Get(key))
+	return d
+}
+
+// Groups returns SERA_GROUPS as a list.
+func (c *Config) Groups() []string { return SplitList(c.Get(KeyGroups)) }
+
+// KeyFile, KnownClientsFile and KnownWatchersFile are the files under
+// SERA_HOME.
+func (c *Config) KeyFile() string { return filepath.Join(c.Home, "key") }
+
+// KnownClientsFile is the watcher's list of trusted clients.
+func (c *Config) KnownClientsFile() string { return filepath.Join(c.Home, "known_clients") }
+
+// KnownWatchersFile is the client's list of watchers.
+func (c *Config) KnownWatchersFile() string { return filepath.Join(c.Home, "known_watchers") }
+
+// SplitList splits a comma-separated list, dropping empty items.
+func SplitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+
+// MaxNameLen keeps "PREFIX-w-NAME" within SQS's 80-character queue names.
+const MaxNameLen = 63
+
+// CheckName validates a watcher, client or group name: it becomes part of
+// queue and topic names, so it is limited to what SQS and SNS accept.
+func CheckName(s string) error { return checkName(s) }
+
+func checkName(s string) error {
+	if len(s) > MaxNameLen || !nameRE.MatchString(s) {
+		return fmt.Errorf("%q is not a valid name: use letters, digits, '-' and '_', starting with a letter or digit, at most %d characters", s, MaxNameLen)
+	}
+	return nil
+}
+
+func checkGroups(s string) error {
+	for _, g := range SplitList(s) {
+		if err := checkName(g); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkPrefix(s string) error {
+	if len(s) > 12 || !transport.ValidQueueName(s) {
+		return fmt.Errorf("%q is not a valid prefix: use at most 12 letters, digits, '-' or '_'", s)
+	}
+	return nil
+}
+
+func checkDuration(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return fmt.Errorf("%q is not a positive duration (e.g. 60s, 5m)", s)
+	}
+	return nil
+}
+
+func checkTTL(s string) error {
+	if err := checkDuration(s); err != nil {
+		return err
+	}
+	if d, _ := time.ParseDuration(s); d > MaxRequestLifetime {
+		return fmt.Errorf("%s is longer than the longest request lifetime watchers accept (%s)", s, MaxRequestLifetime)
+	}
+	return nil
+}
+
+func oneOf(vals ...string) func(string) error {
+	return func(s string) error {
+		for _, v := range vals {
+			if s == v {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not one of %s", s, strings.Join(vals, ", "))
+	}
+}

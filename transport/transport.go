@@ -1,0 +1,99 @@
+// Package transport defines how sera moves opaque, already-sealed messages
+// between clients and watchers. A transport never sees plaintext: requests
+// and replies are encrypted before they reach it, so a transport only has to
+// be reliable, not trusted.
+//
+// The semantics follow SQS (at-least-once delivery, visibility timeouts,
+// receipt-handle deletes) because SQS is the production transport; the spool
+// transport reproduces them on a local directory. The conformance suite in
+// package transporttest holds every implementation to the same behaviour.
+package transport
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// DefaultMaxMessageSize is the largest message body, in bytes, that sera
+// sends on any transport. It is SQS's current limit (1 MiB), so a message
+// that fits the spool also fits SQS.
+const DefaultMaxMessageSize = 1 << 20
+
+// Errors returned by transports. Callers check them with errors.Is.
+var (
+	// ErrTooLarge is returned by Send when the body exceeds MaxMessageSize.
+	ErrTooLarge = errors.New("message too large")
+	// ErrNoQueue is returned when the named queue does not exist (SQS) and
+	// the transport cannot create it.
+	ErrNoQueue = errors.New("queue does not exist")
+	// ErrStaleHandle is returned by Delete or ChangeVisibility when the
+	// message was re-delivered to someone else (its visibility timeout
+	// passed) or was already deleted.
+	ErrStaleHandle = errors.New("message handle no longer valid")
+	// ErrInvalidQueueName is returned for a queue name outside the
+	// characters SQS accepts ([A-Za-z0-9_-], 1 to 80 characters).
+	ErrInvalidQueueName = errors.New("invalid queue name")
+)
+
+// Message is one received message. Handle identifies this delivery (an SQS
+// receipt handle); it is only meaningful to the transport that returned it,
+// which may update it in ChangeVisibility.
+type Message struct {
+	// Body is the message as sent.
+	Body []byte
+	// Handle identifies this delivery for Delete and ChangeVisibility.
+	Handle string
+	// Receives is how many times the message has been received, this
+	// delivery included (SQS's ApproximateReceiveCount).
+	Receives int
+}
+
+// Transport moves messages between named queues.
+type Transport interface {
+	// Send puts body on the named queue. It returns ErrTooLarge (wrapped)
+	// when len(body) > MaxMessageSize.
+	Send(ctx context.Context, queue string, body []byte) error
+
+	// Receive waits up to wait for at most max messages on the named
+	// queue and hides each returned message from other receivers for
+	// visibility. It returns an empty slice, not an error, when nothing
+	// arrived in time, and ctx.Err() when ctx is done first.
+	Receive(ctx context.Context, queue string, max int, wait, visibility time.Duration) ([]*Message, error)
+
+	// Delete removes a received message for good.
+	Delete(ctx context.Context, queue string, m *Message) error
+
+	// ChangeVisibility hides a received message for d from now; d == 0
+	// makes it visible to other receivers at once.
+	ChangeVisibility(ctx context.Context, queue string, m *Message, d time.Duration) error
+
+	// MaxMessageSize is the largest body Send accepts, in bytes.
+	MaxMessageSize() int
+
+	// Close releases the transport's resources.
+	Close() error
+}
+
+// ValidQueueName reports whether name is a queue name every transport
+// accepts: 1 to 80 characters of [A-Za-z0-9_-], as SQS requires.
+func ValidQueueName(name string) bool {
+	if len(name) == 0 || len(name) > 80 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// WatcherQueue is the command queue of the watcher called name.
+func WatcherQueue(prefix, name string) string { return prefix + "-w-" + name }
+
+// ClientQueue is the reply queue of the client identity with fingerprint fp.
+func ClientQueue(prefix, fp string) string { return prefix + "-c-" + fp }

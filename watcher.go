@@ -1,0 +1,439 @@
+package sera
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/transport"
+)
+
+// Remote exit statuses the watcher itself produces. They follow the shell's
+// convention for "could not run".
+const (
+	// StatusRejected: the request was refused (acceptance rules 5 to 8).
+	StatusRejected = 126
+	// StatusInterrupted: the watcher stopped while the request ran and
+	// will not run it again.
+	StatusInterrupted = 125
+)
+
+// Handler runs the host commands a watcher offers. The core knows commands
+// only through it: argv in, result out.
+type Handler interface {
+	// Resolve validates argv as the command would, without running it,
+	// and returns the command's path ("ping", "user add").
+	Resolve(argv []string) (command string, err error)
+	// Redact returns argv with secret values masked, for the audit log.
+	Redact(argv []string) []string
+	// Run runs a resolved command line.
+	Run(ctx context.Context, call *Call) Result
+}
+
+// Call is one accepted request handed to the Handler.
+type Call struct {
+	Argv      []string
+	Command   string
+	Client    *KnownClient
+	RequestID string
+}
+
+// Result is what a command produced.
+type Result struct {
+	Status int
+	Stdout []byte
+	Stderr []byte
+}
+
+// ClientStore looks up the clients a watcher trusts. ClientFile is the
+// production implementation.
+type ClientStore interface {
+	Lookup(*crypto.PublicKey) (*KnownClient, error)
+}
+
+// WatcherStatus is what the serve loop reports after each poll (for
+// systemd's STATUS= and the watchdog).
+type WatcherStatus struct {
+	LastPoll time.Time
+	// PollOK is false when the last poll failed.
+	PollOK                       bool
+	Received, Accepted, Rejected int
+}
+
+// Watcher serves one host: it receives requests from its queue, applies the
+// acceptance rules of DESIGN.md in order, runs accepted commands through
+// its Handler and replies on the client's queue.
+type Watcher struct {
+	Identity  *crypto.Identity
+	Name      string
+	Groups    []string
+	Prefix    string
+	Transport transport.Transport
+	Clients   ClientStore
+	Handler   Handler
+	Replay    *ReplayCache
+	Audit     Auditor
+	// Optional.
+	Log  *slog.Logger
+	Now  func() time.Time
+	Rand io.Reader
+	// PollWait is the long-poll wait (20 s), Visibility how long a
+	// received request stays hidden before it is extended (30 s).
+	PollWait, Visibility time.Duration
+	// MinBackoff and MaxBackoff bound the wait after a transport error.
+	MinBackoff, MaxBackoff time.Duration
+	// OnPoll, if set, is called after every poll.
+	OnPoll func(WatcherStatus)
+
+	status WatcherStatus
+}
+
+func (w *Watcher) now() time.Time {
+	if w.Now != nil {
+		return w.Now()
+	}
+	return time.Now()
+}
+
+func (w *Watcher) rand() io.Reader {
+	if w.Rand != nil {
+		return w.Rand
+	}
+	return rand.Reader
+}
+
+func (w *Watcher) log() *slog.Logger {
+	if w.Log != nil {
+		return w.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Queue is the watcher's command queue.
+func (w *Watcher) Queue() string { return transport.WatcherQueue(w.Prefix, w.Name) }
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Run serves until ctx is done. A command that is running when ctx ends
+// is finished and answered; no new request is taken. Transport errors are
+// retried with jittered exponential backoff; Run returns only when ctx is
+// done (nil) or on a setup error.
+func (w *Watcher) Run(ctx context.Context) error {
+	if w.Identity == nil || w.Transport == nil || w.Clients == nil || w.Handler == nil || w.Replay == nil || w.Audit == nil {
+		return errors.New("watcher is missing a dependency")
+	}
+	if err := CheckName(w.Name); err != nil {
+		return fmt.Errorf("invalid watcher name: %w", err)
+	}
+	wait := orDefault(w.PollWait, 20*time.Second)
+	minB, maxB := orDefault(w.MinBackoff, time.Second), orDefault(w.MaxBackoff, time.Minute)
+	backoff := minB
+	lastPurge := time.Time{}
+	for ctx.Err() == nil {
+		if now := w.now(); now.Sub(lastPurge) > time.Minute {
+			if n, err := w.Replay.Purge(now); err != nil {
+				w.log().Warn("replay cache purge failed", "err", err)
+			} else if n > 0 {
+				w.log().Debug("replay cache purged", "entries", n)
+			}
+			lastPurge = now
+		}
+		msgs, err := w.Transport.Receive(ctx, w.Queue(), 1, wait, orDefault(w.Visibility, 30*time.Second))
+		w.status.LastPoll = w.now()
+		w.status.PollOK = err == nil
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			// Half fixed, half random: watchers of a fleet that lose
+			// the queue together do not come back in lockstep.
+			sleep := backoff/2 + mrand.N(backoff/2+1)
+			w.log().Warn("receive failed; retrying", "queue", w.Queue(), "err", err, "in", sleep.Round(time.Millisecond))
+			w.notify()
+			select {
+			case <-ctx.Done():
+			case <-time.After(sleep):
+			}
+			backoff = min(2*backoff, maxB)
+			continue
+		}
+		backoff = minB
+		for _, m := range msgs {
+			w.status.Received++
+			// Once taken, a request is seen through even if ctx ends.
+			w.Handle(context.WithoutCancel(ctx), m)
+		}
+		w.notify()
+	}
+	return nil
+}
+
+func (w *Watcher) notify() {
+	if w.OnPoll != nil {
+		w.OnPoll(w.status)
+	}
+}
+
+// decision is the outcome of checking one message.
+type decision struct {
+	rec AuditRecord
+	// keep leaves the message on the queue for a later retry.
+	keep bool
+}
+
+// Handle processes one received message: checks, runs, replies, audits
+// and deletes it. It is exported for tests that drive the watcher one
+// message at a time.
+func (w *Watcher) Handle(ctx context.Context, m *transport.Message) {
+	d := w.handle(ctx, m)
+	switch d.rec.Decision {
+	case DecisionRejected:
+		w.status.Rejected++
+	case DecisionAccepted:
+		w.status.Accepted++
+	}
+	if err := w.Audit.Audit(d.rec); err != nil {
+		w.log().Error("audit failed", "err", err)
+	}
+	attrs := []any{"decision", d.rec.Decision, "client", d.rec.Client, "id", d.rec.RequestID}
+	if d.rec.Reason != "" {
+		attrs = append(attrs, "rule", d.rec.Rule, "reason", d.rec.Reason)
+	}
+	if d.rec.Exit != nil {
+		attrs = append(attrs, "exit", *d.rec.Exit)
+	}
+	w.log().Info("request", attrs...)
+	if d.keep {
+		return
+	}
+	if err := w.Transport.Delete(ctx, w.Queue(), m); err != nil {
+		w.log().Warn("delete failed; the request may be delivered again (it will not run again)", "err", err)
+	}
+}
+
+func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
+	now := w.now()
+	d := decision{rec: AuditRecord{Time: now, Decision: DecisionRejected}}
+	reject := func(rule int, format string, args ...any) decision {
+		d.rec.Rule, d.rec.Reason = rule, fmt.Sprintf(format, args...)
+		return d
+	}
+
+	// Rule 1: the envelope parses and is within size limits.
+	env, err := crypto.ParseEnvelope(m.Body)
+	if err != nil {
+		return reject(1, "%v", err)
+	}
+	d.rec.Client = env.Sender.Fingerprint()
+
+	// Rule 2: the sender is a known client.
+	client, err := w.Clients.Lookup(env.Sender)
+	if err != nil {
+		return reject(2, "known clients unreadable, refusing every request: %v", err)
+	}
+	if client == nil {
+		return reject(2, "unknown client")
+	}
+	d.rec.ClientName = client.Name
+
+	// Rules 3 and 4: our recipient entry opens, then the payload, and the
+	// signature verifies.
+	payload, err := env.Open(w.Identity)
+	switch {
+	case errors.Is(err, crypto.ErrNotRecipient), errors.Is(err, crypto.ErrBoxOpen):
+		return reject(3, "%v", err)
+	case err != nil:
+		return reject(4, "%v", err)
+	}
+	req, err := ParseRequest(payload)
+	if err != nil {
+		return reject(4, "%v", err)
+	}
+	d.rec.RequestID = req.ID
+	if want := transport.ClientQueue(w.Prefix, client.Key.Fingerprint()); req.ReplyTo != want {
+		return reject(4, "reply queue %q is not the sender's (%s)", req.ReplyTo, want)
+	}
+
+	// From here the sender is authenticated, so a refusal is answered.
+	refuse := func(rule int, format string, args ...any) decision {
+		d = reject(rule, format, args...)
+		if _, err := w.reply(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now); err != nil {
+			w.log().Warn("reply failed", "id", req.ID, "err", err)
+		}
+		return d
+	}
+
+	// Rule 5: the signed target selects this watcher.
+	if !req.Target.Selects(w.Name, w.Groups) {
+		return refuse(5, "target %q does not select watcher %s", req.Target.String(), w.Name)
+	}
+	// Rule 6: within its lifetime, allowing for clock skew.
+	if req.IssuedAt.After(now.Add(MaxClockSkew)) {
+		return refuse(6, "issued %s in the future, beyond the allowed clock skew of %s", req.IssuedAt.Sub(now).Round(time.Second), MaxClockSkew)
+	}
+	if now.After(req.ExpiresAt) {
+		return refuse(6, "expired %s ago", now.Sub(req.ExpiresAt).Round(time.Second))
+	}
+
+	// Rule 7: never run an id twice; answer a duplicate with the stored
+	// reply.
+	prior, err := w.Replay.Begin(client.Key.Fingerprint(), req.ID, req.ExpiresAt)
+	if err != nil {
+		d.keep = true
+		return reject(7, "replay cache unavailable, not running (will retry): %v", err)
+	}
+	if prior != nil {
+		return w.duplicate(ctx, d, client, req, prior, now)
+	}
+
+	// Rule 8: a command on the allowlist, permitted to this client, with
+	// arguments its own validation accepts.
+	command, err := w.Handler.Resolve(req.Argv)
+	if err != nil {
+		d.rec.Rule, d.rec.Reason = 8, "invalid command line"
+		if command != "" {
+			d.rec.Reason += " for " + command
+		}
+		// The client sees the validation error; the audit log does not,
+		// as it may quote a secret argument.
+		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(err.Error() + "\n")}, d.rec.Reason, now)
+		return d
+	}
+	if !client.Allows(command) {
+		d.rec.Rule, d.rec.Reason = 8, fmt.Sprintf("client %s may not run %q", client.Name, command)
+		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now)
+		return d
+	}
+
+	d.rec.Decision = DecisionAccepted
+	d.rec.Argv = w.Handler.Redact(req.Argv)
+	stop := w.keepHidden(ctx, m)
+	res := w.runSafely(ctx, &Call{Argv: req.Argv, Command: command, Client: client, RequestID: req.ID})
+	stop()
+	d.rec.Exit = &res.Status
+	if !w.finish(ctx, client, req, res, "", now) {
+		// The reply is stored; a redelivery will resend it.
+		d.keep = true
+	}
+	return d
+}
+
+// runSafely turns a panic in a command into a failed result: one broken
+// command must not take the watcher down.
+func (w *Watcher) runSafely(ctx context.Context, call *Call) (res Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log().Error("command panicked", "command", call.Command, "panic", p)
+			res = Result{Status: 70, Stderr: []byte("internal error in " + call.Command + "\n")}
+		}
+	}()
+	return w.Handler.Run(ctx, call)
+}
+
+// finish stores the reply in the replay cache and sends it. It reports
+// whether the reply was sent.
+func (w *Watcher) finish(ctx context.Context, client *KnownClient, req *Request, res Result, rejected string, started time.Time) bool {
+	sealed, err := w.reply(ctx, client, req, res, rejected, started)
+	if sealed != nil {
+		if ferr := w.Replay.Finish(client.Key.Fingerprint(), req.ID, req.ExpiresAt, sealed); ferr != nil {
+			w.log().Error("failed to store reply in replay cache", "id", req.ID, "err", ferr)
+		}
+	}
+	if err != nil {
+		w.log().Warn("reply failed", "id", req.ID, "err", err)
+		return false
+	}
+	return true
+}
+
+func (w *Watcher) duplicate(ctx context.Context, d decision, client *KnownClient, req *Request, prior *ReplayEntry, now time.Time) decision {
+	d.rec.Decision = DecisionDuplicate
+	d.rec.Rule = 7
+	if !prior.Done {
+		d.rec.Reason = "interrupted earlier; not run again"
+		res := Result{Status: StatusInterrupted, Stderr: []byte("the watcher stopped while this request ran; it was not run again\n")}
+		d.keep = !w.finish(ctx, client, req, res, d.rec.Reason, now)
+		return d
+	}
+	d.rec.Reason = "already run; stored reply sent again"
+	if err := w.send(ctx, req.ReplyTo, prior.Replies); err != nil {
+		w.log().Warn("resending stored reply failed", "id", req.ID, "err", err)
+		d.keep = true
+	}
+	return d
+}
+
+// reply seals res for client, split into as many messages as it needs,
+// and sends them. It returns the sealed messages even when sending fails,
+// so they can be stored and resent.
+func (w *Watcher) reply(ctx context.Context, client *KnownClient, req *Request, res Result, rejected string, started time.Time) ([][]byte, error) {
+	body, err := json.Marshal(&Reply{
+		ID: req.ID, Watcher: w.Name, Status: res.Status, Stdout: res.Stdout, Stderr: res.Stderr,
+		Started: started, Ended: w.now(), Rejected: rejected,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode reply: %w", err)
+	}
+	// Sealing adds a header, a MAC and base64: size each part so its
+	// message fits the transport.
+	size := (w.Transport.MaxMessageSize()-crypto.MaxReplyOverhead)*3/4 - partHeader
+	chunks, err := splitReply(body, size)
+	if err != nil {
+		return nil, err
+	}
+	sealed := make([][]byte, len(chunks))
+	for i, c := range chunks {
+		sealed[i], err = crypto.SealReply(w.rand(), w.Identity, client.Key, encodePart(req.ID, i, len(chunks), c))
+		if err != nil {
+			return nil, err
+		}
+	}
+	return sealed, w.send(ctx, req.ReplyTo, sealed)
+}
+
+func (w *Watcher) send(ctx context.Context, queue string, msgs [][]byte) error {
+	for _, b := range msgs {
+		if err := w.Transport.Send(ctx, queue, b); err != nil {
+			return fmt.Errorf("failed to send reply: %w", err)
+		}
+	}
+	return nil
+}
+
+// keepHidden extends the request's visibility while its command runs, so
+// a slow command is not delivered to a second receiver.
+func (w *Watcher) keepHidden(ctx context.Context, m *transport.Message) (stop func()) {
+	vis := orDefault(w.Visibility, 30*time.Second)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(vis / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := w.Transport.ChangeVisibility(ctx, w.Queue(), m, vis); err != nil {
+					w.log().Warn("failed to extend visibility", "err", err)
+				}
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
