@@ -158,4 +158,3 @@ func (f *EnvFile) Write(path string) error {
 	}
 	return nil
 }
-

@@ -107,3 +107,19 @@ func MkdirPrivate(dir string) error {
 	}
 	return nil
 }
+
+// LockFile takes an exclusive advisory lock on path (created 0600 if
+// missing) and returns the function that releases it. Read-modify-write
+// updates of sera's files hold it, so a local command and a remote one
+// cannot lose each other's change.
+func LockFile(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("failed to lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("failed to lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}

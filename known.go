@@ -53,11 +53,16 @@ func FormatAllow(allow []string) string {
 	return strings.Join(out, ",")
 }
 
-// ParseAllow reads an allow list as FormatAllow writes it.
+// ParseAllow reads an allow list as FormatAllow writes it, in a normal
+// form: no duplicates, and no "ping", which every client may run anyway,
+// so that equal permissions compare equal.
 func ParseAllow(s string) []string {
 	var out []string
 	for _, a := range SplitList(s) {
-		out = append(out, strings.ReplaceAll(a, ".", " "))
+		a = strings.ReplaceAll(a, ".", " ")
+		if a != PingCommand && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
 	}
 	return out
 }

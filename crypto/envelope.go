@@ -184,7 +184,8 @@ func strictUnmarshal(b []byte, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return err
 	}
-	if dec.More() {
+	// Not dec.More: it reports false for a trailing ']' or '}'.
+	if len(bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n")) != 0 {
 		return errors.New("trailing data")
 	}
 	return nil

@@ -133,6 +133,10 @@ func ParsePublicKey(s string) (*PublicKey, error) {
 	s = strings.TrimSpace(s)
 	signPub, boxPub, err := decodeKey(PublicPrefix, s)
 	if err != nil {
+		if strings.Contains(strings.ToLower(s), SecretPrefix) {
+			// A secret key pasted in the wrong place: never echo it.
+			return nil, fmt.Errorf("%w: got a sera secret key, want a public key (%s…)", ErrMalformedKey, PublicPrefix)
+		}
 		return nil, fmt.Errorf("%w: %q is not a sera public key (want %s…)", ErrMalformedKey, abbreviate(s), PublicPrefix)
 	}
 	pub := &PublicKey{sign: ed25519.PublicKey(signPub), text: s}

@@ -14,8 +14,11 @@ import (
 // the prefix keeps a reply from ever being read as anything else.
 var replyContext = []byte("sera reply v1\x00")
 
-// MaxReplyOverhead is how many bytes SealReply adds to its plaintext, at
-// most: callers split larger output so each sealed part fits one message.
+// MaxReplyOverhead bounds what SealReply adds to its plaintext besides the
+// base64 expansion of the box: n plaintext bytes seal to at most
+// 4*n/3 + MaxReplyOverhead bytes. Callers split larger output into parts of
+// at most (MaxEnvelopeSize-MaxReplyOverhead)*3/4 bytes, so each sealed part
+// fits one message.
 const MaxReplyOverhead = 512
 
 // SealedReply is a parsed, still sealed reply.
@@ -47,6 +50,9 @@ func SealReply(rand io.Reader, from *Identity, to *PublicKey, plain []byte) ([]b
 	b, err := json.Marshal(rj)
 	if err != nil {
 		return nil, fmt.Errorf("failed to encode reply: %w", err)
+	}
+	if len(b) > MaxEnvelopeSize {
+		return nil, fmt.Errorf("failed to seal reply: reply is %d bytes, at most %d", len(b), MaxEnvelopeSize)
 	}
 	return b, nil
 }

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/transport"
+	"github.com/sera-dev/sera/transport/sqs"
+	"github.com/sera-dev/sera/transport/sqs/sqstest"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		// With SERA_TEST_EXIT set, the exit status is also printed, so
+		// scripts can assert it (testscript only tells zero from not).
+		"sera": func() {
+			code := run()
+			if code != 0 && os.Getenv("SERA_TEST_EXIT") != "" {
+				fmt.Fprintf(os.Stderr, "[exit %d]\n", code)
+			}
+			os.Exit(code)
+		},
+	})
+}
+
+// TestCLI runs the scripts of the CLI's own behaviour (arguments, files,
+// settings, exit statuses) that need no watcher.
+func TestCLI(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir:   "testdata/cli",
+		Setup: setup(nil, false),
+		Cmds:  cmds(nil),
+	})
+}
+
+// TestEndToEndSpool runs the client ↔ watcher scripts over the spool.
+func TestEndToEndSpool(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir:   "testdata/e2e",
+		Setup: setup(nil, false),
+		Cmds:  cmds(nil),
+	})
+}
+
+// TestEndToEndSQS runs the same scripts over a real SQS server (fauxqs),
+// with queues created as provisioning would.
+func TestEndToEndSQS(t *testing.T) {
+	srv := sqstest.Start(t)
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/e2e",
+		Setup: setup(map[string]string{
+			"SERA_TRANSPORT":            "sqs",
+			"AWS_ENDPOINT_URL":          srv.Endpoint,
+			"AWS_ACCESS_KEY_ID":         "test",
+			"AWS_SECRET_ACCESS_KEY":     "test",
+			"AWS_REGION":                "us-east-1",
+			"AWS_EC2_METADATA_DISABLED": "true",
+		}, true),
+		Cmds: cmds(func(ts *testscript.TestScript, watchers []string) error {
+			// Every script uses its own prefix, so scripts sharing
+			// the server never share a queue.
+			prefix := ts.Getenv("SERA_PREFIX")
+			if prefix == "" {
+				prefix = "sera"
+			}
+			queues := []string{}
+			for _, w := range watchers {
+				queues = append(queues, transport.WatcherQueue(prefix, w))
+			}
+			if len(watchers) == 0 {
+				b, err := os.ReadFile(filepath.Join(ts.Getenv("SERA_HOME"), "key"))
+				if err != nil {
+					return err
+				}
+				id, err := crypto.ParseIdentityFile(b)
+				if err != nil {
+					return err
+				}
+				queues = append(queues, transport.ClientQueue(prefix, id.Public().Fingerprint()))
+			}
+			for _, q := range queues {
+				if _, err := sqs.CreateQueue(context.Background(), srv.Config, q); err != nil {
+					return err
+				}
+			}
+			return nil
+		}),
+	})
+}
+
+// setup gives every script a private HOME and SERA_* environment, so no
+// script reads the real ~/.sera, plus extra variables (e.g. the SQS
+// endpoint), and with ownPrefix a queue prefix of its own.
+func setup(extra map[string]string, ownPrefix bool) func(*testscript.Env) error {
+	return func(env *testscript.Env) error {
+		env.Setenv("HOME", env.WorkDir)
+		env.Setenv("SERA_SPOOL", env.WorkDir+"/spool")
+		env.Setenv("SERA_TRANSPORT", "spool")
+		// As root the default state is /var/lib/sera: never touch the
+		// machine's own.
+		env.Setenv("SERA_STATE", env.WorkDir+"/state")
+		for k, v := range extra {
+			env.Setenv(k, v)
+		}
+		if ownPrefix {
+			// Scripts share one SQS server: each gets its own queues.
+			env.Setenv("SERA_PREFIX", "t"+strings.TrimPrefix(filepath.Base(env.WorkDir), "script-"))
+		}
+		return nil
+	}
+}
+
+// cmds are the scripts' helper commands:
+//
+//	setenvfile VAR FILE   set VAR to FILE's contents, trimmed
+//	mode PERM FILE        FILE's permission bits are PERM (octal)
+//	mkqueues [WATCHER…]   create the queues the transport needs (SQS only):
+//	                      each watcher's, or with no argument the reply
+//	                      queue of the key in $SERA_HOME
+func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error) map[string]func(*testscript.TestScript, bool, []string) {
+	return map[string]func(*testscript.TestScript, bool, []string){
+		"setenvfile": func(ts *testscript.TestScript, neg bool, args []string) {
+			if neg || len(args) != 2 {
+				ts.Fatalf("usage: setenvfile VAR FILE")
+			}
+			ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile(args[1])))
+		},
+		"mode": func(ts *testscript.TestScript, neg bool, args []string) {
+			if neg || len(args) != 2 {
+				ts.Fatalf("usage: mode PERM FILE")
+			}
+			fi, err := os.Lstat(ts.MkAbs(args[1]))
+			ts.Check(err)
+			if got := fmt.Sprintf("%04o", fi.Mode().Perm()); got != args[0] {
+				ts.Fatalf("%s has mode %s, want %s", args[1], got, args[0])
+			}
+		},
+		"mkqueues": func(ts *testscript.TestScript, neg bool, args []string) {
+			if neg {
+				ts.Fatalf("unsupported: ! mkqueues")
+			}
+			if mkqueues != nil {
+				ts.Check(mkqueues(ts, args))
+			}
+		},
+	}
+}

@@ -1,0 +1,408 @@
+package commands
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/sera-dev/sera"
+)
+
+// Flag annotations.
+const (
+	// annClientOnly marks flags that steer the client (--to, --timeout,
+	// --local, --system) and are never sent to a watcher.
+	annClientOnly = "sera-client-only"
+	// annSecret marks flags whose values the audit log masks.
+	annSecret = "sera-secret"
+)
+
+// Host is what a host command runs against: the watcher's own host when it
+// runs in the watcher, this machine with --local.
+type Host struct {
+	Name        string
+	Groups      []string
+	Version     string
+	Fingerprint string
+	// Started is when the watcher started; zero with --local.
+	Started time.Time
+	// KnownClients is the path of the host's known_clients file.
+	KnownClients string
+	Now          func() time.Time
+}
+
+func (h *Host) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+// hostRun is the body of a host command.
+type hostRun func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error
+
+// hostTree builds the host commands in one of two modes: for the client
+// CLI (opts set) or inside the watcher (host set).
+type hostTree struct {
+	opts *Options
+	host *Host
+
+	to      []string
+	timeout time.Duration
+	local   bool
+}
+
+func (t *hostTree) commands() []*cobra.Command {
+	cmds := []*cobra.Command{t.pingCmd(), t.clientsCmd()}
+	if t.host == nil {
+		for _, c := range cmds {
+			t.addClientFlags(c)
+		}
+	}
+	return cmds
+}
+
+func (t *hostTree) addClientFlags(c *cobra.Command) {
+	pf := c.PersistentFlags()
+	pf.StringSliceVar(&t.to, "to", nil, "run on these watchers: names or globs, comma-separated or repeated")
+	pf.DurationVar(&t.timeout, "timeout", 0, "how long to wait for replies (default SERA_TIMEOUT, 60s)")
+	pf.BoolVar(&t.local, "local", false, "run on this machine, in-process, instead of on a watcher")
+	for _, n := range []string{"to", "timeout", "local"} {
+		_ = pf.SetAnnotation(n, annClientOnly, []string{"true"})
+	}
+}
+
+// leaf wires a host command's body. localByDefault makes the command run
+// on this machine when no --to is given (the commands that manage this
+// machine's own sera files); every other host command needs --to or
+// --local, so a forgotten --to never changes the admin's own laptop.
+func (t *hostTree) leaf(c *cobra.Command, localByDefault bool, run hostRun) *cobra.Command {
+	c.RunE = func(c *cobra.Command, args []string) error {
+		ctx := c.Context()
+		if t.host != nil {
+			return run(ctx, t.host, c.OutOrStdout(), c.ErrOrStderr(), args)
+		}
+		if t.local && len(t.to) > 0 {
+			return usageErr("--local and --to exclude each other")
+		}
+		if len(t.to) > 0 {
+			return t.runRemote(c, args)
+		}
+		if !t.local && !localByDefault {
+			return usageErr("no target: give --to HOST, or --local to run it on this machine")
+		}
+		h, err := t.localHost()
+		if err != nil {
+			return err
+		}
+		return run(ctx, h, c.OutOrStdout(), c.ErrOrStderr(), args)
+	}
+	return c
+}
+
+func (t *hostTree) localHost() (*Host, error) {
+	o := t.opts
+	cfg, err := o.config()
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{
+		Name: cfg.Get(sera.KeyName), Groups: cfg.Groups(), Version: o.Version,
+		KnownClients: cfg.KnownClientsFile(), Now: o.Now,
+	}
+	if id, err := loadIdentity(cfg); err == nil {
+		h.Fingerprint = id.Public().Fingerprint()
+	}
+	return h, nil
+}
+
+// remoteArgv rebuilds the command line to send: the command path, every
+// flag the user set except the client's own, in --name=value form, and
+// the positional arguments after "--" so none can pass for a flag.
+func remoteArgv(c *cobra.Command, args []string) []string {
+	argv := strings.Fields(c.CommandPath())[1:]
+	c.Flags().Visit(func(f *pflag.Flag) {
+		if _, ok := f.Annotations[annClientOnly]; ok {
+			return
+		}
+		for _, v := range flagValues(f) {
+			argv = append(argv, "--"+f.Name+"="+v)
+		}
+	})
+	if len(args) > 0 {
+		argv = append(argv, "--")
+		argv = append(argv, args...)
+	}
+	return argv
+}
+
+// selectWatchers resolves --to selectors (names and globs) against the
+// known watchers. An exact name that is not known, or a glob that matches
+// nothing, is an error naming them all.
+func selectWatchers(kw *sera.KnownWatchers, to []string) ([]*sera.KnownWatcher, sera.Target, error) {
+	var target sera.Target
+	var selected []*sera.KnownWatcher
+	var unknown []string
+	seen := map[string]bool{}
+	for _, sel := range to {
+		if _, err := path.Match(sel, ""); err != nil || sel == "" {
+			return nil, target, usageErr("invalid --to %q: not a name or glob", sel)
+		}
+		target.Names = append(target.Names, sel)
+		matched := false
+		for _, w := range kw.Watchers {
+			if ok, _ := path.Match(sel, w.Name); ok {
+				matched = true
+				if !seen[w.Name] {
+					seen[w.Name] = true
+					selected = append(selected, w)
+				}
+			}
+		}
+		if !matched {
+			unknown = append(unknown, sel)
+		}
+	}
+	if len(unknown) > 0 {
+		return nil, target, usageErr("unknown watcher %s: not in known_watchers (add it with 'sera watchers add NAME PUBKEY')", strings.Join(unknown, ", "))
+	}
+	return selected, target, nil
+}
+
+func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
+	o := t.opts
+	ctx := c.Context()
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+	if err != nil {
+		return err
+	}
+	selected, target, err := selectWatchers(kw, t.to)
+	if err != nil {
+		return err
+	}
+	id, err := loadIdentity(cfg)
+	if err != nil {
+		return err
+	}
+	tr, err := o.openTransport(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	timeout := t.timeout
+	if timeout <= 0 {
+		timeout = cfg.Duration(sera.KeyTimeout)
+	}
+	client := &sera.Client{
+		Identity: id, Transport: tr, Prefix: cfg.Get(sera.KeyPrefix),
+		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand,
+	}
+	multi := len(selected) > 1
+	out, err := client.Do(ctx, selected, target, remoteArgv(c, args), timeout, func(r sera.HostReply) {
+		printReply(c.OutOrStdout(), c.ErrOrStderr(), r, multi)
+	})
+	if err != nil {
+		return err
+	}
+	return outcomeError(c.ErrOrStderr(), out, selected, timeout)
+}
+
+// printReply shows one host's output: as is for a single host, each line
+// prefixed with the host's name for several.
+func printReply(stdout, stderr io.Writer, r sera.HostReply, multi bool) {
+	if !multi {
+		stdout.Write(r.Reply.Stdout)
+		stderr.Write(r.Reply.Stderr)
+		return
+	}
+	prefixLines(stdout, r.Watcher.Name, r.Reply.Stdout)
+	prefixLines(stderr, r.Watcher.Name, r.Reply.Stderr)
+}
+
+func prefixLines(w io.Writer, name string, b []byte) {
+	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%s: %s", name, line)
+		if line[len(line)-1] != '\n' {
+			fmt.Fprintln(w)
+		}
+	}
+}
+
+// outcomeError turns an outcome into the exit status: the remote status
+// for one host, 0 or 1 for several.
+func outcomeError(stderr io.Writer, out *sera.Outcome, selected []*sera.KnownWatcher, timeout time.Duration) error {
+	var failed []string
+	for name, err := range out.SendErrors {
+		fmt.Fprintf(stderr, "sera: %s: failed to send: %v\n", name, err)
+		failed = append(failed, name)
+	}
+	for _, w := range out.Missing {
+		if _, ok := out.SendErrors[w.Name]; ok {
+			continue
+		}
+		fmt.Fprintf(stderr, "sera: %s: no reply within %s\n", w.Name, timeout)
+		failed = append(failed, w.Name)
+	}
+	if len(selected) == 1 {
+		if len(failed) > 0 {
+			return &ExitError{Code: ExitFailure}
+		}
+		if s := out.Replies[0].Reply.Status; s != 0 {
+			return &ExitError{Code: s}
+		}
+		return nil
+	}
+	for _, r := range out.Replies {
+		if r.Reply.Status != 0 {
+			failed = append(failed, r.Watcher.Name)
+		}
+	}
+	if len(failed) > 0 {
+		sort.Strings(failed)
+		fmt.Fprintf(stderr, "sera: %d of %d hosts succeeded; failed: %s\n", len(selected)-len(failed), len(selected), strings.Join(failed, ", "))
+		return &ExitError{Code: ExitFailure}
+	}
+	return nil
+}
+
+// Handler runs host commands inside the watcher. Each request gets a fresh
+// command tree, so no flag state leaks from one request to the next.
+type Handler struct {
+	Host *Host
+}
+
+func (h *Handler) tree() *cobra.Command {
+	root := &cobra.Command{Use: "sera", SilenceUsage: true, SilenceErrors: true}
+	root.CompletionOptions.DisableDefaultCmd = true
+	t := &hostTree{host: h.Host}
+	root.AddCommand(t.commands()...)
+	return root
+}
+
+// HostCommands lists the command paths a watcher offers, groups included
+// ("clients", "clients add"), for validating allow lists.
+func HostCommands() []string {
+	root := (&Handler{Host: &Host{}}).tree()
+	var out []string
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, s := range c.Commands() {
+			out = append(out, commandPath(s))
+			walk(s)
+		}
+	}
+	walk(root)
+	return out
+}
+
+func commandPath(c *cobra.Command) string {
+	return strings.Join(strings.Fields(c.CommandPath())[1:], " ")
+}
+
+// find locates the leaf argv names and parses its flags, as Execute would.
+func (h *Handler) find(argv []string) (*cobra.Command, error) {
+	root := h.tree()
+	c, rest, err := root.Find(argv)
+	if err != nil {
+		return nil, fmt.Errorf("unknown command: %w", err)
+	}
+	if c == root || c.HasSubCommands() || !c.Runnable() {
+		return nil, fmt.Errorf("%q is not a command this watcher runs", strings.Join(argv[:min(len(argv), 2)], " "))
+	}
+	if err := c.ParseFlags(rest); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// Resolve implements sera.Handler: the command's own validation of flags
+// and arguments, nothing run.
+func (h *Handler) Resolve(argv []string) (string, error) {
+	c, err := h.find(argv)
+	if c == nil {
+		return "", err
+	}
+	name := commandPath(c)
+	if err != nil {
+		return name, err
+	}
+	if help, _ := c.Flags().GetBool("help"); help {
+		return name, errors.New("--help is not run remotely")
+	}
+	if err := c.ValidateArgs(c.Flags().Args()); err != nil {
+		return name, err
+	}
+	if err := c.ValidateRequiredFlags(); err != nil {
+		return name, err
+	}
+	if err := c.ValidateFlagGroups(); err != nil {
+		return name, err
+	}
+	if c.PreRunE != nil {
+		if err := c.PreRunE(c, c.Flags().Args()); err != nil {
+			return name, err
+		}
+	}
+	return name, nil
+}
+
+// Redact implements sera.Handler: the values of secret flags are masked.
+func (h *Handler) Redact(argv []string) []string {
+	out := slices.Clone(argv)
+	c, _ := h.find(argv)
+	if c == nil {
+		return out
+	}
+	for i := 0; i < len(out); i++ {
+		if out[i] == "--" {
+			break
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(out[i], "-"), "=")
+		f := c.Flags().Lookup(name)
+		if f == nil || !strings.HasPrefix(out[i], "--") {
+			continue
+		}
+		if _, secret := f.Annotations[annSecret]; !secret {
+			continue
+		}
+		if hasValue {
+			out[i] = "--" + name + "=***"
+		} else if i+1 < len(out) {
+			out[i+1] = "***"
+			i++
+		}
+	}
+	return out
+}
+
+// Run implements sera.Handler.
+func (h *Handler) Run(ctx context.Context, call *sera.Call) sera.Result {
+	root := h.tree()
+	var stdout, stderr bytes.Buffer
+	root.SetOut(&stdout)
+	root.SetErr(&stderr)
+	root.SetArgs(call.Argv)
+	err := root.ExecuteContext(ctx)
+	code, show := ExitCode(err)
+	if show {
+		fmt.Fprintf(&stderr, "sera: %v\n", err)
+	}
+	return sera.Result{Status: code, Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}
+}

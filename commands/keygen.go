@@ -1,0 +1,131 @@
+package commands
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/crypto"
+)
+
+// ErrNoIdentity is returned when a command needs a key and there is none.
+var ErrNoIdentity = errors.New("no key")
+
+type keygenOptions struct {
+	*Options
+	force bool
+}
+
+func newKeygenCmd(o *Options) *cobra.Command {
+	ko := &keygenOptions{Options: o}
+	c := &cobra.Command{
+		Use:   "keygen",
+		Short: "Create this machine's sera identity (signing and encryption keys)",
+		Long: `Create an identity: an Ed25519 signing key and a Curve25519 encryption key.
+The private key is written to $SERA_HOME/key (mode 0600); the public key is
+printed on stdout as one string, for 'sera clients add' on a watcher or
+'sera watchers add' on a client, and its fingerprint on stderr.
+
+As root, or with --system, SERA_HOME is /etc/sera; otherwise ~/.sera.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error { return runKeygen(ko) },
+	}
+	c.Flags().BoolVar(&ko.force, "force", false, "replace an existing key (clients and watchers that trusted it must be updated)")
+	return c
+}
+
+func runKeygen(o *keygenOptions) error {
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	path := cfg.KeyFile()
+	if _, err := os.Lstat(path); err == nil && !o.force {
+		return usageErr("%s already exists; use --force to replace it (everything that trusts the old key must then be updated)", path)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("failed to check %s: %w", path, err)
+	}
+	r := o.Rand
+	if r == nil {
+		r = rand.Reader
+	}
+	id, err := crypto.GenerateIdentity(r)
+	if err != nil {
+		return err
+	}
+	if err := sera.MkdirPrivate(cfg.Home); err != nil {
+		return err
+	}
+	pub := id.Public()
+	body := fmt.Sprintf("# sera identity, created %s\n# public key: %s\n# fingerprint: %s\n%s\n",
+		o.now().UTC().Format("2006-01-02T15:04:05Z"), pub, pub.Fingerprint(), id.SecretString())
+	if err := sera.WriteFileAtomic(path, []byte(body), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.Stdout, "%s\n", pub)
+	fmt.Fprintf(o.Stderr, "fingerprint %s; private key written to %s\n", pub.Fingerprint(), path)
+	return nil
+}
+
+func newPubkeyCmd(o *Options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "pubkey",
+		Short: "Print this machine's public key (and its fingerprint on stderr)",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			cfg, err := o.config()
+			if err != nil {
+				return err
+			}
+			id, err := loadIdentity(cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(o.Stdout, "%s\n", id.Public())
+			fmt.Fprintf(o.Stderr, "fingerprint %s\n", id.Public().Fingerprint())
+			return nil
+		},
+	}
+}
+
+// loadIdentity reads $SERA_HOME/key, refusing a key file others can read.
+func loadIdentity(cfg *sera.Config) (*crypto.Identity, error) {
+	path := cfg.KeyFile()
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s does not exist; create it with 'sera keygen'", ErrNoIdentity, path)
+	} else if err != nil {
+		return nil, fmt.Errorf("failed to read key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("key file %s is readable by others (mode %o); run 'chmod 600 %s'", path, fi.Mode().Perm(), path)
+	}
+	b, err := sera.ReadFileNoFollow(path)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read key: %w", err)
+	}
+	id, err := crypto.ParseIdentityFile(b)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read key %s: %w", filepath.Clean(path), err)
+	}
+	return id, nil
+}
+
+func newVersionCmd(o *Options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print sera's version",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			_, err := io.WriteString(o.Stdout, "sera "+o.Version+"\n")
+			return err
+		},
+	}
+}

@@ -1,0 +1,102 @@
+package commands
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/transport"
+	"github.com/sera-dev/sera/transport/spool"
+	"github.com/sera-dev/sera/transport/sqs"
+)
+
+func newWatchCmd(o *Options) *cobra.Command {
+	var verbose bool
+	c := &cobra.Command{
+		Use:   "watch",
+		Short: "Run the watcher: serve requests from this host's queue",
+		Long: `Run the watcher daemon. It long-polls this host's queue (PREFIX-w-NAME),
+accepts only requests sealed and signed by a client in known_clients and
+addressed to this host, runs the command if that client may run it, and
+replies on the client's queue. Every request, accepted or rejected, is
+written to the audit log ($SERA_STATE/audit.log).
+
+SIGTERM or SIGINT stops it: a running command is finished and answered,
+no new request is taken.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			return runWatch(c.Context(), o, verbose)
+		},
+	}
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail")
+	return c
+}
+
+func runWatch(ctx context.Context, o *Options, verbose bool) error {
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	id, err := loadIdentity(cfg)
+	if err != nil {
+		return err
+	}
+	name := cfg.Get(sera.KeyName)
+	if err := sera.CheckName(name); err != nil {
+		return fmt.Errorf("invalid %s (set it with 'sera config set %s=…'): %w", sera.KeyName, sera.KeyName, err)
+	}
+	state := cfg.Get(sera.KeyState)
+	if err := sera.MkdirPrivate(state); err != nil {
+		return err
+	}
+	replay, err := sera.OpenReplayCache(filepath.Join(state, "replay"))
+	if err != nil {
+		return err
+	}
+	tr, err := o.openTransport(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(o.Stderr, &slog.HandlerOptions{Level: level}))
+	host := &Host{
+		Name: name, Groups: cfg.Groups(), Version: o.Version, Fingerprint: id.Public().Fingerprint(),
+		Started: o.now(), KnownClients: cfg.KnownClientsFile(), Now: o.Now,
+	}
+	w := &sera.Watcher{
+		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(sera.KeyPrefix),
+		Transport: tr, Clients: &sera.ClientFile{Path: cfg.KnownClientsFile()},
+		Handler: &Handler{Host: host}, Replay: replay,
+		Audit: &sera.AuditLog{Path: filepath.Join(state, "audit.log")},
+		Log:   log, Now: o.Now, Rand: o.Rand,
+	}
+	log.Info("watching", "queue", w.Queue(), "transport", cfg.Get(sera.KeyTransport),
+		"fingerprint", id.Public().Fingerprint(), "version", o.Version)
+	err = w.Run(ctx)
+	log.Info("stopped")
+	return err
+}
+
+// OpenTransport opens the transport SERA_TRANSPORT names.
+func OpenTransport(ctx context.Context, cfg *sera.Config) (transport.Transport, error) {
+	switch t := cfg.Get(sera.KeyTransport); t {
+	case "spool":
+		return spool.New(cfg.Get(sera.KeySpool))
+	case "sqs":
+		return sqs.New(ctx, sqs.Options{
+			Region:    cfg.Get(sera.KeyRegion),
+			AccessKey: cfg.Get(sera.KeyAccessKey),
+			SecretKey: cfg.Get(sera.KeySecretKey),
+		})
+	default:
+		return nil, fmt.Errorf("unknown %s %q", sera.KeyTransport, t)
+	}
+}

@@ -1,0 +1,150 @@
+package commands
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/crypto"
+)
+
+func newWatchersCmd(o *Options) *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "watchers",
+		Short: "Manage the watchers this client knows (known_watchers)",
+	})
+	c.AddCommand(newWatchersAddCmd(o), newWatchersRemoveCmd(o), newWatchersListCmd(o))
+	return c
+}
+
+func newWatchersAddCmd(o *Options) *cobra.Command {
+	var groups, addrs []string
+	c := &cobra.Command{
+		Use:   "add NAME PUBKEY [--group G]… [--addr A]…",
+		Short: "Know a watcher by name and key",
+		Long: `Know a watcher: NAME must be the watcher's own SERA_NAME (it names its queue
+and is checked by the watcher against the signed target), PUBKEY what its
+'sera keygen' printed. Adding it again with the same details changes
+nothing; with other details, it updates them.`,
+		Args: usageArgs(cobra.ExactArgs(2)),
+		RunE: func(c *cobra.Command, args []string) error {
+			name := args[0]
+			if err := sera.CheckName(name); err != nil {
+				return usageErr("invalid NAME: %v", err)
+			}
+			key, err := crypto.ParsePublicKey(args[1])
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			groups = splitAll(groups)
+			for _, g := range groups {
+				if err := sera.CheckName(g); err != nil {
+					return usageErr("invalid --group: %v", err)
+				}
+			}
+			addrs = splitAll(addrs)
+			for _, a := range addrs {
+				if _, err := netip.ParseAddr(a); err != nil {
+					return usageErr("invalid --addr %q: not an IP address", a)
+				}
+			}
+			return updateKnownWatchers(o, func(kw *sera.KnownWatchers) (string, error) {
+				if other := kw.ByKey(key); other != nil && other.Name != name {
+					return "", fmt.Errorf("that key is already known as watcher %s; remove it first", other.Name)
+				}
+				w := &sera.KnownWatcher{Name: name, Key: key, Groups: groups, Addrs: addrs}
+				if cur := kw.ByName(name); cur != nil {
+					if cur.Key.Equal(key) && slices.Equal(cur.Groups, groups) && slices.Equal(cur.Addrs, addrs) {
+						return fmt.Sprintf("watcher %s already present\n", name), nil
+					}
+					*cur = *w
+					return fmt.Sprintf("watcher %s (%s) updated\n", name, key.Fingerprint()), nil
+				}
+				kw.Watchers = append(kw.Watchers, w)
+				return fmt.Sprintf("watcher %s (%s) added\n", name, key.Fingerprint()), nil
+			})
+		},
+	}
+	c.Flags().StringSliceVar(&groups, "group", nil, "groups the watcher is in (repeatable, or comma-separated)")
+	c.Flags().StringSliceVar(&addrs, "addr", nil, "addresses the watcher's host is known by (repeatable)")
+	return c
+}
+
+func splitAll(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		out = append(out, sera.SplitList(v)...)
+	}
+	return out
+}
+
+func newWatchersRemoveCmd(o *Options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Forget a watcher",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			return updateKnownWatchers(o, func(kw *sera.KnownWatchers) (string, error) {
+				i := slices.IndexFunc(kw.Watchers, func(w *sera.KnownWatcher) bool { return w.Name == args[0] })
+				if i < 0 {
+					return fmt.Sprintf("watcher %s already absent\n", args[0]), nil
+				}
+				kw.Watchers = slices.Delete(kw.Watchers, i, i+1)
+				return fmt.Sprintf("watcher %s removed\n", args[0]), nil
+			})
+		},
+	}
+}
+
+func newWatchersListCmd(o *Options) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "List known watchers",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			cfg, err := o.config()
+			if err != nil {
+				return err
+			}
+			kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+			if err != nil {
+				return err
+			}
+			for _, w := range kw.Watchers {
+				if asJSON {
+					b, _ := json.Marshal(map[string]any{
+						"name": w.Name, "fingerprint": w.Key.Fingerprint(), "key": w.Key.String(),
+						"groups": nonNil(w.Groups), "addrs": nonNil(w.Addrs),
+					})
+					fmt.Fprintf(o.Stdout, "%s\n", b)
+					continue
+				}
+				fmt.Fprintf(o.Stdout, "%-16s %s  %s\n", w.Name, w.Key.Fingerprint(), strings.Join(w.Groups, ","))
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per watcher")
+	return c
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func updateKnownWatchers(o *Options, change func(*sera.KnownWatchers) (string, error)) error {
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	return updateFile(cfg.KnownWatchersFile(), sera.ReadKnownWatchers, change, o.Stdout)
+}

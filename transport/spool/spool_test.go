@@ -1,0 +1,323 @@
+package spool_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sera-dev/sera/transport"
+	"github.com/sera-dev/sera/transport/spool"
+	"github.com/sera-dev/sera/transport/transporttest"
+)
+
+func newSpool(t testing.TB, dir string, opts ...spool.Option) *spool.Spool {
+	t.Helper()
+	s, err := spool.New(dir, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	transporttest.Run(t, func(t *testing.T) transport.Transport {
+		return newSpool(t, t.TempDir())
+	}, transporttest.Options{DetectsStaleHandles: true})
+}
+
+func receiveAll(t *testing.T, s *spool.Spool, q string) []*transport.Message {
+	t.Helper()
+	var all []*transport.Message
+	for {
+		msgs, err := s.Receive(context.Background(), q, 10, 0, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) == 0 {
+			return all
+		}
+		all = append(all, msgs...)
+	}
+}
+
+func TestFIFO(t *testing.T) {
+	s := newSpool(t, t.TempDir())
+	for i := range 50 {
+		if err := s.Send(context.Background(), "q", fmt.Appendf(nil, "%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, m := range receiveAll(t, s, "q") {
+		if want := fmt.Sprintf("%02d", i); string(m.Body) != want {
+			t.Fatalf("message %d is %q, want %q", i, m.Body, want)
+		}
+	}
+}
+
+func TestBinaryBody(t *testing.T) {
+	s := newSpool(t, t.TempDir())
+	b := make([]byte, 256)
+	for i := range b {
+		b[i] = byte(i)
+	}
+	if err := s.Send(context.Background(), "q", b); err != nil {
+		t.Fatal(err)
+	}
+	if msgs := receiveAll(t, s, "q"); len(msgs) != 1 || !bytes.Equal(msgs[0].Body, b) {
+		t.Fatalf("received %v", msgs)
+	}
+}
+
+func TestMaxMessageSizeOption(t *testing.T) {
+	s := newSpool(t, t.TempDir(), spool.WithMaxMessageSize(10))
+	if s.MaxMessageSize() != 10 {
+		t.Fatalf("MaxMessageSize = %d", s.MaxMessageSize())
+	}
+	if err := s.Send(context.Background(), "q", make([]byte, 11)); !errors.Is(err, transport.ErrTooLarge) {
+		t.Fatalf("Send of 11 bytes: %v, want ErrTooLarge", err)
+	}
+	if err := s.Send(context.Background(), "q", make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spool.New(t.TempDir(), spool.WithMaxMessageSize(0)); err == nil {
+		t.Fatal("New accepted a max message size of 0")
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	s := newSpool(t, dir)
+	if err := s.Send(context.Background(), "q", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "q"), filepath.Join(dir, "q", "tmp")} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v, want 0700", d, fi.Mode(), err)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "q", "*.*"))
+	if len(files) != 1 {
+		t.Fatalf("found %v, want one message", files)
+	}
+	if fi, err := os.Stat(files[0]); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: %v %v, want 0600", files[0], fi.Mode(), err)
+	}
+}
+
+func TestSymlinkedQueueRefused(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	if err := os.Symlink(elsewhere, filepath.Join(dir, "q")); err != nil {
+		t.Fatal(err)
+	}
+	s := newSpool(t, dir)
+	if err := s.Send(context.Background(), "q", []byte("x")); err == nil {
+		t.Error("Send through a symlinked queue succeeded")
+	}
+	if _, err := s.Receive(context.Background(), "q", 1, 0, time.Second); err == nil {
+		t.Error("Receive through a symlinked queue succeeded")
+	}
+	if entries, _ := os.ReadDir(elsewhere); len(entries) != 0 {
+		t.Errorf("spool wrote %v through the symlink", entries)
+	}
+}
+
+func TestStrayFilesIgnored(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	s := newSpool(t, dir)
+	if err := s.Send(context.Background(), "q", []byte("real")); err != nil {
+		t.Fatal(err)
+	}
+	q := filepath.Join(dir, "q")
+	longID := "0000000000000001000000000.0000000000000000.0.0000000000000000"
+	secret := filepath.Join(elsewhere, "secret")
+	for _, err := range []error{
+		os.WriteFile(filepath.Join(q, "garbage"), []byte("x"), 0o600),
+		os.WriteFile(filepath.Join(q, "a.b.c.d"), []byte("x"), 0o600),
+		os.WriteFile(filepath.Join(q, ".hidden"), []byte("x"), 0o600),
+		os.WriteFile(filepath.Join(q, "tmp", "send-123"), []byte("half written"), 0o600),
+		os.Mkdir(filepath.Join(q, "000000000000000000000001.0000000000000000.0.0000000000000000"), 0o700),
+		os.WriteFile(secret, []byte("secret"), 0o600),
+		os.Symlink(secret, filepath.Join(q, "000000000000000000000002.0000000000000000.0.0000000000000000")),
+		os.WriteFile(filepath.Join(q, longID), []byte("x"), 0o600),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := receiveAll(t, s, "q")
+	if len(msgs) != 1 || string(msgs[0].Body) != "real" {
+		t.Fatalf("received %d messages, want only the real one", len(msgs))
+	}
+	if _, err := os.Stat(secret); err != nil {
+		t.Errorf("symlink target: %v", err)
+	}
+}
+
+func TestMalformedHandle(t *testing.T) {
+	dir := t.TempDir()
+	s := newSpool(t, dir)
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"", "../victim", "tmp", "000000000000000000000001.0000000000000000.0.0000000000000000"} {
+		m := &transport.Message{Handle: h}
+		if err := s.Delete(context.Background(), "q", m); !errors.Is(err, transport.ErrStaleHandle) {
+			t.Errorf("Delete(%q): %v, want ErrStaleHandle", h, err)
+		}
+		if err := s.ChangeVisibility(context.Background(), "q", m, 0); !errors.Is(err, transport.ErrStaleHandle) {
+			t.Errorf("ChangeVisibility(%q): %v, want ErrStaleHandle", h, err)
+		}
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Error(err)
+	}
+}
+
+// Environment of the child processes of TestMultiProcess.
+const (
+	childDir   = "SPOOL_TEST_CHILD_DIR"
+	childStart = "SPOOL_TEST_CHILD_START"
+	childOut   = "SPOOL_TEST_CHILD_OUT"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childDir) != "" {
+		if err := runChild(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runChild receives from queue "q" with several goroutines, without
+// deleting, until the queue is empty, and writes every body it got to a
+// file, one per line.
+func runChild() error {
+	s, err := spool.New(os.Getenv(childDir))
+	if err != nil {
+		return err
+	}
+	out := os.Getenv(childOut)
+	if err := os.WriteFile(out+".ready", nil, 0o600); err != nil {
+		return err
+	}
+	// Start together with the other children, to race for every message.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, err := os.Stat(os.Getenv(childStart)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("start signal never came")
+		}
+	}
+	var (
+		mu   sync.Mutex
+		got  bytes.Buffer
+		wg   sync.WaitGroup
+		errs = make(chan error, 4)
+	)
+	for range 4 {
+		wg.Go(func() {
+			for {
+				msgs, err := s.Receive(context.Background(), "q", 3, 100*time.Millisecond, time.Minute)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(msgs) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, m := range msgs {
+					fmt.Fprintf(&got, "%s\n", m.Body)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	return os.WriteFile(out, got.Bytes(), 0o600)
+}
+
+// TestMultiProcess proves that receivers in different processes never get
+// the same message while it is hidden: the children race for every message
+// and none is deleted, so a message received twice would show up twice.
+func TestMultiProcess(t *testing.T) {
+	const n, children = 600, 3
+	dir, work := t.TempDir(), t.TempDir()
+	s := newSpool(t, dir)
+	for i := range n {
+		if err := s.Send(context.Background(), "q", fmt.Appendf(nil, "m%04d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := filepath.Join(work, "start")
+	var cmds []*exec.Cmd
+	var outs []string
+	for i := range children {
+		out := filepath.Join(work, fmt.Sprintf("child%d", i))
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childDir+"="+dir, childStart+"="+start, childOut+"="+out)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, cmd), append(outs, out)
+	}
+	for _, out := range outs {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			if _, err := os.Stat(out + ".ready"); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("child never got ready")
+			}
+		}
+	}
+	if err := os.WriteFile(start, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("child: %v", err)
+		}
+	}
+	seen := map[string]int{}
+	for i, out := range outs {
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Fields(string(b))
+		t.Logf("child %d received %d messages", i, len(lines))
+		if len(lines) == 0 {
+			t.Errorf("child %d received nothing: the children did not race", i)
+		}
+		for _, l := range lines {
+			seen[l]++
+		}
+	}
+	for i := range n {
+		if b := fmt.Sprintf("m%04d", i); seen[b] != 1 {
+			t.Errorf("message %s received %d times, want once", b, seen[b])
+		}
+	}
+	if len(seen) != n {
+		t.Errorf("received %d distinct messages, want %d", len(seen), n)
+	}
+}

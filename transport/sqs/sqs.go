@@ -1,0 +1,327 @@
+// Package sqs is the transport on Amazon SQS, sera's production transport.
+//
+// The AWS SDK's own configuration applies: the default credential chain,
+// AWS_REGION and shared profiles, and AWS_ENDPOINT_URL or
+// AWS_ENDPOINT_URL_SQS for an SQS-compatible server.
+//
+// SQS counts time in whole seconds: long polls are rounded to the nearest
+// second and visibility timeouts up to the next one (at least a second on
+// Receive, since the API cannot ask for zero there). Message bodies must be
+// XML characters in UTF-8; Send refuses anything else rather than let it be
+// altered on the way.
+package sqs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/sera-dev/sera/transport"
+)
+
+// maxWait is the longest long poll SQS accepts; longer waits take several.
+const maxWait = 20 * time.Second
+
+// Options configures the AWS SDK beyond what its environment provides.
+type Options struct {
+	// Region, when set, overrides the region from the environment and
+	// shared configuration.
+	Region string
+	// AccessKey and SecretKey, when both set, are used instead of the
+	// SDK's default credential chain.
+	AccessKey string
+	SecretKey string
+}
+
+// LoadConfig loads the SDK's default configuration with opts applied. It is
+// what New uses, exported so that provisioning talks to the same account.
+func LoadConfig(ctx context.Context, opts Options) (aws.Config, error) {
+	var fns []func(*config.LoadOptions) error
+	if opts.Region != "" {
+		fns = append(fns, config.WithRegion(opts.Region))
+	}
+	if (opts.AccessKey == "") != (opts.SecretKey == "") {
+		return aws.Config{}, errors.New("failed to load AWS config: access key and secret key must be set together")
+	}
+	if opts.AccessKey != "" {
+		fns = append(fns, config.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(opts.AccessKey, opts.SecretKey, "")))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, fns...)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("failed to load AWS config: %w", err)
+	}
+	return cfg, nil
+}
+
+// Transport is a transport.Transport on SQS. Its queues must exist; see
+// CreateQueue.
+type Transport struct {
+	client *awssqs.Client
+
+	mu   sync.Mutex
+	urls map[string]string // queue name to URL
+}
+
+var _ transport.Transport = (*Transport)(nil)
+
+// New returns a Transport configured by the SDK's environment and opts.
+func New(ctx context.Context, opts Options) (*Transport, error) {
+	cfg, err := LoadConfig(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	return NewFromConfig(cfg), nil
+}
+
+// NewFromConfig returns a Transport using cfg as is.
+func NewFromConfig(cfg aws.Config) *Transport {
+	return &Transport{client: awssqs.NewFromConfig(cfg), urls: map[string]string{}}
+}
+
+// MaxMessageSize implements transport.Transport: SQS's limit.
+func (t *Transport) MaxMessageSize() int { return transport.DefaultMaxMessageSize }
+
+// Close implements transport.Transport.
+func (t *Transport) Close() error { return nil }
+
+// Send implements transport.Transport.
+func (t *Transport) Send(ctx context.Context, queue string, body []byte) error {
+	if len(body) > t.MaxMessageSize() {
+		return fmt.Errorf("failed to send to %q: %w (%d bytes, limit %d)", queue, transport.ErrTooLarge, len(body), t.MaxMessageSize())
+	}
+	if !validBody(body) {
+		return fmt.Errorf("failed to send to %q: body has characters SQS does not accept", queue)
+	}
+	u, err := t.queueURL(ctx, queue)
+	if err != nil {
+		return fmt.Errorf("failed to send: %w", err)
+	}
+	_, err = t.client.SendMessage(ctx, &awssqs.SendMessageInput{QueueUrl: &u, MessageBody: aws.String(string(body))})
+	return t.fail("send to", queue, err)
+}
+
+// Receive implements transport.Transport. A wait over SQS's 20 seconds takes
+// several long polls, and so does a long poll that SQS ends early and
+// empty, so that only the deadline ends a Receive empty-handed.
+func (t *Transport) Receive(ctx context.Context, queue string, maxMsgs int, wait, visibility time.Duration) ([]*transport.Message, error) {
+	if maxMsgs < 1 {
+		return nil, fmt.Errorf("failed to receive from %q: max %d is less than 1", queue, maxMsgs)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	u, err := t.queueURL(ctx, queue)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("failed to receive: %w", err)
+	}
+	in := &awssqs.ReceiveMessageInput{
+		QueueUrl:            &u,
+		MaxNumberOfMessages: int32(min(maxMsgs, 10)),
+		VisibilityTimeout:   max(seconds(visibility), 1),
+		MessageSystemAttributeNames: []types.MessageSystemAttributeName{
+			types.MessageSystemAttributeNameApproximateReceiveCount,
+		},
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		w := min(max(time.Until(deadline).Round(time.Second), 0), maxWait)
+		in.WaitTimeSeconds = int32(w / time.Second)
+		out, err := t.client.ReceiveMessage(ctx, in)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, t.fail("receive from", queue, err)
+		}
+		if len(out.Messages) > 0 {
+			return messages(out.Messages), nil
+		}
+		if w == 0 || time.Until(deadline) <= 0 {
+			return nil, nil
+		}
+	}
+}
+
+func messages(in []types.Message) []*transport.Message {
+	out := make([]*transport.Message, 0, len(in))
+	for _, m := range in {
+		// Every delivery counts, so 1 is right when SQS leaves the count out.
+		n, err := strconv.Atoi(m.Attributes[string(types.MessageSystemAttributeNameApproximateReceiveCount)])
+		if err != nil || n < 1 {
+			n = 1
+		}
+		out = append(out, &transport.Message{
+			Body:     []byte(aws.ToString(m.Body)),
+			Handle:   aws.ToString(m.ReceiptHandle),
+			Receives: n,
+		})
+	}
+	return out
+}
+
+// Delete implements transport.Transport. SQS accepts a stale receipt handle
+// without deleting anything, so Delete cannot always report ErrStaleHandle.
+func (t *Transport) Delete(ctx context.Context, queue string, m *transport.Message) error {
+	u, err := t.queueURL(ctx, queue)
+	if err != nil {
+		return fmt.Errorf("failed to delete: %w", err)
+	}
+	_, err = t.client.DeleteMessage(ctx, &awssqs.DeleteMessageInput{QueueUrl: &u, ReceiptHandle: &m.Handle})
+	return t.fail("delete from", queue, err)
+}
+
+// ChangeVisibility implements transport.Transport. The receipt handle stays
+// the same.
+func (t *Transport) ChangeVisibility(ctx context.Context, queue string, m *transport.Message, d time.Duration) error {
+	u, err := t.queueURL(ctx, queue)
+	if err != nil {
+		return fmt.Errorf("failed to change visibility: %w", err)
+	}
+	_, err = t.client.ChangeMessageVisibility(ctx, &awssqs.ChangeMessageVisibilityInput{
+		QueueUrl:          &u,
+		ReceiptHandle:     &m.Handle,
+		VisibilityTimeout: seconds(d),
+	})
+	return t.fail("change visibility on", queue, err)
+}
+
+// queueURL looks up the URL of queue once and remembers it.
+func (t *Transport) queueURL(ctx context.Context, queue string) (string, error) {
+	if !transport.ValidQueueName(queue) {
+		return "", fmt.Errorf("queue %q: %w", queue, transport.ErrInvalidQueueName)
+	}
+	t.mu.Lock()
+	u, ok := t.urls[queue]
+	t.mu.Unlock()
+	if ok {
+		return u, nil
+	}
+	out, err := t.client.GetQueueUrl(ctx, &awssqs.GetQueueUrlInput{QueueName: &queue})
+	if err != nil {
+		if sentinel := classify(err); sentinel != nil {
+			return "", fmt.Errorf("failed to look up queue %q: %w", queue, sentinel)
+		}
+		return "", fmt.Errorf("failed to look up queue %q: %w", queue, err)
+	}
+	u = aws.ToString(out.QueueUrl)
+	t.mu.Lock()
+	t.urls[queue] = u
+	t.mu.Unlock()
+	return u, nil
+}
+
+// fail wraps a failed operation's error, with a sentinel where one
+// applies, and forgets the URL of a queue that has gone.
+func (t *Transport) fail(op, queue string, err error) error {
+	if err == nil {
+		return nil
+	}
+	sentinel := classify(err)
+	if sentinel == nil {
+		return fmt.Errorf("failed to %s %q: %w", op, queue, err)
+	}
+	if sentinel == transport.ErrNoQueue {
+		t.mu.Lock()
+		delete(t.urls, queue)
+		t.mu.Unlock()
+	}
+	return fmt.Errorf("failed to %s %q: %w: %w", op, queue, sentinel, err)
+}
+
+// classify returns the transport error that err from SQS amounts to, or nil.
+// SQS answers in its JSON protocol, where the SDK makes typed errors, but
+// the error codes of its older query protocol can still show up.
+func classify(err error) error {
+	var (
+		noQueue     *types.QueueDoesNotExist
+		badHandle   *types.ReceiptHandleIsInvalid
+		notInflight *types.MessageNotInflight
+		badID       *types.InvalidIdFormat
+		api         smithy.APIError
+	)
+	switch {
+	case errors.As(err, &noQueue):
+		return transport.ErrNoQueue
+	case errors.As(err, &badHandle), errors.As(err, &notInflight), errors.As(err, &badID):
+		return transport.ErrStaleHandle
+	case errors.As(err, &api):
+		switch api.ErrorCode() {
+		case "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist":
+			return transport.ErrNoQueue
+		case "ReceiptHandleIsInvalid", "InvalidIdFormat", "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight":
+			return transport.ErrStaleHandle
+		case "InvalidParameterValue":
+			// How SQS reports a receipt handle that expired.
+			if strings.Contains(api.ErrorMessage(), "ReceiptHandle") {
+				return transport.ErrStaleHandle
+			}
+		}
+	}
+	return nil
+}
+
+// seconds converts d to whole seconds for SQS, rounding up so that a
+// message is never visible earlier than asked.
+func seconds(d time.Duration) int32 {
+	if d <= 0 {
+		return 0
+	}
+	s := d / time.Second
+	if d%time.Second != 0 {
+		s++
+	}
+	return int32(min(s, 12*60*60))
+}
+
+// validBody reports whether b is UTF-8 of only the characters SQS accepts
+// (XML's Char production). The SDK would silently replace invalid UTF-8.
+func validBody(b []byte) bool {
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		switch {
+		case r == utf8.RuneError && size == 1:
+			return false
+		case r == '\t', r == '\n', r == '\r',
+			r >= 0x20 && r <= 0xD7FF, r >= 0xE000 && r <= 0xFFFD, r >= 0x10000 && r <= 0x10FFFF:
+		default:
+			return false
+		}
+		b = b[size:]
+	}
+	return true
+}
+
+// CreateQueue creates the named queue, or returns the URL of the queue of
+// that name if it exists with the same attributes. The queue accepts
+// messages of transport.DefaultMaxMessageSize.
+func CreateQueue(ctx context.Context, cfg aws.Config, name string) (string, error) {
+	if !transport.ValidQueueName(name) {
+		return "", fmt.Errorf("failed to create queue: %q: %w", name, transport.ErrInvalidQueueName)
+	}
+	out, err := awssqs.NewFromConfig(cfg).CreateQueue(ctx, &awssqs.CreateQueueInput{
+		QueueName: &name,
+		Attributes: map[string]string{
+			string(types.QueueAttributeNameMaximumMessageSize): strconv.Itoa(transport.DefaultMaxMessageSize),
+		},
+	})
+	if err != nil {
+		return "", fmt.Errorf("failed to create queue %q: %w", name, err)
+	}
+	return aws.ToString(out.QueueUrl), nil
+}
