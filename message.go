@@ -16,6 +16,8 @@ import (
 	"path"
 	"slices"
 	"time"
+
+	"github.com/sera-dev/sera/crypto"
 )
 
 // Protocol limits. Requests outside them are rejected before anything runs.
@@ -128,7 +130,7 @@ func lowerHex(s string) string {
 // replay, allowlist) are the Watcher's.
 func ParseRequest(b []byte) (*Request, error) {
 	var r Request
-	if err := strictUnmarshal(b, &r); err != nil {
+	if err := crypto.UnmarshalStrict(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	if !validID(r.ID) {
@@ -186,7 +188,7 @@ type Reply struct {
 // ParseReplyBody decodes a reassembled reply.
 func ParseReplyBody(b []byte) (*Reply, error) {
 	var r Reply
-	if err := strictUnmarshal(b, &r); err != nil {
+	if err := crypto.UnmarshalStrict(b, &r); err != nil {
 		return nil, fmt.Errorf("invalid reply: %w", err)
 	}
 	if !validID(r.ID) {
@@ -251,16 +253,4 @@ func splitReply(body []byte, size int) ([][]byte, error) {
 		out = append(out, body[i*size:end])
 	}
 	return out, nil
-}
-
-func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data")
-	}
-	return nil
 }

@@ -115,7 +115,7 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformed, len(b), MaxEnvelopeSize)
 	}
 	var ej envelopeJSON
-	if err := strictUnmarshal(b, &ej); err != nil {
+	if err := UnmarshalStrict(b, &ej); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if ej.V != envelopeV {
@@ -176,9 +176,10 @@ func (e *Envelope) Open(id *Identity) ([]byte, error) {
 	return payload, nil
 }
 
-// strictUnmarshal decodes exactly one JSON value with no unknown fields, so
-// that two parsers can never disagree about what a message says.
-func strictUnmarshal(b []byte, v any) error {
+// UnmarshalStrict decodes exactly one JSON value with no unknown fields and
+// nothing after it, so that two parsers can never disagree about what a
+// message says. Every JSON read from a queue goes through it.
+func UnmarshalStrict(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

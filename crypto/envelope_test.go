@@ -606,3 +606,43 @@ func TestOpenIsRepeatable(t *testing.T) {
 		}
 	}
 }
+
+func TestUnmarshalStrict(t *testing.T) {
+	type msg struct {
+		A int    `json:"a"`
+		B string `json:"b"`
+	}
+	tests := []struct {
+		in   string
+		ok   bool
+		want msg
+	}{
+		{`{"a":1,"b":"x"}`, true, msg{1, "x"}},
+		{" \n{\"a\":1}\r\n\t ", true, msg{A: 1}},
+		{`{}`, true, msg{}},
+		{``, false, msg{}},
+		{`{"a":1,"c":2}`, false, msg{}},
+		{`{"a":1}x`, false, msg{}},
+		{`{"a":1}}`, false, msg{}},
+		{`{"a":1}]`, false, msg{}},
+		{`{"a":1},`, false, msg{}},
+		{`{"a":1}{"a":2}`, false, msg{}},
+		{`{"a":1} {"a":2}`, false, msg{}},
+		{`{"a":1} 2`, false, msg{}},
+		{`{"a":1} null`, false, msg{}},
+		{`{"a":1}` + "\x00", false, msg{}},
+		{`{"a":1`, false, msg{}},
+		{`{"a":"1"}`, false, msg{}},
+	}
+	for _, tt := range tests {
+		var got msg
+		err := UnmarshalStrict([]byte(tt.in), &got)
+		if (err == nil) != tt.ok {
+			t.Errorf("UnmarshalStrict(%q) = %v, want ok=%v", tt.in, err, tt.ok)
+			continue
+		}
+		if tt.ok && got != tt.want {
+			t.Errorf("UnmarshalStrict(%q) = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+}

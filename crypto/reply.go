@@ -63,7 +63,7 @@ func ParseReply(b []byte) (*SealedReply, error) {
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformed, len(b), MaxEnvelopeSize)
 	}
 	var rj replyJSON
-	if err := strictUnmarshal(b, &rj); err != nil {
+	if err := UnmarshalStrict(b, &rj); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if rj.V != envelopeV {

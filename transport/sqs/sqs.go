@@ -41,8 +41,7 @@ type Options struct {
 	Region string
 	// AccessKey and SecretKey, when both set, are used instead of the
 	// SDK's default credential chain.
-	AccessKey string
-	SecretKey string
+	AccessKey, SecretKey string
 }
 
 // LoadConfig loads the SDK's default configuration with opts applied. It is
