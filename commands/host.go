@@ -318,7 +318,10 @@ func commandPath(c *cobra.Command) string {
 
 // find locates the leaf argv names and parses its flags, as Execute would.
 func (h *Handler) find(argv []string) (*cobra.Command, error) {
-	root := h.tree()
+	return findLeaf(h.tree(), argv)
+}
+
+func findLeaf(root *cobra.Command, argv []string) (*cobra.Command, error) {
 	c, rest, err := root.Find(argv)
 	if err != nil {
 		return nil, fmt.Errorf("unknown command: %w", err)
@@ -364,9 +367,11 @@ func (h *Handler) Resolve(argv []string) (string, error) {
 }
 
 // Redact implements sera.Handler: the values of secret flags are masked.
-func (h *Handler) Redact(argv []string) []string {
+func (h *Handler) Redact(argv []string) []string { return redactWith(h.tree(), argv) }
+
+func redactWith(root *cobra.Command, argv []string) []string {
 	out := slices.Clone(argv)
-	c, _ := h.find(argv)
+	c, _ := findLeaf(root, argv)
 	if c == nil {
 		return out
 	}

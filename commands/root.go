@@ -133,6 +133,7 @@ each host, over AWS SQS or a local spool directory, and collects the replies.
 		return usageErr("%v (see '%s --help')", err, c.CommandPath())
 	})
 	root.PersistentFlags().BoolVar(&o.system, "system", false, "use the system configuration (/etc/sera) whatever the user")
+	_ = root.PersistentFlags().SetAnnotation("system", annClientOnly, []string{"true"})
 	root.CompletionOptions.HiddenDefaultCmd = true
 
 	root.AddCommand(

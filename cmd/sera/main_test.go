@@ -101,6 +101,8 @@ func TestEndToEndSQS(t *testing.T) {
 func setup(extra map[string]string, ownPrefix bool) func(*testscript.Env) error {
 	return func(env *testscript.Env) error {
 		env.Setenv("HOME", env.WorkDir)
+		// A -race binary otherwise sleeps 1 s at exit: every exec.
+		env.Setenv("GORACE", "atexit_sleep_ms=0")
 		env.Setenv("SERA_SPOOL", env.WorkDir+"/spool")
 		env.Setenv("SERA_TRANSPORT", "spool")
 		// As root the default state is /var/lib/sera: never touch the

@@ -1,0 +1,292 @@
+package commands
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/crypto"
+)
+
+func testHandler(t *testing.T) *Handler {
+	t.Helper()
+	return &Handler{Host: &Host{
+		Name: "web1", Version: "v1.2.3", Fingerprint: "abcdefghijklmnop",
+		Started:      time.Now().Add(-time.Hour),
+		KnownClients: filepath.Join(t.TempDir(), "known_clients"),
+	}}
+}
+
+func newKey(t *testing.T) *crypto.PublicKey {
+	t.Helper()
+	id, err := crypto.GenerateIdentity(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.Public()
+}
+
+// Resolve is the watcher's allowlist: only real leaves of the host tree,
+// with arguments their own validation accepts. Cobra's built-ins (help,
+// completion, __complete) must never resolve.
+func TestResolve(t *testing.T) {
+	h := testHandler(t)
+	key := newKey(t).String()
+	tests := []struct {
+		argv    []string
+		want    string
+		wantErr string
+	}{
+		{[]string{"ping"}, "ping", ""},
+		{[]string{"ping", "--json=true"}, "ping", ""},
+		{[]string{"clients", "list"}, "clients list", ""},
+		{[]string{"clients", "add", "--name=bob", "--", key}, "clients add", ""},
+		{[]string{"clients", "add", "--name=bob", "--allow=clients.list", "--", key}, "clients add", ""},
+
+		{[]string{"ping", "--", "extra"}, "ping", "unknown command"},
+		{[]string{"ping", "--bogus"}, "ping", "unknown flag"},
+		{[]string{"ping", "--help"}, "ping", "help"},
+		{[]string{"ping", "-h"}, "ping", "help"},
+		{[]string{"clients"}, "", "not a command this watcher runs"},
+		{[]string{"clients", "add", "--", key}, "clients add", "--name is required"},
+		{[]string{"clients", "add", "--name=bob", "--", "notakey"}, "clients add", "malformed key"},
+		{[]string{"clients", "add", "--name=bob", "--allow=usr", "--", key}, "clients add", "invalid --allow"},
+		{[]string{"help"}, "", "unknown command"},
+		{[]string{"help", "ping"}, "", "unknown command"},
+		{[]string{"__complete", "ping", ""}, "", "unknown command"},
+		{[]string{"__completeNoDesc", "ping"}, "", "unknown command"},
+		{[]string{"completion", "bash"}, "", "unknown command"},
+		{[]string{"keygen"}, "", "unknown command"},
+		{[]string{"watch"}, "", "unknown command"},
+		{[]string{"config", "set", "SERA_NAME=x"}, "", "unknown command"},
+		{[]string{"--version"}, "", "not a command"},
+		{[]string{""}, "", "not a command"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.argv, " "), func(t *testing.T) {
+			got, err := h.Resolve(tt.argv)
+			if got != tt.want {
+				t.Errorf("command = %q, want %q", got, tt.want)
+			}
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("unexpected error: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("error = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// Every command Resolve accepts runs; Run on a fresh tree leaves no state
+// behind for the next request.
+func TestRunPing(t *testing.T) {
+	h := testHandler(t)
+	for range 2 {
+		res := h.Run(context.Background(), &sera.Call{Argv: []string{"ping", "--json=true"}, Command: "ping"})
+		if res.Status != 0 {
+			t.Fatalf("status %d, stderr %s", res.Status, res.Stderr)
+		}
+		if !bytes.Contains(res.Stdout, []byte(`"name":"web1"`)) || !bytes.Contains(res.Stdout, []byte(`"uptime_seconds":3600`)) {
+			t.Errorf("stdout = %s", res.Stdout)
+		}
+	}
+	res := h.Run(context.Background(), &sera.Call{Argv: []string{"ping"}, Command: "ping"})
+	if res.Status != 0 || !bytes.HasPrefix(res.Stdout, []byte("name         web1\n")) {
+		t.Errorf("plain ping after a --json one: status %d, stdout %q", res.Status, res.Stdout)
+	}
+}
+
+func TestRunClientsRemotely(t *testing.T) {
+	h := testHandler(t)
+	key := newKey(t)
+	add := []string{"clients", "add", "--allow=clients", "--name=bob", "--", key.String()}
+	if _, err := h.Resolve(add); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"added", "already present"} {
+		res := h.Run(context.Background(), &sera.Call{Argv: add})
+		if res.Status != 0 || !strings.Contains(string(res.Stdout), want) {
+			t.Fatalf("run %d: status %d, stdout %q, stderr %q", i, res.Status, res.Stdout, res.Stderr)
+		}
+	}
+	kc, err := sera.ReadKnownClients(h.Host.KnownClients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := kc.ByKey(key); c == nil || c.Name != "bob" || !slices.Equal(c.Allow, []string{"clients"}) {
+		t.Fatalf("known_clients after add: %+v", kc.Clients)
+	}
+	// A command that fails reports status 1 and its error on stderr.
+	res := h.Run(context.Background(), &sera.Call{Argv: []string{"clients", "add", "--name=bob", "--", newKey(t).String()}})
+	if res.Status != 1 || !strings.Contains(string(res.Stderr), "already used by another key") {
+		t.Errorf("name clash: status %d, stderr %q", res.Status, res.Stderr)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	h := testHandler(t)
+	// Give the tree a secret flag, as user add --password-hash will have.
+	c := &cobra.Command{Use: "secret", RunE: func(*cobra.Command, []string) error { return nil }}
+	c.Flags().String("password-hash", "", "")
+	_ = c.Flags().SetAnnotation("password-hash", annSecret, []string{"true"})
+	c.Flags().String("comment", "", "")
+	root := &cobra.Command{Use: "sera"}
+	root.AddCommand(c)
+	got := redactWith(root, []string{"secret", "--comment=hi", "--password-hash=$6$x$y", "--password-hash", "$6$z", "--", "--password-hash=kept"})
+	want := []string{"secret", "--comment=hi", "--password-hash=***", "--password-hash", "***", "--", "--password-hash=kept"}
+	if !slices.Equal(got, want) {
+		t.Errorf("redact = %q, want %q", got, want)
+	}
+	// Unknown commands are returned unchanged (and are rejected anyway).
+	if got := h.Redact([]string{"nope", "x"}); !slices.Equal(got, []string{"nope", "x"}) {
+		t.Errorf("redact unknown = %q", got)
+	}
+}
+
+// remoteArgv sends exactly what the user asked for: the command path, the
+// flags they set (never the client's own), positional args after "--".
+func TestRemoteArgv(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"ping", "--to", "web1"}, []string{"ping"}},
+		{[]string{"ping", "--json", "--to=web1", "--timeout=5s"}, []string{"ping", "--json=true"}},
+		{[]string{"ping", "--system", "--local=false", "--to=web1"}, []string{"ping"}},
+		{[]string{"clients", "add", "-", "--name", "x", "--to", "web1", "--allow", "a,b"},
+			[]string{"clients", "add", "--allow=a,b", "--name=x", "--", "-"}},
+		{[]string{"clients", "remove", "--to", "w", "--", "--name"}, []string{"clients", "remove", "--", "--name"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var got []string
+			o := &Options{Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}, Env: testEnv(t)}
+			root := NewRoot(o)
+			c, rest, err := root.Find(tt.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.ParseFlags(rest); err != nil {
+				t.Fatal(err)
+			}
+			got = remoteArgv(c, c.Flags().Args())
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("argv = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func testEnv(t *testing.T) sera.Env {
+	dir := t.TempDir()
+	env := map[string]string{"SERA_HOME": dir, "SERA_STATE": filepath.Join(dir, "state")}
+	return sera.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "box.example"}
+}
+
+func TestSelectWatchers(t *testing.T) {
+	kw := &sera.KnownWatchers{}
+	for _, n := range []string{"web1", "web2", "db1"} {
+		kw.Watchers = append(kw.Watchers, &sera.KnownWatcher{Name: n, Key: newKey(t)})
+	}
+	names := func(ws []*sera.KnownWatcher) []string {
+		var out []string
+		for _, w := range ws {
+			out = append(out, w.Name)
+		}
+		return out
+	}
+	got, target, err := selectWatchers(kw, []string{"web*", "db1", "web1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names(got), []string{"web1", "web2", "db1"}) {
+		t.Errorf("selected %v", names(got))
+	}
+	// The target is the selector as typed: the watcher checks it.
+	if !slices.Equal(target.Names, []string{"web*", "db1", "web1"}) {
+		t.Errorf("target %v", target.Names)
+	}
+	_, _, err = selectWatchers(kw, []string{"web1", "nope", "x*"})
+	if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "unknown watcher nope, x*") {
+		t.Errorf("unknown names: %v", err)
+	}
+	if _, _, err = selectWatchers(kw, []string{"web["}); !errors.Is(err, ErrUsage) {
+		t.Errorf("bad glob: %v", err)
+	}
+}
+
+func TestOutcomeError(t *testing.T) {
+	w1 := &sera.KnownWatcher{Name: "web1"}
+	w2 := &sera.KnownWatcher{Name: "web2"}
+	reply := func(w *sera.KnownWatcher, status int) sera.HostReply {
+		return sera.HostReply{Watcher: w, Reply: &sera.Reply{Status: status}}
+	}
+	tests := []struct {
+		name     string
+		out      *sera.Outcome
+		selected []*sera.KnownWatcher
+		code     int
+		stderr   string
+	}{
+		{"one ok", &sera.Outcome{Replies: []sera.HostReply{reply(w1, 0)}}, []*sera.KnownWatcher{w1}, 0, ""},
+		{"one remote status", &sera.Outcome{Replies: []sera.HostReply{reply(w1, 126)}}, []*sera.KnownWatcher{w1}, 126, ""},
+		{"one missing", &sera.Outcome{Missing: []*sera.KnownWatcher{w1}}, []*sera.KnownWatcher{w1}, 1, "web1: no reply within 1s"},
+		{"one unsendable", &sera.Outcome{Missing: []*sera.KnownWatcher{w1}, SendErrors: map[string]error{"web1": errors.New("no queue")}},
+			[]*sera.KnownWatcher{w1}, 1, "web1: failed to send: no queue"},
+		{"two ok", &sera.Outcome{Replies: []sera.HostReply{reply(w1, 0), reply(w2, 0)}}, []*sera.KnownWatcher{w1, w2}, 0, ""},
+		{"two, one fails", &sera.Outcome{Replies: []sera.HostReply{reply(w1, 0), reply(w2, 3)}}, []*sera.KnownWatcher{w1, w2}, 1, "1 of 2 hosts succeeded; failed: web2"},
+		{"two, one silent", &sera.Outcome{Replies: []sera.HostReply{reply(w1, 0)}, Missing: []*sera.KnownWatcher{w2}}, []*sera.KnownWatcher{w1, w2}, 1, "failed: web2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			err := outcomeError(&stderr, tt.out, tt.selected, time.Second)
+			if code, _ := ExitCode(err); code != tt.code {
+				t.Errorf("exit %d, want %d", code, tt.code)
+			}
+			if tt.stderr == "" && stderr.Len() > 0 || !strings.Contains(stderr.String(), tt.stderr) {
+				t.Errorf("stderr %q, want %q", stderr.String(), tt.stderr)
+			}
+		})
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	tests := []struct {
+		err   error
+		code  int
+		print bool
+	}{
+		{nil, 0, false},
+		{errors.New("boom"), 1, true},
+		{usageErr("bad"), 2, true},
+		{fmt.Errorf("wrapped: %w", usageErr("bad")), 2, true},
+		{&ExitError{Code: 126}, 126, false},
+		{&ExitError{Code: 3, Err: errors.New("x")}, 3, true},
+	}
+	for _, tt := range tests {
+		code, print := ExitCode(tt.err)
+		if code != tt.code || print != tt.print {
+			t.Errorf("ExitCode(%v) = %d, %v; want %d, %v", tt.err, code, print, tt.code, tt.print)
+		}
+	}
+}
+
+func TestPrefixLines(t *testing.T) {
+	var b bytes.Buffer
+	prefixLines(&b, "web1", []byte("a\nb\n\nno newline"))
+	if want := "web1: a\nweb1: b\nweb1: \nweb1: no newline\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
