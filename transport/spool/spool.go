@@ -17,6 +17,10 @@
 // several receivers racing for one name exactly one rename succeeds and the
 // others find the name gone. The file name is the message's Handle, so a
 // handle goes stale the moment anyone renames or deletes the file.
+//
+// Directories are 0700 and messages 0600, so every process sharing a spool
+// runs as its owner. A Send cut short by a crash can leave a file in tmp/,
+// which receivers ignore and nothing removes.
 package spool
 
 import (
@@ -143,7 +147,7 @@ func syncDir(dir string) error {
 }
 
 // Receive implements transport.Transport. It lists the queue directory every
-// pollInterval until a message is visible, wait has passed or ctx is done.
+// 15 ms until a message is visible, wait has passed or ctx is done.
 func (s *Spool) Receive(ctx context.Context, queue string, maxMsgs int, wait, visibility time.Duration) ([]*transport.Message, error) {
 	if maxMsgs < 1 {
 		return nil, fmt.Errorf("failed to receive from %q: max %d is less than 1", queue, maxMsgs)

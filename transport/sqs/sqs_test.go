@@ -108,6 +108,8 @@ func TestSQS(t *testing.T) {
 		dir := t.TempDir()
 		t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
 		t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "credentials"))
+		t.Setenv("AWS_PROFILE", "")
+		t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 		t.Setenv("AWS_ENDPOINT_URL_SQS", srv.Endpoint)
 		t.Setenv("AWS_REGION", "eu-west-1")
 		ctx := context.Background()
