@@ -302,6 +302,13 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 	// Rule 8: a command on the allowlist, permitted to this client, with
 	// arguments its own validation accepts.
 	command, err := w.Handler.Resolve(req.Argv)
+	// Permission first: a client learns nothing from the validation of
+	// a command it may not run (it may look at the host's state).
+	if (err == nil || command != "") && !client.Allows(command) {
+		d.rec.Rule, d.rec.Reason = 8, fmt.Sprintf("client %s may not run %q", client.Name, command)
+		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now)
+		return d
+	}
 	if err != nil {
 		d.rec.Rule, d.rec.Reason = 8, "invalid command line"
 		if command != "" {
@@ -310,11 +317,6 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 		// The client sees the validation error; the audit log does not,
 		// as it may quote a secret argument.
 		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(err.Error() + "\n")}, d.rec.Reason, now)
-		return d
-	}
-	if !client.Allows(command) {
-		d.rec.Rule, d.rec.Reason = 8, fmt.Sprintf("client %s may not run %q", client.Name, command)
-		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now)
 		return d
 	}
 

@@ -38,7 +38,13 @@ type Host struct {
 	Started time.Time
 	// KnownClients is the path of the host's known_clients file.
 	KnownClients string
-	Now          func() time.Time
+	// State is SERA_STATE: archives of deleted homes, lock files.
+	State string
+	Now   func() time.Time
+	// Runner runs programs (ExecRunner if nil); Root is the filesystem
+	// root the host's files are under ("/" if empty). Unit tests set both.
+	Runner Runner
+	Root   string
 }
 
 func (h *Host) now() time.Time {
@@ -63,7 +69,7 @@ type hostTree struct {
 }
 
 func (t *hostTree) commands() []*cobra.Command {
-	cmds := []*cobra.Command{t.pingCmd(), t.clientsCmd()}
+	cmds := []*cobra.Command{t.pingCmd(), t.clientsCmd(), t.userCmd(), t.keyCmd()}
 	if t.host == nil {
 		for _, c := range cmds {
 			t.addClientFlags(c)
@@ -118,7 +124,7 @@ func (t *hostTree) localHost() (*Host, error) {
 	}
 	h := &Host{
 		Name: cfg.Get(sera.KeyName), Groups: cfg.Groups(), Version: o.Version,
-		KnownClients: cfg.KnownClientsFile(), Now: o.Now,
+		KnownClients: cfg.KnownClientsFile(), State: cfg.Get(sera.KeyState), Now: o.Now,
 	}
 	if id, err := loadIdentity(cfg); err == nil {
 		h.Fingerprint = id.Public().Fingerprint()

@@ -1,0 +1,153 @@
+package commands
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sera-dev/sera"
+)
+
+// Runner runs programs on the host. It execs argv directly: no shell ever
+// sees an argument.
+type Runner interface {
+	Run(ctx context.Context, argv ...string) (stdout []byte, err error)
+}
+
+// ExecRunner is the Runner of a real host. Programs run with a fixed PATH
+// and the C locale, so their messages do not depend on who started the
+// watcher.
+type ExecRunner struct{}
+
+// Run implements Runner. A failure's error carries the program's stderr.
+func (ExecRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("failed to run: empty command")
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			return stdout.Bytes(), fmt.Errorf("%s failed: %w", argv[0], err)
+		}
+		return stdout.Bytes(), fmt.Errorf("%s failed: %w: %s", argv[0], err, msg)
+	}
+	return stdout.Bytes(), nil
+}
+
+// change is one step of a plan: what it does, said before it is done, and
+// how to do it.
+type change struct {
+	desc  string
+	apply func(ctx context.Context) error
+}
+
+// plan is the list of changes a command would make. Commands build it
+// from the host's state before touching anything, so --dry-run shows
+// exactly what a real run does, a bad input fails before any change, and
+// an empty plan means "already so".
+type plan []change
+
+func (p *plan) add(desc string, apply func(ctx context.Context) error) {
+	*p = append(*p, change{desc: desc, apply: apply})
+}
+
+// run is the argv form of add.
+func (p *plan) run(h *Host, argv ...string) {
+	p.add(strings.Join(quoteArgs(argv), " "), func(ctx context.Context) error {
+		_, err := h.runner().Run(ctx, argv...)
+		return err
+	})
+}
+
+// execute prints and applies the plan, or with dryRun only prints it.
+// noChange is printed when the plan is empty. On a failure it says which
+// steps were done, so the admin knows what state the host is in.
+func (p plan) execute(ctx context.Context, out io.Writer, dryRun bool, noChange string) error {
+	if len(p) == 0 {
+		_, err := fmt.Fprintln(out, noChange)
+		return err
+	}
+	if dryRun {
+		for _, c := range p {
+			fmt.Fprintf(out, "would: %s\n", c.desc)
+		}
+		return nil
+	}
+	for i, c := range p {
+		if err := c.apply(ctx); err != nil {
+			if i == 0 {
+				return fmt.Errorf("failed to %s: %w (nothing was changed)", c.desc, err)
+			}
+			return fmt.Errorf("failed to %s: %w (done before it: %s)", c.desc, err, describe(p[:i]))
+		}
+		fmt.Fprintf(out, "done: %s\n", c.desc)
+	}
+	return nil
+}
+
+func describe(p plan) string {
+	d := make([]string, len(p))
+	for i, c := range p {
+		d[i] = c.desc
+	}
+	return strings.Join(d, "; ")
+}
+
+// quoteArgs shows argv unambiguously for people (it is never run by a
+// shell).
+func quoteArgs(argv []string) []string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`;&|<>*?") {
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		} else {
+			out[i] = a
+		}
+	}
+	return out
+}
+
+// path maps an absolute host path into the host's root ("/" in
+// production, a test directory in unit tests).
+func (h *Host) path(p string) string {
+	if h.Root == "" {
+		return p
+	}
+	return filepath.Join(h.Root, p)
+}
+
+func (h *Host) runner() Runner {
+	if h.Runner == nil {
+		return ExecRunner{}
+	}
+	return h.Runner
+}
+
+// lockAccounts serializes account changes on the host, so two requests
+// (or a request and a --local command) for one user cannot interleave.
+func (h *Host) lockAccounts() (unlock func(), err error) {
+	dir := h.State
+	if dir == "" {
+		dir = h.path("/var/lib/sera")
+	}
+	if err := sera.MkdirPrivate(dir); err != nil {
+		return nil, err
+	}
+	return sera.LockFile(filepath.Join(dir, "accounts.lock"))
+}
+
+// addDryRun gives a changing command its --dry-run flag.
+func addDryRun(c *cobra.Command, dryRun *bool) {
+	c.Flags().BoolVar(dryRun, "dry-run", false, "print the exact changes and make none")
+}
