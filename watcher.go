@@ -392,6 +392,9 @@ func (w *Watcher) reply(ctx context.Context, client *KnownClient, req *Request, 
 	// Sealing adds a header, a MAC and base64: size each part so its
 	// message fits the transport.
 	size := (w.Transport.MaxMessageSize()-crypto.MaxReplyOverhead)*3/4 - partHeader
+	if size < 1 {
+		return nil, fmt.Errorf("transport messages of %d bytes cannot carry a reply", w.Transport.MaxMessageSize())
+	}
 	chunks, err := splitReply(body, size)
 	if err != nil {
 		return nil, err

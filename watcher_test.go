@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -1031,4 +1032,52 @@ func (t *failSendTransport) Send(ctx context.Context, queue string, body []byte)
 		return errors.New("send failed (test)")
 	}
 	return t.Transport.Send(ctx, queue, body)
+}
+
+// smallTransport claims a smaller message size than it takes.
+type smallTransport struct {
+	transport.Transport
+	max int
+}
+
+func (s *smallTransport) MaxMessageSize() int { return s.max }
+
+func TestReplySizes(t *testing.T) {
+	t.Parallel()
+	t.Run("too small for any reply", func(t *testing.T) {
+		t.Parallel()
+		// A transport too small for a reply is an error, not a panic
+		// that takes the watcher down; the request stays queued.
+		f := newFixture(t)
+		f.w.Transport = &smallTransport{Transport: f.tr, max: 300}
+		m := f.deliver(f.w, f.sealed(f.request("ping")))
+		if recs := f.a.Records(); len(recs) != 1 {
+			t.Fatalf("audit %+v", recs)
+		}
+		if err := f.tr.ChangeVisibility(context.Background(), f.w.Queue(), m, 0); err != nil {
+			t.Errorf("unanswered request was deleted: %v", err)
+		}
+	})
+	for _, max := range []int{crypto.MaxReplyOverhead + 100, 1000, 4096} {
+		t.Run(fmt.Sprint(max), func(t *testing.T) {
+			t.Parallel()
+			// Every part fits the transport, at any size that can hold
+			// one.
+			f := newFixture(t)
+			f.h.Big = bytes.Repeat([]byte("0123456789abcdef"), 300)
+			ctr := &countingTransport{Transport: &smallTransport{Transport: f.tr, max: max}}
+			f.w.Transport = ctr
+			f.deliver(f.w, f.sealed(f.request("big")))
+			sent := ctr.Sent(f.clientQueue(f.client))
+			for i, b := range sent {
+				if len(b) > max {
+					t.Errorf("part %d of %d is %d bytes, more than %d", i, len(sent), len(b), max)
+				}
+			}
+			got := drain(t, f.tr, f.client, 0)
+			if len(got.replies) != 1 || !bytes.Equal(got.replies[0].Stdout, f.h.Big) {
+				t.Errorf("%d replies from %d parts", len(got.replies), len(sent))
+			}
+		})
+	}
 }

@@ -30,8 +30,9 @@
 //
 // PID 1 is this package's own init (the test binary re-executed, see
 // below); it starts "sshd -D -e" and reaps orphans. There is no systemd:
-// systemctl fails in a host, so reload sshd with a signal (pkill -HUP -x
-// sshd) instead. /proc/sys is read-only except /proc/sys/net (which is per
+// systemctl is not even installed (exit 127), so code under test must not
+// depend on it there; reload sshd with a signal (pkill -HUP -x sshd), which
+// restarts it in place. /proc/sys is read-only except /proc/sys/net (which is per
 // network namespace), so a sysctl written in a host cannot change this
 // machine's kernel; /sys is a fresh read-only sysfs; /dev is this machine's
 // /dev bound in; /run and /tmp are private tmpfs. Each host gets its own SSH

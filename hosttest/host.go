@@ -18,6 +18,10 @@ import (
 	"time"
 )
 
+// mustTimeout bounds MustExec and SSH: long enough for anything a test
+// host does, short enough that a hang fails before go test's own timeout.
+const mustTimeout = 2 * time.Minute
+
 // Host is a running test host. Its methods may be called from several
 // goroutines.
 type Host struct {
@@ -46,6 +50,10 @@ func (h *Host) start(lower, bridge, veth string) error {
 		return fmt.Errorf("failed to create host directory: %w", err)
 	}
 	h.dir = dir
+	// /proc/PID/root shows the resolved path; compare like with like.
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return fmt.Errorf("failed to resolve %s: %w", h.dir, err)
+	}
 	if strings.ContainsAny(dir, ",:") {
 		return fmt.Errorf("temporary directory %s: overlay cannot use a path with ',' or ':'", dir)
 	}
@@ -207,7 +215,7 @@ func (h *Host) isStopped() bool {
 // namespaces, its root and /, as root, with a plain PATH and HOME=/root),
 // through nsenter. Killing it by ctx kills its whole process group, which
 // reaches the command inside. cmd.Process is nsenter, not the command: use
-// [Host.Start] to signal a background command. ExtraFiles are not passed.
+// [Host.Start] to signal a background command.
 func (h *Host) Command(ctx context.Context, args ...string) *exec.Cmd {
 	nsenter := []string{"-t", strconv.Itoa(h.pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--"}
 	cmd := exec.CommandContext(ctx, "nsenter", append(nsenter, args...)...)
@@ -251,10 +259,13 @@ func (h *Host) Exec(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 // MustExec runs args inside the host and returns its stdout, failing the
-// test, with stderr, unless it exits 0.
+// test, with stderr, unless it exits 0 within mustTimeout. It works in
+// Cleanup functions too.
 func (h *Host) MustExec(t testing.TB, args ...string) string {
 	t.Helper()
-	stdout, stderr, code, err := h.Run(t.Context(), args...)
+	ctx, cancel := context.WithTimeout(context.Background(), mustTimeout)
+	defer cancel()
+	stdout, stderr, code, err := h.Run(ctx, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

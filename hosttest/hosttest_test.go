@@ -89,6 +89,9 @@ func TestHosts(t *testing.T) {
 		if _, err := os.Stat("/home/alice"); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("this machine got /home/alice: %v", err)
 		}
+		if passwd, err := os.ReadFile(filepath.Join(Root(t), "etc/passwd")); err != nil || bytes.Contains(passwd, []byte("alice")) {
+			t.Errorf("the shared Debian root changed: %v", err)
+		}
 	})
 
 	key := filepath.Join(t.TempDir(), "id_ed25519")
@@ -203,6 +206,25 @@ func TestHosts(t *testing.T) {
 		err := p.Wait()
 		if ee, ok := errors.AsType[*exec.ExitError](err); !ok || ee.ExitCode() != 3 || !bytes.Contains(p.Output(), []byte("bye")) {
 			t.Fatalf("after SIGTERM: %v, output %q; want exit 3 and bye", err, p.Output())
+		}
+	})
+
+	t.Run("files never leave the host", func(t *testing.T) {
+		h1.MustExec(t, "ln", "-s", "/etc/hostname", "/tmp/absolute")
+		h1.MustExec(t, "ln", "-s", "../etc/hostname", "/tmp/relative")
+		if data, err := h1.ReadFile("/tmp/relative"); err != nil || string(data) != "h1\n" {
+			t.Errorf("ReadFile through a relative link = %q, %v; want h1's hostname", data, err)
+		}
+		// Followed from this machine, the absolute link would name this
+		// machine's /etc/hostname: refused.
+		if data, err := h1.ReadFile("/tmp/absolute"); err == nil {
+			t.Errorf("ReadFile followed an absolute link: %q", data)
+		}
+		if err := h1.WriteFile("/tmp/absolute", []byte("x\n"), 0o644); err == nil {
+			t.Error("WriteFile followed an absolute link")
+		}
+		if err := h1.WriteFile("etc/x", nil, 0o644); err == nil {
+			t.Error("WriteFile took a relative path")
 		}
 	})
 

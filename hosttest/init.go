@@ -80,7 +80,9 @@ func runInit(raw string) error {
 // reexec returns a command that runs this test binary again as PID 1 of new
 // mount, UTS, IPC and PID namespaces (and a new network namespace if
 // newNet), where the init hook takes over with spec. The child is killed
-// if the test process dies, so no host outlives its test.
+// if the test process dies, so no host outlives its test. (Pdeathsig
+// follows the thread that started the child, which the Go runtime keeps
+// alive unless a goroutine exits while locked to it.)
 func reexec(spec initSpec, newNet bool, name string) (*exec.Cmd, error) {
 	raw, err := json.Marshal(spec)
 	if err != nil {

@@ -179,8 +179,9 @@ func (n *Net) Start(t testing.TB, name string) *Host {
 		net:  n,
 	}
 	if err := h.start(lower, n.Bridge, fmt.Sprintf("%s%d", n.vethPrefix(), idx)); err != nil {
+		log := h.logTail()
 		h.cleanup(t)
-		t.Fatalf("failed to start host %s: %v\n%s", name, err, h.logTail())
+		t.Fatalf("failed to start host %s: %v\nhost log:\n%s", name, err, log)
 	}
 	t.Cleanup(func() { h.cleanup(t) })
 

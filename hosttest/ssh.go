@@ -4,7 +4,6 @@ import (
 	"context"
 	"os/exec"
 	"testing"
-	"time"
 )
 
 // SSHOptions changes how [Host.SSHWith] logs in. The zero value is what
@@ -57,7 +56,7 @@ func (h *Host) SSHWith(t testing.TB, o SSHOptions, user, keyFile string, args ..
 	}
 	argv = append(append(argv, "--", h.Addr), args...)
 
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), mustTimeout)
 	defer cancel()
 	var cmd *exec.Cmd
 	if o.From != nil {

@@ -1,0 +1,256 @@
+package sera_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sera-dev/sera"
+)
+
+func mapEnv(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadConfigPrecedence(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	writeFile(t, filepath.Join(home, "env"), `# settings
+SERA_PREFIX=filepfx
+SERA_TIMEOUT=30s
+SERA_REGION="eu-west-1"
+SERA_HOME=/elsewhere
+SERA_GROUPS=
+`)
+	env := sera.Env{
+		Getenv: mapEnv(map[string]string{
+			"SERA_HOME":    home,
+			"SERA_TIMEOUT": "10s",
+			"SERA_NAME":    "envname",
+		}),
+		UserHome: "/home/u", Hostname: "box.example.com",
+	}
+	c, err := sera.LoadConfig(env, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Home != home || c.EnvFile != filepath.Join(home, "env") {
+		t.Errorf("home %s, env file %s", c.Home, c.EnvFile)
+	}
+	want := map[string]sera.Value{
+		sera.KeyHome:       {home, sera.SourceEnv},
+		sera.KeyTimeout:    {"10s", sera.SourceEnv},
+		sera.KeyName:       {"envname", sera.SourceEnv},
+		sera.KeyPrefix:     {"filepfx", sera.SourceFile},
+		sera.KeyRegion:     {"eu-west-1", sera.SourceFile},
+		sera.KeyGroups:     {"", sera.SourceFile},
+		sera.KeyState:      {filepath.Join(home, "state"), sera.SourceDefault},
+		sera.KeySpool:      {filepath.Join(home, "state", "spool"), sera.SourceDefault},
+		sera.KeyTransport:  {"spool", sera.SourceDefault},
+		sera.KeyRequestTTL: {"5m", sera.SourceDefault},
+		sera.KeyAccessKey:  {"", sera.SourceDefault},
+		sera.KeySecretKey:  {"", sera.SourceDefault},
+	}
+	for k, v := range want {
+		if got := c.Lookup(k); got != v {
+			t.Errorf("%s = %+v, want %+v", k, got, v)
+		}
+	}
+	// Every setting has a value and a source.
+	for _, d := range sera.Settings {
+		if c.Lookup(d.Key).Source == "" {
+			t.Errorf("%s has no source", d.Key)
+		}
+	}
+	if c.Duration(sera.KeyTimeout) != 10*time.Second || c.Duration(sera.KeyRequestTTL) != 5*time.Minute {
+		t.Errorf("durations %s %s", c.Duration(sera.KeyTimeout), c.Duration(sera.KeyRequestTTL))
+	}
+	if c.KeyFile() != filepath.Join(home, "key") || c.KnownClientsFile() != filepath.Join(home, "known_clients") || c.KnownWatchersFile() != filepath.Join(home, "known_watchers") {
+		t.Errorf("files %s %s %s", c.KeyFile(), c.KnownClientsFile(), c.KnownWatchersFile())
+	}
+}
+
+func TestLoadConfigDefaults(t *testing.T) {
+	t.Parallel()
+	missing := filepath.Join(t.TempDir(), "nothing-here")
+	tests := []struct {
+		name string
+		env  sera.Env
+		want map[string]sera.Value
+	}{
+		{"user", sera.Env{Getenv: mapEnv(nil), UserHome: missing, Hostname: "laptop.local"}, map[string]sera.Value{
+			sera.KeyHome:      {filepath.Join(missing, ".sera"), sera.SourceDefault},
+			sera.KeyState:     {filepath.Join(missing, ".sera", "state"), sera.SourceDefault},
+			sera.KeySpool:     {filepath.Join(missing, ".sera", "state", "spool"), sera.SourceDefault},
+			sera.KeyName:      {"laptop", sera.SourceDefault},
+			sera.KeyTransport: {"spool", sera.SourceDefault},
+			sera.KeyPrefix:    {"sera", sera.SourceDefault},
+			sera.KeyTimeout:   {"60s", sera.SourceDefault},
+		}},
+		// As root, SERA_HOME from the environment keeps the test away
+		// from /etc/sera; the state default is still the system one.
+		{"root", sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": missing}), IsRoot: true, Hostname: "web1"}, map[string]sera.Value{
+			sera.KeyHome:  {missing, sera.SourceEnv},
+			sera.KeyState: {"/var/lib/sera", sera.SourceDefault},
+			sera.KeySpool: {"/var/lib/sera/spool", sera.SourceDefault},
+			sera.KeyName:  {"web1", sera.SourceDefault},
+		}},
+		{"state from env", sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": missing, "SERA_STATE": "/srv/sera"}), IsRoot: true, Hostname: "web1"}, map[string]sera.Value{
+			sera.KeyState: {"/srv/sera", sera.SourceEnv},
+			sera.KeySpool: {"/srv/sera/spool", sera.SourceDefault},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := sera.LoadConfig(tt.env, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tt.want {
+				if got := c.Lookup(k); got != v {
+					t.Errorf("%s = %+v, want %+v", k, got, v)
+				}
+			}
+		})
+	}
+	if h := sera.DefaultHome(sera.Env{IsRoot: true, UserHome: "/root"}, false); h != "/etc/sera" {
+		t.Errorf("root's default home %s", h)
+	}
+	if h := sera.DefaultHome(sera.Env{UserHome: "/home/u"}, true); h != "/etc/sera" {
+		t.Errorf("--system default home %s", h)
+	}
+	if h := sera.DefaultHome(sera.Env{UserHome: "/home/u"}, false); h != "/home/u/.sera" {
+		t.Errorf("user's default home %s", h)
+	}
+}
+
+func TestLoadConfigInvalid(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	writeFile(t, filepath.Join(home, "env"), "SERA_TRANSPORT=carrier-pigeon\n")
+	env := sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": home}), Hostname: "h"}
+	if _, err := sera.LoadConfig(env, false); err == nil || !strings.Contains(err.Error(), "SERA_TRANSPORT") || !strings.Contains(err.Error(), "file") {
+		t.Errorf("bad value in the file: %v", err)
+	}
+	// The environment overrides the bad file value.
+	env.Getenv = mapEnv(map[string]string{"SERA_HOME": home, "SERA_TRANSPORT": "sqs"})
+	if c, err := sera.LoadConfig(env, false); err != nil || c.Get(sera.KeyTransport) != "sqs" {
+		t.Errorf("env over a bad file: %v", err)
+	}
+	env.Getenv = mapEnv(map[string]string{"SERA_HOME": home, "SERA_TRANSPORT": "spool", "SERA_TIMEOUT": "soon"})
+	if _, err := sera.LoadConfig(env, false); err == nil || !strings.Contains(err.Error(), "SERA_TIMEOUT") || !strings.Contains(err.Error(), "env") {
+		t.Errorf("bad value in the environment: %v", err)
+	}
+	// An env file that is a symlink is not read.
+	home2 := t.TempDir()
+	writeFile(t, filepath.Join(home2, "real"), "SERA_PREFIX=x\n")
+	if err := os.Symlink(filepath.Join(home2, "real"), filepath.Join(home2, "env")); err != nil {
+		t.Fatal(err)
+	}
+	env.Getenv = mapEnv(map[string]string{"SERA_HOME": home2})
+	if _, err := sera.LoadConfig(env, false); !errors.Is(err, sera.ErrSymlink) {
+		t.Errorf("symlinked env file: %v", err)
+	}
+}
+
+func TestCheckSetting(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		key, value string
+		ok         bool
+	}{
+		{"SERA_TRANSPORT", "spool", true},
+		{"SERA_TRANSPORT", "sqs", true},
+		{"SERA_TRANSPORT", "SQS", false},
+		{"SERA_TRANSPORT", "ftp", false},
+		{"SERA_TRANSPORT", "", true}, // unset
+		{"SERA_NAME", "web-1_a", true},
+		{"SERA_NAME", "bad name", false},
+		{"SERA_NAME", "-leading", false},
+		{"SERA_NAME", "a.b", false},
+		{"SERA_NAME", strings.Repeat("a", sera.MaxNameLen), true},
+		{"SERA_NAME", strings.Repeat("a", sera.MaxNameLen+1), false},
+		{"SERA_GROUPS", "web,eu", true},
+		{"SERA_GROUPS", "web, eu", true},
+		{"SERA_GROUPS", "web,e u", false},
+		{"SERA_GROUPS", "web,../x", false},
+		{"SERA_PREFIX", "sera", true},
+		{"SERA_PREFIX", "abcdefghijkl", true},
+		{"SERA_PREFIX", "abcdefghijklm", false},
+		{"SERA_PREFIX", "se ra", false},
+		{"SERA_PREFIX", "se.ra", false},
+		{"SERA_TIMEOUT", "60s", true},
+		{"SERA_TIMEOUT", "1h30m", true},
+		{"SERA_TIMEOUT", "0s", false},
+		{"SERA_TIMEOUT", "-1s", false},
+		{"SERA_TIMEOUT", "60", false},
+		{"SERA_REQUEST_TTL", "24h", true},
+		{"SERA_REQUEST_TTL", "24h1s", false},
+		{"SERA_REQUEST_TTL", "5m", true},
+		{"SERA_SPOOL", "/any/path", true},
+		{"SERA_STATE", "/var/lib/sera", true},
+		{"SERA_REGION", "eu-west-1", true},
+		{"SERA_ACCESS_KEY", "AKIA", true},
+		{"SERA_SECRET_KEY", "s3cr3t", true},
+		{"SERA_HOME", "/etc/sera", false}, // only from the environment
+		{"SERA_NOPE", "x", false},
+		{"sera_prefix", "x", false},
+		{"PATH", "/bin", false},
+		{"", "", false},
+	}
+	for _, tt := range tests {
+		err := sera.CheckSetting(tt.key, tt.value)
+		if (err == nil) != tt.ok {
+			t.Errorf("CheckSetting(%q, %q) = %v, want ok %v", tt.key, tt.value, err, tt.ok)
+		}
+	}
+	if err := sera.CheckSetting("SERA_NOPE", "x"); !errors.Is(err, sera.ErrUnknownSetting) {
+		t.Errorf("unknown key: %v", err)
+	}
+	if err := sera.CheckSetting(sera.KeySecretKey, "x"); err != nil {
+		t.Error(err)
+	}
+	if d, ok := sera.LookupSetting(sera.KeySecretKey); !ok || !d.Secret {
+		t.Errorf("%s is not secret", sera.KeySecretKey)
+	}
+	seen := map[string]bool{}
+	for _, d := range sera.Settings {
+		if seen[d.Key] || !strings.HasPrefix(d.Key, "SERA_") || d.Help == "" {
+			t.Errorf("setting %+v", d)
+		}
+		seen[d.Key] = true
+	}
+	for _, k := range []string{"SERA_HOME", "SERA_STATE", "SERA_TRANSPORT", "SERA_SPOOL", "SERA_NAME", "SERA_GROUPS", "SERA_PREFIX",
+		"SERA_REGION", "SERA_ACCESS_KEY", "SERA_SECRET_KEY", "SERA_TIMEOUT", "SERA_REQUEST_TTL"} {
+		if !seen[k] {
+			t.Errorf("DESIGN.md's setting %s is missing", k)
+		}
+	}
+}
+
+func TestSplitList(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"":           "",
+		"a":          "a",
+		"a,b":        "a|b",
+		" a , ,b ,":  "a|b",
+		",,,":        "",
+		"web, db,eu": "web|db|eu",
+	} {
+		if got := strings.Join(sera.SplitList(in), "|"); got != want {
+			t.Errorf("SplitList(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
