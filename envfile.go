@@ -63,7 +63,9 @@ func unquote(v string) string {
 
 // quote writes v so that both ParseEnvFile and systemd read it back as v.
 func quote(v string) string {
-	if v != "" && !strings.ContainsAny(v, " \t\"'\\#;$`") {
+	// Quoted too: leading or trailing white space of any kind, which
+	// parseEnvLine trims from an unquoted value ("\v", U+00A0).
+	if v != "" && !strings.ContainsAny(v, " \t\"'\\#;$`") && strings.TrimSpace(v) == v {
 		return v
 	}
 	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)

@@ -473,7 +473,7 @@ func assertQueueEmpty(t *testing.T, tr transport.Transport, queue string) {
 
 // replies are what a client queue held.
 type replies struct {
-	raw     [][]byte     // every message body, in order
+	raw     [][]byte      // every message body, in order
 	replies []*sera.Reply // reassembled, in order of completion
 	from    []*crypto.PublicKey
 }

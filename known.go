@@ -192,6 +192,11 @@ func ParseKnownWatchers(b []byte) (*KnownWatchers, error) {
 		if kw.ByName(w.Name) != nil {
 			return nil, fmt.Errorf("known_watchers line %d: name %s used twice", i+1, w.Name)
 		}
+		// The client tells watchers apart by key: one key under two
+		// names would credit one watcher's reply to the other.
+		if other := kw.ByKey(key); other != nil {
+			return nil, fmt.Errorf("known_watchers line %d: key of %s is already %s's", i+1, w.Name, other.Name)
+		}
 		kw.Watchers = append(kw.Watchers, w)
 	}
 	return kw, nil

@@ -121,10 +121,20 @@ func (c *ReplayCache) Purge(now time.Time) (int, error) {
 		}
 		p := filepath.Join(c.dir, de.Name())
 		e, err := c.read(p)
-		if err != nil || e.Expires.IsZero() {
+		if err != nil {
 			continue
 		}
-		if now.After(e.Expires.Add(MaxClockSkew)) {
+		expires := e.Expires
+		if expires.IsZero() {
+			// A torn initial record has no expiry: no request lives
+			// longer than MaxRequestLifetime after it was recorded.
+			fi, err := de.Info()
+			if err != nil {
+				continue
+			}
+			expires = fi.ModTime().Add(MaxRequestLifetime)
+		}
+		if now.After(expires.Add(MaxClockSkew)) {
 			if os.Remove(p) == nil {
 				n++
 			}

@@ -120,6 +120,18 @@ func TestReplayCacheTornEntry(t *testing.T) {
 	if err != nil || prior == nil || prior.Done {
 		t.Errorf("torn entry: %+v, %v; want an interrupted entry", prior, err)
 	}
+	// It has no expiry of its own: kept while a request could live, then
+	// purged.
+	torn := filepath.Join(dir, fp+"-"+id)
+	if n, _ := c.Purge(time.Now()); n != 0 {
+		t.Errorf("fresh torn entry purged")
+	}
+	if n, _ := c.Purge(time.Now().Add(sera.MaxRequestLifetime + sera.MaxClockSkew + time.Minute)); n != 1 {
+		t.Errorf("old torn entry kept")
+	}
+	if _, err := os.Lstat(torn); !os.IsNotExist(err) {
+		t.Errorf("torn entry still on disk: %v", err)
+	}
 }
 
 func TestReplayCacheSymlinks(t *testing.T) {

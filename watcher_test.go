@@ -203,7 +203,9 @@ func TestRule4Payload(t *testing.T) {
 		{"not json", func(*fixture) []byte { return []byte("run ping please") }, "invalid request"},
 		{"wrong shape", func(*fixture) []byte { return []byte(`{"hello":"world"}`) }, "unknown field"},
 		{"empty", func(*fixture) []byte { return []byte{} }, "invalid request"},
-		{"no argv", func(f *fixture) []byte { return mustMarshal(t, mod(f.request("ping"), func(r *sera.Request) { r.Argv = nil })) }, "argv"},
+		{"no argv", func(f *fixture) []byte {
+			return mustMarshal(t, mod(f.request("ping"), func(r *sera.Request) { r.Argv = nil }))
+		}, "argv"},
 		{"bad id", func(f *fixture) []byte {
 			return mustMarshal(t, mod(f.request("ping"), func(r *sera.Request) { r.ID = strings.ToUpper(r.ID) }))
 		}, "id"},
@@ -1077,6 +1079,53 @@ func TestReplySizes(t *testing.T) {
 			got := drain(t, f.tr, f.client, 0)
 			if len(got.replies) != 1 || !bytes.Equal(got.replies[0].Stdout, f.h.Big) {
 				t.Errorf("%d replies from %d parts", len(got.replies), len(sent))
+			}
+		})
+	}
+}
+
+func TestRefusalsNeverEchoArgv(t *testing.T) {
+	t.Parallel()
+	// Whatever rule refuses a request, its audit record holds no argument.
+	secret := []string{"user", "add", "bob", "--password-hash=SECRETVALUE"}
+	now := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		edit func(f *fixture, r *sera.Request)
+		rule int
+	}{
+		{"lifetime", func(f *fixture, r *sera.Request) { r.ExpiresAt = r.IssuedAt.Add(48 * time.Hour) }, 4},
+		{"bad time", func(f *fixture, r *sera.Request) { r.IssuedAt = time.Time{} }, 4},
+		{"target", func(f *fixture, r *sera.Request) { r.Target.Names = []string{"db1"} }, 5},
+		{"expired", func(f *fixture, r *sera.Request) {
+			r.ExpiresAt = now.Add(-time.Second)
+			r.IssuedAt = now.Add(-time.Minute)
+		}, 6},
+		{"future", func(f *fixture, r *sera.Request) {
+			r.IssuedAt = now.Add(time.Hour)
+			r.ExpiresAt = now.Add(2 * time.Hour)
+		}, 6},
+		{"not allowed", func(f *fixture, r *sera.Request) {
+			f.removeClient("alice")
+			f.addClient(f.client, "alice", "echo")
+		}, 8},
+		{"invalid", func(f *fixture, r *sera.Request) {}, 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			f.clock.Set(now)
+			req := f.request(secret...)
+			tt.edit(f, req)
+			f.deliver(f.w, f.sealed(req))
+			recs := f.a.Records()
+			if len(recs) != 1 || recs[0].Rule != tt.rule || f.h.Count() != 0 {
+				t.Fatalf("audit %+v, want rule %d", recs, tt.rule)
+			}
+			line, _ := json.Marshal(recs[0])
+			if bytes.Contains(line, []byte("SECRETVALUE")) {
+				t.Errorf("audit record echoes an argument: %s", line)
 			}
 		})
 	}

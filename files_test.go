@@ -1,0 +1,186 @@
+package sera_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sera-dev/sera"
+)
+
+// listDir returns the names in dir.
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func TestWriteFileAtomic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "known_clients")
+	if err := sera.WriteFileAtomic(path, []byte("one\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := sera.WriteFileAtomic(path, []byte("two\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || string(b) != "two\n" {
+		t.Errorf("contents %q, %v", b, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, %v", fi.Mode(), err)
+	}
+	if names := listDir(t, dir); len(names) != 1 {
+		t.Errorf("directory holds %q, want only the file", names)
+	}
+}
+
+func TestWriteFileAtomicRefusesSymlinks(t *testing.T) {
+	t.Parallel()
+	t.Run("target", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		victim := filepath.Join(dir, "victim")
+		writeFile(t, victim, "precious\n")
+		link := filepath.Join(dir, "env")
+		if err := os.Symlink(victim, link); err != nil {
+			t.Fatal(err)
+		}
+		if err := sera.WriteFileAtomic(link, []byte("evil\n"), 0o600); !errors.Is(err, sera.ErrSymlink) {
+			t.Errorf("write through a symlinked file: %v", err)
+		}
+		if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+			t.Errorf("victim now %q", b)
+		}
+		if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Errorf("link replaced: %v", err)
+		}
+		if names := listDir(t, dir); len(names) != 2 {
+			t.Errorf("directory holds %q: a temporary file was left", names)
+		}
+	})
+	t.Run("directory", func(t *testing.T) {
+		t.Parallel()
+		base := t.TempDir()
+		real := filepath.Join(base, "real")
+		if err := os.Mkdir(real, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(base, "link")
+		if err := os.Symlink(real, link); err != nil {
+			t.Fatal(err)
+		}
+		if err := sera.WriteFileAtomic(filepath.Join(link, "env"), []byte("x\n"), 0o600); !errors.Is(err, sera.ErrSymlink) {
+			t.Errorf("write into a symlinked directory: %v", err)
+		}
+		if names := listDir(t, real); len(names) != 0 {
+			t.Errorf("symlinked directory now holds %q", names)
+		}
+	})
+	t.Run("missing directory", func(t *testing.T) {
+		t.Parallel()
+		if err := sera.WriteFileAtomic(filepath.Join(t.TempDir(), "no", "env"), nil, 0o600); err == nil {
+			t.Error("write into a missing directory succeeded")
+		}
+	})
+	t.Run("target is a directory", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		if err := os.Mkdir(filepath.Join(dir, "env"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := sera.WriteFileAtomic(filepath.Join(dir, "env"), []byte("x"), 0o600); err == nil {
+			t.Error("replaced a directory")
+		}
+		if names := listDir(t, dir); len(names) != 1 {
+			t.Errorf("directory holds %q: a temporary file was left", names)
+		}
+	})
+}
+
+func TestReadFileNoFollow(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "f"), "data")
+	if b, err := sera.ReadFileNoFollow(filepath.Join(dir, "f")); err != nil || string(b) != "data" {
+		t.Errorf("read %q, %v", b, err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "f"), filepath.Join(dir, "l")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sera.ReadFileNoFollow(filepath.Join(dir, "l")); !errors.Is(err, sera.ErrSymlink) {
+		t.Errorf("read through a symlink: %v", err)
+	}
+	if _, err := sera.ReadFileNoFollow(dir); err == nil {
+		t.Error("read a directory")
+	}
+	if _, err := sera.ReadFileNoFollow(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestMkdirPrivate(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	d := filepath.Join(base, "a", "b")
+	if err := sera.MkdirPrivate(d); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("mode %v, %v", fi.Mode(), err)
+	}
+	if err := sera.MkdirPrivate(d); err != nil {
+		t.Errorf("existing directory: %v", err)
+	}
+	if err := os.Symlink(d, filepath.Join(base, "l")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sera.MkdirPrivate(filepath.Join(base, "l")); !errors.Is(err, sera.ErrSymlink) {
+		t.Errorf("symlink: %v", err)
+	}
+}
+
+func TestAuditLog(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := &sera.AuditLog{Path: path}
+	exit := 0
+	for _, r := range []sera.AuditRecord{
+		{Decision: sera.DecisionAccepted, RequestID: "a", Argv: []string{"ping"}, Exit: &exit},
+		{Decision: sera.DecisionRejected, Rule: 2, Reason: "unknown client"},
+	} {
+		if err := l.Audit(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"time":"0001-01-01T00:00:00Z","request_id":"a","argv":["ping"],"decision":"accepted","exit":0}
+{"time":"0001-01-01T00:00:00Z","decision":"rejected","rule":2,"reason":"unknown client"}
+`
+	if string(b) != want {
+		t.Errorf("audit log\n%s\nwant\n%s", b, want)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, %v", fi.Mode(), err)
+	}
+	link := filepath.Join(filepath.Dir(path), "link.log")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := (&sera.AuditLog{Path: link}).Audit(sera.AuditRecord{Decision: "x"}); err == nil {
+		t.Error("audit log written through a symlink")
+	}
+}
