@@ -62,6 +62,12 @@ func (p *plan) add(desc string, apply func(ctx context.Context) error) {
 	*p = append(*p, change{desc: desc, apply: apply})
 }
 
+// note adds a line that is shown, not done: a consequence the admin
+// should know of.
+func (p *plan) note(desc string) {
+	*p = append(*p, change{desc: desc})
+}
+
 // run is the argv form of add.
 func (p *plan) run(h *Host, argv ...string) {
 	p.add(strings.Join(quoteArgs(argv), " "), func(ctx context.Context) error {
@@ -80,11 +86,19 @@ func (p plan) execute(ctx context.Context, out io.Writer, dryRun bool, noChange 
 	}
 	if dryRun {
 		for _, c := range p {
+			if c.apply == nil {
+				fmt.Fprintf(out, "note: %s\n", c.desc)
+				continue
+			}
 			fmt.Fprintf(out, "would: %s\n", c.desc)
 		}
 		return nil
 	}
 	for i, c := range p {
+		if c.apply == nil {
+			fmt.Fprintf(out, "note: %s\n", c.desc)
+			continue
+		}
 		if err := c.apply(ctx); err != nil {
 			if i == 0 {
 				return fmt.Errorf("failed to %s: %w (nothing was changed)", c.desc, err)
@@ -97,9 +111,11 @@ func (p plan) execute(ctx context.Context, out io.Writer, dryRun bool, noChange 
 }
 
 func describe(p plan) string {
-	d := make([]string, len(p))
-	for i, c := range p {
-		d[i] = c.desc
+	var d []string
+	for _, c := range p {
+		if c.apply != nil {
+			d = append(d, c.desc)
+		}
 	}
 	return strings.Join(d, "; ")
 }

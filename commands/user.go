@@ -123,6 +123,9 @@ only groups managed by sera (system groups such as sudo are kept, and said so).`
 	f.BoolVar(&o.update, "update", false, "change an existing user's attributes to these")
 	addDryRun(c, &o.dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
+		if err := mayGiveSudo(ctx, h, splitAll(append(slices.Clone(o.groups), o.setGroups...))...); err != nil {
+			return err
+		}
 		unlock, err := h.lockAccounts()
 		if err != nil {
 			return err
@@ -239,7 +242,7 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 	}
 	before, err := h.loadKeys(u)
 	if err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("%w; nothing was changed", err)
 	}
 	after := clone(before)
 	var newKeys []string
@@ -270,7 +273,7 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 			return err
 		})
 		if len(kept) > 0 {
-			p.add("keep system groups "+strings.Join(kept, ",")+" (not managed by sera)", func(context.Context) error { return nil })
+			p.note("kept system groups " + strings.Join(kept, ",") + " (not managed by sera)")
 		}
 	}
 	h.planKeys(&p, u, before, after, strings.Join(newKeys, "; "))
@@ -455,10 +458,10 @@ exactly what lock did.`,
 
 func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (plan, error) {
 	sh := db.shadow[u.Name]
-	before, err := h.loadKeys(u)
-	if err != nil {
-		return nil, err
-	}
+	// The user can make ~/.ssh unreadable to sera (a planted link); that
+	// must not stop the rest of the lock. The password, the expiry and the
+	// sessions are done, then the step for the keys fails and says so.
+	before, keysErr := h.loadKeys(u)
 	var p plan
 	recPath := h.lockRecordPath(u.Name)
 	if _, err := os.Lstat(recPath); errors.Is(err, fs.ErrNotExist) && (!sh.Locked() || sh.Expires != expiredDay) {
@@ -477,18 +480,25 @@ func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (pla
 	if sh.Expires != expiredDay {
 		p.run(h, "usermod", "--expiredate", expiredDate, "--", u.Name)
 	}
-	after := clone(before)
-	var what []string
-	for _, k := range after.managed {
-		if !k.disabled {
-			k.disabled = true
-			what = append(what, "disable "+k.describe())
+	if keysErr == nil {
+		after := clone(before)
+		var what []string
+		for _, k := range after.managed {
+			if !k.disabled {
+				k.disabled = true
+				what = append(what, "disable "+k.describe())
+			}
 		}
+		h.planKeys(&p, u, before, after, strings.Join(what, "; "))
 	}
-	h.planKeys(&p, u, before, after, strings.Join(what, "; "))
 	if n := h.countProcesses(u.UID); n > 0 {
 		p.add(fmt.Sprintf("end the %d running process(es) of %s: pkill --signal KILL --uid %d", n, u.Name, u.UID), func(ctx context.Context) error {
 			return h.killUser(ctx, u.UID)
+		})
+	}
+	if keysErr != nil {
+		p.add(fmt.Sprintf("disable the keys sera manages for %s (cannot: %v)", u.Name, keysErr), func(context.Context) error {
+			return errors.New("the keys were not disabled")
 		})
 	}
 	return p, nil
@@ -497,7 +507,10 @@ func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (pla
 func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan, error) {
 	sh := db.shadow[u.Name]
 	recPath := h.lockRecordPath(u.Name)
-	rec := lockRecord{PasswordLocked: sh.Locked() && len(sh.Hash) > 2, ExpiresBefore: -1}
+	// Without a record (lost, or locked by hand), a locked password is
+	// taken for sera's only on an account expired as lock expires it: a
+	// password locked on an account sera did not lock stays locked.
+	rec := lockRecord{PasswordLocked: sh.Locked() && len(sh.Hash) > 2 && sh.Expires == expiredDay, ExpiresBefore: -1}
 	b, err := sera.ReadFileNoFollow(recPath)
 	hasRec := err == nil
 	if hasRec {
@@ -505,11 +518,11 @@ func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan, error) {
 			return nil, fmt.Errorf("failed to read %s: %w; nothing was changed", recPath, err)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+		return nil, fmt.Errorf("%w; nothing was changed", err)
 	}
 	before, err := h.loadKeys(u)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w; nothing was changed", err)
 	}
 	var p plan
 	if rec.PasswordLocked && sh.Locked() {
@@ -618,13 +631,32 @@ home is left in place (and not archived).`,
 		argv := []string{"userdel", "--", name}
 		if !keepHome {
 			argv = []string{"userdel", "--remove", "--", name}
-			if fi, err := os.Lstat(h.path(u.Home)); err == nil && fi.IsDir() {
+			fi, err := os.Lstat(h.path(u.Home))
+			switch {
+			case err == nil && fi.IsDir():
 				h.planArchive(&p, u)
+			case err == nil:
+				// userdel --remove would delete what a link points
+				// to, and it would not be archived.
+				return fmt.Errorf("refusing to delete the home %s of %s: it is not a directory (%s), so it cannot be archived; nothing was changed (--keep-home deletes only the account)",
+					u.Home, name, fi.Mode().Type())
+			case !errors.Is(err, fs.ErrNotExist):
+				return fmt.Errorf("failed to check the home %s: %w; nothing was changed", u.Home, err)
 			}
 		}
 		p.run(h, argv...)
+		// A later account of the same name must not be unlocked from this
+		// one's record.
+		if rec := h.lockRecordPath(name); fileExists(rec) {
+			p.add("remove "+rec+", the lock record of the deleted user", func(context.Context) error { return os.Remove(rec) })
+		}
 		return p.execute(ctx, out, dryRun, "")
 	})
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }
 
 // planArchive adds the archive of u's home: a gzipped tar in a 0700

@@ -336,4 +336,3 @@ func TestAccountBadInputsOnRealHost(t *testing.T) {
 		t.Error("carol was created")
 	}
 }
-
