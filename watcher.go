@@ -92,6 +92,12 @@ type Watcher struct {
 	MinBackoff, MaxBackoff time.Duration
 	// OnPoll, if set, is called after every poll.
 	OnPoll func(WatcherStatus)
+	// Housekeeping, if set, runs when Run starts and then at least every
+	// HousekeepingEvery (default 30 s) between polls, e.g. to close
+	// firewall openings that expired, also those that expired while the
+	// watcher was stopped. It must not block for long.
+	Housekeeping      func(ctx context.Context)
+	HousekeepingEvery time.Duration
 
 	status WatcherStatus
 }
@@ -142,7 +148,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 	minB, maxB := orDefault(w.MinBackoff, time.Second), orDefault(w.MaxBackoff, time.Minute)
 	backoff := minB
 	lastPurge := time.Time{}
+	var lastHousekeeping time.Time
+	every := orDefault(w.HousekeepingEvery, 30*time.Second)
+	// A poll never outlasts the housekeeping period, so housekeeping is
+	// never late by more than one period.
+	wait = min(wait, every)
 	for ctx.Err() == nil {
+		if now := w.now(); w.Housekeeping != nil && now.Sub(lastHousekeeping) >= every {
+			w.Housekeeping(ctx)
+			lastHousekeeping = now
+		}
 		if now := w.now(); now.Sub(lastPurge) > time.Minute {
 			if n, err := w.Replay.Purge(now); err != nil {
 				w.log().Warn("replay cache purge failed", "err", err)

@@ -1130,3 +1130,35 @@ func TestRefusalsNeverEchoArgv(t *testing.T) {
 		})
 	}
 }
+
+// Housekeeping (closing expired firewall openings) runs at start, then
+// again every period even when no request arrives, and never while a
+// request is being handled.
+func TestWatcherHousekeeping(t *testing.T) {
+	f := newFixture(t)
+	w := f.newWatcher("web1")
+	w.Now = nil // the real clock: the loop's timing is what is tested
+	w.PollWait = time.Minute
+	w.HousekeepingEvery = 100 * time.Millisecond
+	var mu sync.Mutex
+	var calls []time.Time
+	w.Housekeeping = func(ctx context.Context) {
+		mu.Lock()
+		calls = append(calls, time.Now())
+		mu.Unlock()
+	}
+	begin := time.Now()
+	stop, _ := start(t, w)
+	time.Sleep(550 * time.Millisecond)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) < 3 {
+		t.Fatalf("housekeeping ran %d times in 550 ms with a 100 ms period (poll wait 1 min)", len(calls))
+	}
+	if first := calls[0].Sub(begin); first > 50*time.Millisecond {
+		t.Errorf("first housekeeping %s after start, want at once", first)
+	}
+}
