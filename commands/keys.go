@@ -349,9 +349,10 @@ func (t *hostTree) keyRemoveCmd() *cobra.Command {
 			var did []string
 			for _, a := range args[1:] {
 				match := func(k *authKey) bool { return k.fingerprint() == a }
+				fp := a
 				if !strings.HasPrefix(a, "SHA256:") {
 					want, _ := parseKeyArg(a, "")
-					match = want.same
+					match, fp = want.same, want.fingerprint()
 				}
 				kept := ak.managed[:0]
 				found := false
@@ -373,7 +374,7 @@ func (t *hostTree) keyRemoveCmd() *cobra.Command {
 					}
 				}
 				if !found {
-					fmt.Fprintf(out, "key %s already absent\n", strings.TrimPrefix(abbreviate(a), ""))
+					fmt.Fprintf(out, "key %s already absent\n", fp)
 				}
 			}
 			return did, nil
@@ -401,9 +402,17 @@ unless --exclusive, which makes these the only keys in the file.`,
 			var want []*authKey
 			for _, a := range args[1:] {
 				k, _ := parseKeyArg(a, options)
-				if findKey(want, k) == nil {
-					want = append(want, k)
+				if findKey(want, k) != nil {
+					continue
 				}
+				// As with key add: a key on the user's own line is left
+				// as it is, not copied into the block without its
+				// options (sshd would accept either line).
+				if !exclusive && findKey(ak.managed, k) == nil && findKey(ak.ownKeys(), k) != nil {
+					fmt.Fprintf(out, "key %s is already in the file, not added by sera; left as it is\n", k.fingerprint())
+					continue
+				}
+				want = append(want, k)
 			}
 			var did []string
 			for _, k := range ak.managed {
@@ -412,7 +421,13 @@ unless --exclusive, which makes these the only keys in the file.`,
 				}
 			}
 			for _, k := range want {
-				if m := findKey(ak.managed, k); m == nil {
+				m := findKey(ak.managed, k)
+				if m != nil {
+					// A key disabled by 'user lock' stays disabled
+					// until 'user unlock'.
+					k.disabled = m.disabled
+				}
+				if m == nil {
 					did = append(did, "add "+k.describe())
 				} else if m.line() != k.line() {
 					did = append(did, "update "+k.describe())
@@ -495,16 +510,16 @@ func (h *Host) withUserKeys(ctx context.Context, out io.Writer, dryRun bool, use
 	}
 	u, err := db.manageableUser(user)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w; nothing was changed", err)
 	}
 	before, err := h.loadKeys(u)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w; nothing was changed", err)
 	}
 	ak := clone(before)
 	did, err := change(ak)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w; nothing was changed", err)
 	}
 	var p plan
 	h.planKeys(&p, u, before, ak, strings.Join(did, "; "))

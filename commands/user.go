@@ -647,16 +647,12 @@ home is left in place (and not archived).`,
 		p.run(h, argv...)
 		// A later account of the same name must not be unlocked from this
 		// one's record.
-		if rec := h.lockRecordPath(name); fileExists(rec) {
+		rec := h.lockRecordPath(name)
+		if _, err := os.Lstat(rec); err == nil {
 			p.add("remove "+rec+", the lock record of the deleted user", func(context.Context) error { return os.Remove(rec) })
 		}
 		return p.execute(ctx, out, dryRun, "")
 	})
-}
-
-func fileExists(p string) bool {
-	_, err := os.Lstat(p)
-	return err == nil
 }
 
 // planArchive adds the archive of u's home: a gzipped tar in a 0700
