@@ -297,6 +297,9 @@ type Handler struct {
 func (h *Handler) tree() *cobra.Command {
 	root := &cobra.Command{Use: "sera", SilenceUsage: true, SilenceErrors: true}
 	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageErr("%v", err)
+	})
 	t := &hostTree{host: h.Host}
 	root.AddCommand(t.commands()...)
 	return root

@@ -290,3 +290,13 @@ func TestPrefixLines(t *testing.T) {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }
+
+// A flag error inside the watcher is a usage error there too (status 2),
+// as it is on the client.
+func TestRunFlagErrorIsUsage(t *testing.T) {
+	h := testHandler(t)
+	res := h.Run(context.Background(), &sera.Call{Argv: []string{"ping", "--bogus"}})
+	if res.Status != ExitUsage || !strings.Contains(string(res.Stderr), "unknown flag: --bogus") {
+		t.Errorf("status %d, stderr %q", res.Status, res.Stderr)
+	}
+}

@@ -157,6 +157,18 @@ func parseAuthorizedKeys(b []byte) *authorizedKeys {
 			ak.before = append(ak.before, line)
 		}
 	}
+	if in {
+		// A begin marker with no end (a hand edit): sera cannot tell its
+		// keys from the user's, so every line is the user's, and only the
+		// dangling marker goes.
+		own := &authorizedKeys{}
+		for _, line := range strings.Split(s, "\n") {
+			if line != blockBegin {
+				own.before = append(own.before, line)
+			}
+		}
+		return own
+	}
 	return ak
 }
 
@@ -522,6 +534,9 @@ func (h *Host) withUserKeys(ctx context.Context, out io.Writer, dryRun bool, use
 		return fmt.Errorf("%w; nothing was changed", err)
 	}
 	var p plan
+	if h.lockedBySera(db, u) && disableNewKeys(before, ak) {
+		p.note(user + " is locked: the new keys are added disabled; 'sera user unlock " + user + "' enables them")
+	}
 	h.planKeys(&p, u, before, ak, strings.Join(did, "; "))
 	return p.execute(ctx, out, dryRun, "keys of "+user+": no change")
 }

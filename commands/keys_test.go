@@ -636,3 +636,47 @@ func TestKeyOptionsRoundTrip(t *testing.T) {
 		t.Errorf("updated: %q", got)
 	}
 }
+
+// A key added while sera has the user locked must not open the account:
+// it goes in disabled, and unlock enables it with the others.
+func TestKeyAddWhileLocked(t *testing.T) {
+	f := newAccountsFixture(t)
+	k1, p1 := acctKey(t, "one")
+	k2, p2 := acctKey(t, "two")
+	f.ok("key", "add", "--", "alice", k1)
+	f.ok("user", "lock", "alice")
+	out := f.ok("key", "add", "--", "alice", k2)
+	if !strings.Contains(out, "alice is locked: the new keys are added disabled") {
+		t.Errorf("key add on a locked user says:\n%s", out)
+	}
+	ak := parseAuthorizedKeys([]byte(f.keys("alice")))
+	for _, k := range ak.managed {
+		if !k.disabled {
+			t.Errorf("key %s is active while alice is locked", k.fingerprint())
+		}
+	}
+	f.ok("user", "unlock", "alice")
+	ak = parseAuthorizedKeys([]byte(f.keys("alice")))
+	if len(ak.managed) != 2 || ak.managed[0].disabled || ak.managed[1].disabled {
+		t.Errorf("after unlock: %q", f.keys("alice"))
+	}
+	if acctFP(p1) == acctFP(p2) {
+		t.Fatal("test keys are equal")
+	}
+}
+
+// A begin marker without its end is a hand edit: every line is the user's
+// and nothing the user wrote is dropped.
+func TestAuthorizedKeysUnterminatedBlock(t *testing.T) {
+	k1, _ := acctKey(t, "one")
+	k2, _ := acctKey(t, "two")
+	in := "# my keys\n" + blockBegin + "\n" + k1 + "\n# a note\n" + k2 + "\n"
+	ak := parseAuthorizedKeys([]byte(in))
+	if len(ak.managed) != 0 || len(ak.ownKeys()) != 2 {
+		t.Fatalf("managed %d, own %d; want 0, 2", len(ak.managed), len(ak.ownKeys()))
+	}
+	want := "# my keys\n" + k1 + "\n# a note\n" + k2 + "\n"
+	if got := string(ak.bytes()); got != want {
+		t.Errorf("rewritten as %q, want %q", got, want)
+	}
+}

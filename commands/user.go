@@ -276,6 +276,9 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 			p.note("kept system groups " + strings.Join(kept, ",") + " (not managed by sera)")
 		}
 	}
+	if h.lockedBySera(db, u) && disableNewKeys(before, after) {
+		p.note(name + " is locked: the new keys are added disabled; 'sera user unlock " + name + "' enables them")
+	}
 	h.planKeys(&p, u, before, after, strings.Join(newKeys, "; "))
 	return p, "", nil
 }
@@ -548,6 +551,30 @@ func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan, error) {
 		p.add("remove "+recPath, func(context.Context) error { return os.Remove(recPath) })
 	}
 	return p, nil
+}
+
+// lockedBySera reports whether u is locked by 'user lock' (expired the
+// way lock expires, with lock's record): keys added meanwhile must not
+// open the account.
+func (h *Host) lockedBySera(db *accountDB, u *passwdEntry) bool {
+	if db.shadow[u.Name].Expires != expiredDay {
+		return false
+	}
+	_, err := os.Lstat(h.lockRecordPath(u.Name))
+	return err == nil
+}
+
+// disableNewKeys disables the managed keys of after that before did not
+// have, and reports whether there were any.
+func disableNewKeys(before, after *authorizedKeys) bool {
+	n := 0
+	for _, k := range after.managed {
+		if findKey(before.managed, k) == nil && !k.disabled {
+			k.disabled = true
+			n++
+		}
+	}
+	return n > 0
 }
 
 // countProcesses counts the processes running as uid.
