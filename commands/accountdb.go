@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/sera-dev/sera"
 )
 
@@ -214,6 +216,22 @@ func checkAccountName(kind, name string) error {
 		return usageErr("invalid %s name %q: use lower-case letters, digits, '-' and '_', starting with a letter (Debian's NAME_REGEX)", kind, name)
 	}
 	return nil
+}
+
+// userArg is the PreRunE of commands whose first argument is a user name.
+func userArg(_ *cobra.Command, args []string) error { return checkAccountName("user", args[0]) }
+
+// loadUser loads the account database and the manageable user name.
+func (h *Host) loadUser(name string) (*accountDB, *passwdEntry, error) {
+	db, err := h.loadAccounts()
+	if err != nil {
+		return nil, nil, err
+	}
+	u, err := db.manageableUser(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return db, u, nil
 }
 
 // manageableUser returns user name if sera may manage it: it exists and

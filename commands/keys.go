@@ -463,17 +463,11 @@ func (t *hostTree) keyListCmd() *cobra.Command {
 		Use:   "list USER",
 		Short: "List a user's SSH keys",
 		Args:  usageArgs(cobra.ExactArgs(1)),
-		PreRunE: func(c *cobra.Command, args []string) error {
-			return checkAccountName("user", args[0])
-		},
+		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per key")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		db, err := h.loadAccounts()
-		if err != nil {
-			return err
-		}
-		u, err := db.manageableUser(args[0])
+		_, u, err := h.loadUser(args[0])
 		if err != nil {
 			return err
 		}

@@ -421,9 +421,7 @@ PAM enforces for every SSH method, keys included), every key sera manages
 disabled, and the user's running processes ended. 'user unlock' reverses
 exactly what lock did.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
-		PreRunE: func(c *cobra.Command, args []string) error {
-			return checkAccountName("user", args[0])
-		},
+		PreRunE: userArg,
 	}
 	if !lock {
 		c.Use, c.Short, c.Long = "unlock NAME", "Reverse 'user lock'", "Reverse exactly what 'user lock' did: password, expiry and keys as they were."
@@ -625,9 +623,7 @@ root-only tarball under $SERA_STATE/archive/ (/var/lib/sera/archive), then
 'userdel --remove' deletes the account and the home. With --keep-home the
 home is left in place (and not archived).`,
 		Args: usageArgs(cobra.ExactArgs(1)),
-		PreRunE: func(c *cobra.Command, args []string) error {
-			return checkAccountName("user", args[0])
-		},
+		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&keepHome, "keep-home", false, "leave the home directory in place")
 	addDryRun(c, &dryRun)
@@ -790,17 +786,11 @@ func (t *hostTree) userShowCmd() *cobra.Command {
 		Use:   "show NAME",
 		Short: "Show one user",
 		Args:  usageArgs(cobra.ExactArgs(1)),
-		PreRunE: func(c *cobra.Command, args []string) error {
-			return checkAccountName("user", args[0])
-		},
+		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		db, err := h.loadAccounts()
-		if err != nil {
-			return err
-		}
-		u, err := db.manageableUser(args[0])
+		db, u, err := h.loadUser(args[0])
 		if err != nil {
 			return err
 		}
