@@ -41,9 +41,15 @@ import (
 	"github.com/sera-dev/sera/transport"
 )
 
-// pollInterval is how often a waiting Receive lists the queue directory. It
-// bounds the latency of a long poll; listing a small directory is cheap.
-const pollInterval = 15 * time.Millisecond
+// A waiting Receive is woken by inotify when a message is renamed into the
+// queue directory, and lists the directory every rescanInterval anyway,
+// for messages whose visibility timeout ran out (no event marks that).
+// Without inotify (e.g. its per-user instance limit reached) it lists the
+// directory every pollInterval instead.
+const (
+	rescanInterval = 250 * time.Millisecond
+	pollInterval   = 15 * time.Millisecond
+)
 
 // Spool is a transport.Transport on a local directory.
 type Spool struct {
@@ -146,8 +152,8 @@ func syncDir(dir string) error {
 	return err
 }
 
-// Receive implements transport.Transport. It lists the queue directory every
-// 15 ms until a message is visible, wait has passed or ctx is done.
+// Receive implements transport.Transport. It takes visible messages as soon
+// as they arrive (see rescanInterval), until wait has passed or ctx is done.
 func (s *Spool) Receive(ctx context.Context, queue string, maxMsgs int, wait, visibility time.Duration) ([]*transport.Message, error) {
 	if maxMsgs < 1 {
 		return nil, fmt.Errorf("failed to receive from %q: max %d is less than 1", queue, maxMsgs)
@@ -162,6 +168,17 @@ func (s *Spool) Receive(ctx context.Context, queue string, maxMsgs int, wait, vi
 	visibility = max(visibility, 0)
 	deadline := time.Now().Add(wait)
 	var timer *time.Timer
+	var arrived <-chan struct{}
+	interval := pollInterval
+	if wait > 0 {
+		if w, err := watchDir(q); err == nil {
+			// Closing an inotify instance waits for the kernel (an RCU
+			// grace period, milliseconds): not on the way back to the
+			// caller.
+			defer func() { go w.Close() }()
+			arrived, interval = w.events, rescanInterval
+		}
+	}
 	for {
 		msgs, err := claim(q, maxMsgs, visibility)
 		if err != nil {
@@ -174,7 +191,7 @@ func (s *Spool) Receive(ctx context.Context, queue string, maxMsgs int, wait, vi
 		if left <= 0 {
 			return nil, nil
 		}
-		d := min(left, pollInterval)
+		d := min(left, interval)
 		if timer == nil {
 			timer = time.NewTimer(d)
 			defer timer.Stop()
@@ -184,6 +201,7 @@ func (s *Spool) Receive(ctx context.Context, queue string, maxMsgs int, wait, vi
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-arrived:
 		case <-timer.C:
 		}
 	}
