@@ -460,9 +460,9 @@ unless --exclusive, which makes these the only keys in the file.`,
 func (t *hostTree) keyListCmd() *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
-		Use:   "list USER",
-		Short: "List a user's SSH keys",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Use:     "list USER",
+		Short:   "List a user's SSH keys",
+		Args:    usageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per key")

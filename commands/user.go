@@ -420,7 +420,7 @@ func (t *hostTree) userLockCmd(lock bool) *cobra.Command {
 PAM enforces for every SSH method, keys included), every key sera manages
 disabled, and the user's running processes ended. 'user unlock' reverses
 exactly what lock did.`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args:    usageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	if !lock {
@@ -622,7 +622,7 @@ func (t *hostTree) userDelCmd() *cobra.Command {
 root-only tarball under $SERA_STATE/archive/ (/var/lib/sera/archive), then
 'userdel --remove' deletes the account and the home. With --keep-home the
 home is left in place (and not archived).`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args:    usageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&keepHome, "keep-home", false, "leave the home directory in place")
@@ -783,9 +783,9 @@ func (t *hostTree) userListCmd() *cobra.Command {
 func (t *hostTree) userShowCmd() *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
-		Use:   "show NAME",
-		Short: "Show one user",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Use:     "show NAME",
+		Short:   "Show one user",
+		Args:    usageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
