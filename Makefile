@@ -6,7 +6,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 NPM_DIR   := transport/sqs/testdata/npm
 FUZZ_PKGS := ./crypto/ .
 
-.PHONY: all build test unit fuzz fuzz-short deps lint fmt-check vet bench demo clean
+.PHONY: all build test unit fuzz fuzz-short deps lint fmt-check vet bench demo clean deb
 
 all: build
 
@@ -58,6 +58,28 @@ bench: deps
 
 demo: build
 	@SERA=$(CURDIR)/bin/sera bash docs/demo.sh
+
+# The Debian package, $(DIST)/sera_<version>_<arch>.deb: sera built static,
+# position-independent and stripped (no libc needed; lintian-clean), the
+# systemd unit, /etc/sera/env (a conffile), man pages and completions
+# generated from the command tree (packaging/gen), maintainer scripts in
+# packaging/scripts. nfpm is pinned and fetched through the module proxy;
+# go.mod does not change. VERSION=v1.2.3 or DEB_ARCH=arm64 override.
+NFPM           := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+DIST           ?= dist
+DEB_ARCH       ?= $(shell $(GO) env GOARCH)
+DEB_EPOCH      ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+DEB_VERSION    ?= $(shell packaging/deb-version '$(VERSION)' '$(DEB_EPOCH)')
+DEB_MAINTAINER ?= sera maintainers <sera@users.noreply.github.com>
+DEB_STAGE       = $(DIST)/deb-stage-$(DEB_ARCH)
+
+deb:
+	rm -rf $(DEB_STAGE) && mkdir -p $(DEB_STAGE)
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(DEB_ARCH) $(GO) build -trimpath -buildmode=pie -ldflags '-s -w $(LDFLAGS)' -o $(DEB_STAGE)/sera ./cmd/sera
+	SOURCE_DATE_EPOCH=$(DEB_EPOCH) $(GO) run ./packaging/gen -out $(DEB_STAGE) -version '$(DEB_VERSION)' -maintainer '$(DEB_MAINTAINER)'
+	SERA_STAGE='$(abspath $(DEB_STAGE))' SERA_DEB_VERSION='$(DEB_VERSION)' SERA_DEB_ARCH='$(DEB_ARCH)' \
+	SERA_DEB_MAINTAINER='$(DEB_MAINTAINER)' SOURCE_DATE_EPOCH=$(DEB_EPOCH) \
+	  $(GO) run $(NFPM) package --config packaging/nfpm.yaml --packager deb --target '$(DIST)/sera_$(DEB_VERSION)_$(DEB_ARCH).deb'
 
 clean:
 	rm -rf bin dist

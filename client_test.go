@@ -57,7 +57,8 @@ func TestClientDo(t *testing.T) {
 	if calls := f.h.Calls(); len(calls) != 1 || !slices.Equal(calls[0], []string{"echo", "hello"}) {
 		t.Errorf("ran %q", calls)
 	}
-	if recs := f.a.Records(); len(recs) != 1 || recs[0].RequestID != out.RequestID {
+	// The watcher audits after it replies: wait for the record.
+	if recs := f.a.wait(t, 1); len(recs) != 1 || recs[0].RequestID != out.RequestID {
 		t.Errorf("audit %+v", recs)
 	}
 	// Every reply was taken off the client's queue.

@@ -3,6 +3,7 @@ package sera
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -27,6 +28,25 @@ const (
 	KeySecretKey  = "SERA_SECRET_KEY"
 	KeyTimeout    = "SERA_TIMEOUT"
 	KeyRequestTTL = "SERA_REQUEST_TTL"
+	// Temporary firewall openings ('sera allow'): the client's address
+	// service, the watcher's default and longest lifetime.
+	KeyIPURL        = "SERA_IP_URL"
+	KeyAllowDefault = "SERA_ALLOW_DEFAULT"
+	KeyAllowMax     = "SERA_ALLOW_MAX"
+)
+
+// Defaults of the 'sera allow' settings.
+const (
+	// DefaultIPURL answers an HTTPS GET with the caller's public IPv4
+	// address and nothing else.
+	DefaultIPURL = "https://checkip.amazonaws.com"
+	// DefaultAllowFor and DefaultAllowMax are SERA_ALLOW_DEFAULT and
+	// SERA_ALLOW_MAX when unset.
+	DefaultAllowFor = time.Hour
+	DefaultAllowMax = 24 * time.Hour
+	// MaxAllowLifetime bounds SERA_ALLOW_MAX: an opening is temporary; a
+	// longer one belongs in the host's own firewall configuration.
+	MaxAllowLifetime = 30 * 24 * time.Hour
 )
 
 // ErrUnknownSetting is returned for a key that is not a sera setting.
@@ -57,6 +77,9 @@ var Settings = []SettingDef{
 	{Key: KeySecretKey, Help: "AWS secret access key; else the SDK's default chain", Secret: true},
 	{Key: KeyTimeout, Help: "how long a client waits for replies", check: checkDuration},
 	{Key: KeyRequestTTL, Help: "request lifetime (expires_at)", check: checkTTL},
+	{Key: KeyIPURL, Help: "client: HTTPS URL that answers with your public address, for 'allow' and 'disallow' without one", check: checkHTTPSURL},
+	{Key: KeyAllowDefault, Help: "watcher: how long an 'allow' opening lasts without --for (capped at SERA_ALLOW_MAX)", check: checkAllowLifetime},
+	{Key: KeyAllowMax, Help: "watcher: the longest --for 'allow' accepts (at most 720h)", check: checkAllowLifetime},
 }
 
 // LookupSetting returns the definition of key.
@@ -180,6 +203,9 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	def(KeySecretKey, "")
 	def(KeyTimeout, "60s")
 	def(KeyRequestTTL, "5m")
+	def(KeyIPURL, DefaultIPURL)
+	def(KeyAllowDefault, "1h")
+	def(KeyAllowMax, "24h")
 	for _, d := range Settings {
 		v := c.values[d.Key]
 		if d.check != nil && v.Value != "" {
@@ -273,6 +299,26 @@ func checkTTL(s string) error {
 	}
 	if d, _ := time.ParseDuration(s); d > MaxRequestLifetime {
 		return fmt.Errorf("%s is longer than the longest request lifetime watchers accept (%s)", s, MaxRequestLifetime)
+	}
+	return nil
+}
+
+func checkAllowLifetime(s string) error {
+	if err := checkDuration(s); err != nil {
+		return err
+	}
+	if d, _ := time.ParseDuration(s); d > MaxAllowLifetime {
+		return fmt.Errorf("%s is longer than the longest opening sera allows (%s)", s, MaxAllowLifetime)
+	}
+	return nil
+}
+
+// checkHTTPSURL accepts only an https URL with a host: the answer decides
+// which address a firewall opens to, so it must not be forged on the way.
+func checkHTTPSURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+		return fmt.Errorf("%q is not an https:// URL", s)
 	}
 	return nil
 }

@@ -160,7 +160,7 @@ func newConfigListCmd(o *Options) *cobra.Command {
 					fmt.Fprintf(o.Stdout, "%s\n", b)
 					continue
 				}
-				fmt.Fprintf(o.Stdout, "%-17s %-8s %s\n", d.Key, v.Source, val)
+				fmt.Fprintf(o.Stdout, "%-19s %-8s %s\n", d.Key, v.Source, val)
 			}
 			return nil
 		},

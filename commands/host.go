@@ -45,6 +45,9 @@ type Host struct {
 	// root the host's files are under ("/" if empty). Unit tests set both.
 	Runner Runner
 	Root   string
+	// Config is the host's settings (SERA_ALLOW_MAX, …); nil means the
+	// defaults.
+	Config *sera.Config
 }
 
 func (h *Host) now() time.Time {
@@ -69,7 +72,7 @@ type hostTree struct {
 }
 
 func (t *hostTree) commands() []*cobra.Command {
-	cmds := []*cobra.Command{t.pingCmd(), t.clientsCmd(), t.userCmd(), t.keyCmd(), t.groupCmd(), t.sudoCmd()}
+	cmds := []*cobra.Command{t.pingCmd(), t.clientsCmd(), t.userCmd(), t.keyCmd(), t.groupCmd(), t.sudoCmd(), t.hostkeyCmd(), t.allowCmd(), t.disallowCmd()}
 	if t.host == nil {
 		for _, c := range cmds {
 			t.addClientFlags(c)
@@ -93,6 +96,17 @@ func (t *hostTree) addClientFlags(c *cobra.Command) {
 // machine's own sera files); every other host command needs --to or
 // --local, so a forgotten --to never changes the admin's own laptop.
 func (t *hostTree) leaf(c *cobra.Command, localByDefault bool, run hostRun) *cobra.Command {
+	return t.leafPrepared(c, localByDefault, nil, run)
+}
+
+// prepareFunc completes a host command's arguments on the client, with
+// what only the admin's machine knows (its public address, say), before
+// they are sent or run with --local. It returns valid arguments or an
+// error. It never runs inside the watcher.
+type prepareFunc func(c *cobra.Command, args []string) ([]string, error)
+
+// leafPrepared is leaf with a client-side prepare step (nil for none).
+func (t *hostTree) leafPrepared(c *cobra.Command, localByDefault bool, prepare prepareFunc, run hostRun) *cobra.Command {
 	c.RunE = func(c *cobra.Command, args []string) error {
 		ctx := c.Context()
 		if t.host != nil {
@@ -101,11 +115,17 @@ func (t *hostTree) leaf(c *cobra.Command, localByDefault bool, run hostRun) *cob
 		if t.local && len(t.to) > 0 {
 			return usageErr("--local and --to exclude each other")
 		}
+		if len(t.to) == 0 && !t.local && !localByDefault {
+			return usageErr("no target: give --to HOST, or --local to run it on this machine")
+		}
+		if prepare != nil {
+			var err error
+			if args, err = prepare(c, args); err != nil {
+				return err
+			}
+		}
 		if len(t.to) > 0 {
 			return t.runRemote(c, args)
-		}
-		if !t.local && !localByDefault {
-			return usageErr("no target: give --to HOST, or --local to run it on this machine")
 		}
 		h, err := t.localHost()
 		if err != nil {
@@ -125,6 +145,7 @@ func (t *hostTree) localHost() (*Host, error) {
 	h := &Host{
 		Name: cfg.Get(sera.KeyName), Groups: cfg.Groups(), Version: o.Version,
 		KnownClients: cfg.KnownClientsFile(), State: cfg.Get(sera.KeyState), Now: o.Now,
+		Config: cfg,
 	}
 	if id, err := loadIdentity(cfg); err == nil {
 		h.Fingerprint = id.Public().Fingerprint()

@@ -144,6 +144,14 @@ each host, over AWS SQS or a local spool directory, and collects the replies.
 		newWatchersCmd(o),
 		newWatchCmd(o),
 		newVersionCmd(o),
+		newKnownHostsCmd(o),
+		newInstallCmd(o),
+		newUninstallCmd(o),
+		newAuditCmd(o),
+		newProvisionCmd(o),
+		newWatcherCmd(o),
+		newClientCmd(o),
+		newPolicyCmd(o),
 	)
 	t := &hostTree{opts: o}
 	root.AddCommand(t.commands()...)

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/install"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/spool"
 	"github.com/sera-dev/sera/transport/sqs"
@@ -23,7 +25,12 @@ func newWatchCmd(o *Options) *cobra.Command {
 accepts only requests sealed and signed by a client in known_clients and
 addressed to this host, runs the command if that client may run it, and
 replies on the client's queue. Every request, accepted or rejected, is
-written to the audit log ($SERA_STATE/audit.log).
+written to the audit log ($SERA_STATE/audit.log; see 'sera audit') and,
+where journald runs, to the journal with SERA_* fields.
+
+Under systemd (sera.service, see 'sera install service') it reports
+READY=1 once it has reached its queue, feeds the watchdog from its poll
+loop and shows its last poll and request counts in 'systemctl status sera'.
 
 SIGTERM or SIGINT stops it: a running command is finished and answered,
 no new request is taken.`,
@@ -70,16 +77,28 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	host := &Host{
 		Name: name, Groups: cfg.Groups(), Version: o.Version, Fingerprint: id.Public().Fingerprint(),
 		Started: o.now(), KnownClients: cfg.KnownClientsFile(), State: state, Now: o.Now,
+		Config: cfg,
 	}
 	w := &sera.Watcher{
 		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(sera.KeyPrefix),
 		Transport: tr, Clients: &sera.ClientFile{Path: cfg.KnownClientsFile()},
 		Handler: &Handler{Host: host}, Replay: replay,
-		Audit: &sera.AuditLog{Path: filepath.Join(state, "audit.log")},
+		// A JSON line in audit.log ('sera audit'), and journald fields.
+		Audit: install.NewAudit(filepath.Join(state, "audit.log")),
 		Log:   log, Now: o.Now, Rand: o.Rand,
+		// Expired firewall openings close within HousekeepingEvery plus
+		// one ufw run; at start, those that expired while it was stopped.
+		Housekeeping: Housekeeper(host, log), HousekeepingEvery: 10 * time.Second,
 	}
 	log.Info("watching", "queue", w.Queue(), "transport", cfg.Get(sera.KeyTransport),
 		"fingerprint", id.Public().Fingerprint(), "version", o.Version)
+	// READY=1, WATCHDOG=1, STATUS= and STOPPING=1 for systemd.
+	notify, err := install.NewNotifier()
+	if err != nil {
+		return err
+	}
+	notify.OnError = func(err error) { log.Warn("systemd notification failed", "err", err) }
+	defer notify.Attach(ctx, w)()
 	err = w.Run(ctx)
 	log.Info("stopped")
 	return err

@@ -34,6 +34,9 @@ type fleet struct {
 	env     []string // the client's environment
 	hosts   map[string]*hosttest.Host
 	clients string // the client's public key
+	gateway string // this machine's address on the hosts' network
+	// watchers are the hosts' watcher processes, to stop or restart.
+	watchers map[string]*hosttest.Proc
 }
 
 var (
@@ -70,7 +73,8 @@ func newFleet(t *testing.T, names ...string) *fleet {
 	srv := sqstest.Start(t)
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	f := &fleet{t: t, bin: staticSera(t), dir: t.TempDir(), prefix: "rh" + hex.EncodeToString(rnd[:]), hosts: map[string]*hosttest.Host{}}
+	f := &fleet{t: t, bin: staticSera(t), dir: t.TempDir(), prefix: "rh" + hex.EncodeToString(rnd[:]), hosts: map[string]*hosttest.Host{},
+		gateway: net.Gateway, watchers: map[string]*hosttest.Proc{}}
 	port := srv.Endpoint[strings.LastIndex(srv.Endpoint, ":")+1:]
 	awsEnv := func(endpoint string) []string {
 		return []string{"AWS_ENDPOINT_URL=" + endpoint, "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test",
@@ -95,7 +99,7 @@ func newFleet(t *testing.T, names ...string) *fleet {
 		}
 		// The hosts reach the SQS server across the bridge.
 		env := awsEnv("http://" + net.Gateway + ":" + port)
-		h.Start(t, append(append([]string{"env"}, env...), "sera", "watch")...)
+		f.watchers[name] = h.Start(t, append(append([]string{"env"}, env...), "sera", "watch")...)
 		f.mustSera("watchers", "add", name, pub)
 		f.hosts[name] = h
 	}

@@ -139,7 +139,9 @@ func (t *Transport) Receive(ctx context.Context, queue string, maxMsgs int, wait
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		w := min(max(time.Until(deadline).Round(time.Second), 0), maxWait)
+		// At least 1 s: the SDK omits a WaitTimeSeconds of 0, and SQS then
+		// waits the queue's default (up to 20 s) instead of not at all.
+		w := min(max(time.Until(deadline).Round(time.Second), time.Second), maxWait)
 		in.WaitTimeSeconds = int32(w / time.Second)
 		out, err := t.client.ReceiveMessage(ctx, in)
 		if err != nil {
@@ -151,7 +153,7 @@ func (t *Transport) Receive(ctx context.Context, queue string, maxMsgs int, wait
 		if len(out.Messages) > 0 {
 			return messages(out.Messages), nil
 		}
-		if w == 0 || time.Until(deadline) <= 0 {
+		if time.Until(deadline) <= 0 {
 			return nil, nil
 		}
 	}

@@ -1,0 +1,444 @@
+package commands
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/sera-dev/sera"
+)
+
+// What a host is known by on the network. They read process-wide state
+// (the UTS and network namespaces the watcher runs in); unit tests replace
+// them.
+var (
+	hostHostname = func(*Host) (string, error) { return os.Hostname() }
+	hostAddrs    = func(*Host) ([]netip.Addr, error) {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return nil, err
+		}
+		var out []netip.Addr
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok {
+					out = append(out, ip.Unmap())
+				}
+			}
+		}
+		return out, nil
+	}
+)
+
+const sshDir = "/etc/ssh"
+
+// usableAddr reports whether another host can reach this one at a: not
+// loopback, link-local (not unique across hosts, and needs a zone),
+// multicast or unspecified.
+func usableAddr(a netip.Addr) bool {
+	return a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() && !a.IsUnspecified() && a.Zone() == ""
+}
+
+// hostKeyFile is one of the host's SSH host public keys.
+type hostKeyFile struct {
+	file string // host path
+	key  ssh.PublicKey
+}
+
+// hostKeys reads the host's /etc/ssh/ssh_host_*_key.pub files. A key of a
+// type sera does not install is skipped with a warning; an unreadable
+// file is an error, so no partial set is ever reported as the whole.
+func (h *Host) hostKeys(errOut io.Writer) ([]hostKeyFile, error) {
+	ents, err := os.ReadDir(h.path(sshDir))
+	if err != nil {
+		return nil, fmt.Errorf("failed to read %s: %w", sshDir, err)
+	}
+	var out []hostKeyFile
+	for _, e := range ents {
+		if ok, _ := path.Match("ssh_host_*_key.pub", e.Name()); !ok {
+			continue
+		}
+		file := sshDir + "/" + e.Name()
+		b, err := sera.ReadFileNoFollow(h.path(file))
+		if err != nil {
+			return nil, fmt.Errorf("failed to read %s: %w", file, err)
+		}
+		pub, _, opts, rest, err := ssh.ParseAuthorizedKey(b)
+		if err != nil || len(opts) > 0 || len(strings.TrimSpace(string(rest))) > 0 {
+			return nil, fmt.Errorf("%s is not one public key: %v", file, err)
+		}
+		if err := checkHostKey(pub); err != nil {
+			fmt.Fprintf(errOut, "warning: %s skipped: %v\n", file, err)
+			continue
+		}
+		if i := slices.IndexFunc(out, func(k hostKeyFile) bool { return k.key.Type() == pub.Type() }); i >= 0 {
+			fmt.Fprintf(errOut, "warning: %s skipped: %s is already the %s key\n", file, out[i].file, pub.Type())
+			continue
+		}
+		out = append(out, hostKeyFile{file: file, key: pub})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no SSH host keys (%s/ssh_host_*_key.pub)", sshDir)
+	}
+	sort.Slice(out, func(i, j int) bool { return typeRank(out[i].key.Type()) < typeRank(out[j].key.Type()) })
+	return out, nil
+}
+
+// knownBy is what the host is known by: names and addresses. Given ones
+// replace the defaults: the host's sera name and hostname, and its
+// addresses that other hosts can reach.
+func (h *Host) knownBy(names, addrs []string, noAddrs bool) ([]string, []string, error) {
+	var outNames, outAddrs []string
+	add := func(list *[]string, n string) {
+		if !slices.Contains(*list, n) {
+			*list = append(*list, n)
+		}
+	}
+	if len(names) > 0 {
+		for _, n := range names {
+			c, _ := parseHostName(n)
+			add(&outNames, c)
+		}
+	} else {
+		hn, _ := hostHostname(h)
+		for _, n := range []string{h.Name, hn} {
+			if c, err := parseHostName(n); err == nil && n != "" && c != "localhost" {
+				add(&outNames, c)
+			}
+		}
+	}
+	switch {
+	case noAddrs:
+	case len(addrs) > 0:
+		for _, a := range addrs {
+			c, _ := parseHostName(a)
+			add(&outAddrs, c)
+		}
+	default:
+		found, err := hostAddrs(h)
+		if err != nil {
+			return nil, nil, fmt.Errorf("failed to list this host's addresses: %w (give --addr or --no-addrs)", err)
+		}
+		slices.SortFunc(found, func(a, b netip.Addr) int { return a.Compare(b) })
+		for _, a := range found {
+			if usableAddr(a) {
+				add(&outAddrs, a.String())
+			}
+		}
+	}
+	return outNames, outAddrs, nil
+}
+
+// lockKnownHosts serializes sera's edits of the host's known_hosts file.
+func (h *Host) lockKnownHosts() (unlock func(), err error) {
+	dir := h.State
+	if dir == "" {
+		dir = h.path("/var/lib/sera")
+	}
+	if err := sera.MkdirPrivate(dir); err != nil {
+		return nil, err
+	}
+	return sera.LockFile(filepath.Join(dir, "known_hosts.lock"))
+}
+
+// editKnownHosts edits sera's block of the host's ssh_known_hosts.
+func (h *Host) editKnownHosts(ctx context.Context, out, errOut io.Writer, dryRun bool, noChange string, change func(*knownHostsFile) error) error {
+	unlock, err := h.lockKnownHosts()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	k := &knownHostsPath{show: systemKnownHosts, path: h.path(systemKnownHosts), mode: 0o644, dirMode: 0o755}
+	return k.edit(ctx, out, errOut, dryRun, noChange, change)
+}
+
+func (t *hostTree) hostkeyCmd() *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "hostkey",
+		Short: "Report this host's SSH host keys; trust other hosts' keys",
+		Long: `Report a host's SSH host keys (/etc/ssh/ssh_host_*_key.pub), and manage the
+other hosts' keys it trusts in /etc/ssh/ssh_known_hosts, which ssh reads for
+every user.
+
+sera keeps the keys it installs in a marked block of that file, one line per
+host and key type ("NAME[,ADDR…] KEYTYPE BASE64"), and never changes a line
+outside it. Entries are compared by host, type and key, so running a command
+again changes nothing. The file is replaced atomically, 0644; a symbolic
+link in its place is refused.
+
+Keys are ed25519, ECDSA or RSA (at least 2048 bits) public keys; certificates
+and the @cert-authority and @revoked markers are not accepted. Names are host
+names (RFC 1123, compared in lower case) or IP addresses; no wildcards, no
+hashed names, no [host]:port. A name or address belongs to at most one host
+in sera's block.
+
+'sera known-hosts sync' runs 'hostkey list' and 'hostkey set' on every
+watcher to keep all of them trusting each other.`,
+	})
+	c.AddCommand(t.hostkeyListCmd(), t.hostkeyTrustCmd(), t.hostkeyUntrustCmd(), t.hostkeySetCmd())
+	return c
+}
+
+func (t *hostTree) hostkeyListCmd() *cobra.Command {
+	var names, addrs []string
+	var noAddrs, asJSON, asKnownHosts bool
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "Show this host's SSH host keys and the names it is known by",
+		Long: `Show the host's SSH host public keys (/etc/ssh/ssh_host_*_key.pub) with their
+types and fingerprints, and the names and addresses the host is known by:
+by default its sera name (SERA_NAME), its hostname, and its addresses other
+hosts can reach (not loopback or link-local). --name and --addr replace them.`,
+		Example: `  sera hostkey list --to web1
+  sera hostkey list --to web1 --known-hosts      # lines for a known_hosts file
+  sera hostkey list --to 'web*' --json`,
+		Args: usageArgs(cobra.NoArgs),
+		PreRunE: func(c *cobra.Command, args []string) error {
+			for _, n := range splitAll(names) {
+				if _, err := parseHostName(n); err != nil {
+					return err
+				}
+			}
+			for _, a := range splitAll(addrs) {
+				if _, err := netip.ParseAddr(a); err != nil {
+					return usageErr("invalid --addr %q: not an IP address", a)
+				}
+				if _, err := parseHostName(a); err != nil {
+					return err
+				}
+			}
+			if noAddrs && len(addrs) > 0 {
+				return usageErr("--addr and --no-addrs exclude each other")
+			}
+			if asJSON && asKnownHosts {
+				return usageErr("--json and --known-hosts exclude each other")
+			}
+			return nil
+		},
+	}
+	c.Flags().StringSliceVar(&names, "name", nil, "names the host is known by, instead of its sera name and hostname (repeatable)")
+	c.Flags().StringSliceVar(&addrs, "addr", nil, "addresses the host is known by, instead of its own (repeatable)")
+	c.Flags().BoolVar(&noAddrs, "no-addrs", false, "list no addresses")
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per key")
+	c.Flags().BoolVar(&asKnownHosts, "known-hosts", false, "print known_hosts lines ('NAME[,ADDR…] KEYTYPE BASE64')")
+	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, _ []string) error {
+		ns, as, err := h.knownBy(splitAll(names), splitAll(addrs), noAddrs)
+		if err != nil {
+			return err
+		}
+		keys, err := h.hostKeys(errOut)
+		if err != nil {
+			return err
+		}
+		all := append(slices.Clone(ns), as...)
+		if !asJSON && !asKnownHosts {
+			fmt.Fprintf(out, "host   %s\nnames  %s\naddrs  %s\n", h.Name, khList(ns), khList(as))
+		}
+		for _, k := range keys {
+			switch {
+			case asJSON:
+				b, _ := json.Marshal(reportedKey{Host: h.Name, Names: khNonNil(ns), Addrs: khNonNil(as), Type: k.key.Type(),
+					Fingerprint: ssh.FingerprintSHA256(k.key), Key: keyText(k.key), File: k.file})
+				fmt.Fprintf(out, "%s\n", b)
+			case asKnownHosts:
+				if len(all) == 0 {
+					return usageErr("no names to print known_hosts lines for: give --name")
+				}
+				fmt.Fprintf(out, "%s %s\n", strings.Join(all, ","), keyText(k.key))
+			default:
+				fmt.Fprintf(out, "%-20s %s  %s\n", k.key.Type(), ssh.FingerprintSHA256(k.key), k.file)
+			}
+		}
+		return nil
+	})
+}
+
+func khList(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ", ")
+}
+
+func khNonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// trustArgs parses "NAME[,ADDR…] KEY…".
+func trustArgs(args []string) (*khHost, error) {
+	name, aliases, err := parseHostList(args[0])
+	if err != nil {
+		return nil, err
+	}
+	var keys []ssh.PublicKey
+	for _, a := range args[1:] {
+		k, err := parseHostKeyArg(a)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return newKHHost(name, aliases, keys)
+}
+
+func (t *hostTree) hostkeyTrustCmd() *cobra.Command {
+	var dryRun bool
+	c := &cobra.Command{
+		Use:   "trust NAME[,ADDR…] KEY…",
+		Short: "Trust these SSH host keys for a host, and only these",
+		Long: `Make the keys sera trusts for host NAME in /etc/ssh/ssh_known_hosts exactly
+the given ones, one per key type: a new key of a type replaces the old one,
+and a type not given is no longer trusted. The names and addresses given
+with NAME are written on its lines (and no longer name any other host in
+sera's block). KEY is "KEYTYPE BASE64 [COMMENT]", as in a .pub file.`,
+		Example: `  sera hostkey trust web2,10.0.0.12 "$(cat web2_ed25519.pub)" --to web1`,
+		Args:    usageArgs(cobra.MinimumNArgs(2)),
+		PreRunE: func(c *cobra.Command, args []string) error {
+			_, err := trustArgs(args)
+			return err
+		},
+	}
+	addDryRun(c, &dryRun)
+	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
+		e, err := trustArgs(args)
+		if err != nil {
+			return err
+		}
+		return h.editKnownHosts(ctx, out, errOut, dryRun, "keys of "+e.name+": already trusted, no change",
+			func(f *knownHostsFile) error { return f.set(e) })
+	})
+}
+
+func (t *hostTree) hostkeyUntrustCmd() *cobra.Command {
+	var dryRun bool
+	parse := func(args []string) ([]string, error) {
+		var names []string
+		for _, a := range args {
+			n, err := parseHostName(a)
+			if err != nil {
+				return nil, err
+			}
+			names = append(names, n)
+		}
+		return names, nil
+	}
+	c := &cobra.Command{
+		Use:   "untrust NAME…",
+		Short: "Remove the SSH host keys sera trusts for hosts",
+		Long: `Remove the entries sera keeps for each NAME in /etc/ssh/ssh_known_hosts, and
+NAME from the names of any other host there. Lines sera did not write are
+left alone.`,
+		Args: usageArgs(cobra.MinimumNArgs(1)),
+		PreRunE: func(c *cobra.Command, args []string) error {
+			_, err := parse(args)
+			return err
+		},
+	}
+	addDryRun(c, &dryRun)
+	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
+		names, err := parse(args)
+		if err != nil {
+			return err
+		}
+		return h.editKnownHosts(ctx, out, errOut, dryRun, strings.Join(names, ", ")+": already absent, no change",
+			func(f *knownHostsFile) error {
+				for _, n := range names {
+					f.remove(n)
+				}
+				return nil
+			})
+	})
+}
+
+// setArgs parses 'hostkey set' entries, grouped by host: every line of a
+// host must carry the same names, and no name may be two hosts'.
+func setArgs(args []string) ([]*khHost, error) {
+	type group struct {
+		aliases []string
+		keys    []ssh.PublicKey
+	}
+	groups := map[string]*group{}
+	var order []string
+	for _, a := range args {
+		name, aliases, key, err := parseKnownHostsEntry(a)
+		if err != nil {
+			return nil, err
+		}
+		sortHostNames(aliases)
+		g := groups[name]
+		if g == nil {
+			g = &group{aliases: aliases}
+			groups[name] = g
+			order = append(order, name)
+		} else if !slices.Equal(g.aliases, aliases) {
+			return nil, usageErr("the entries of %s give different names (%s and %s): give them on every line alike",
+				name, strings.Join(append([]string{name}, g.aliases...), ","), strings.Join(append([]string{name}, aliases...), ","))
+		}
+		g.keys = append(g.keys, key)
+	}
+	owner := map[string]string{}
+	var out []*khHost
+	for _, name := range order {
+		e, err := newKHHost(name, groups[name].aliases, groups[name].keys)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range e.names() {
+			if o, ok := owner[n]; ok {
+				return nil, usageErr("%s is given as a name of both %s and %s", n, o, name)
+			}
+			owner[n] = name
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func (t *hostTree) hostkeySetCmd() *cobra.Command {
+	var dryRun bool
+	c := &cobra.Command{
+		Use:   "set ENTRY…",
+		Short: "Trust the SSH host keys of several hosts at once",
+		Long: `Like 'hostkey trust' for several hosts in one request: each ENTRY is a
+known_hosts line "NAME[,ADDR…] KEYTYPE BASE64", and for every NAME given,
+the keys sera trusts become exactly the keys of its entries. Hosts not
+named are left as they are. 'sera known-hosts sync' uses it.`,
+		Example: `  sera hostkey set --to web1 -- "web2,10.0.0.12 ssh-ed25519 AAAA…" "web3 ssh-ed25519 AAAA…"`,
+		Args:    usageArgs(cobra.MinimumNArgs(1)),
+		PreRunE: func(c *cobra.Command, args []string) error {
+			_, err := setArgs(args)
+			return err
+		},
+	}
+	addDryRun(c, &dryRun)
+	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
+		entries, err := setArgs(args)
+		if err != nil {
+			return err
+		}
+		return h.editKnownHosts(ctx, out, errOut, dryRun, "known hosts: no change",
+			func(f *knownHostsFile) error {
+				for _, e := range entries {
+					if err := f.set(e); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+	})
+}

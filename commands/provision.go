@@ -1,0 +1,687 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/transport"
+	"github.com/sera-dev/sera/transport/sqs"
+)
+
+// The AWS provisioning commands. They run with an admin's credentials from
+// the AWS SDK's default chain (or --profile), never with SERA_ACCESS_KEY,
+// which is a watcher's or client's own, least-privileged key. Each reads
+// the account first and builds a plan: --dry-run prints it; a run applies
+// it and says what it found unchanged; a re-run that finds everything in
+// place changes nothing.
+
+const credentialsHelp = `
+Run it with an AWS admin's credentials: the SDK's default chain
+(AWS_ACCESS_KEY_ID…, AWS_PROFILE, ~/.aws, an instance role) or --profile.
+SERA_ACCESS_KEY and SERA_SECRET_KEY are never used here. The region is
+--region, else SERA_REGION, else the SDK's (AWS_REGION, the profile's).
+
+It reads the account first and prints every change as the exact API call
+with its parameters; --dry-run prints them and changes nothing (it still
+reads).`
+
+const provisionHelp = credentialsHelp + ` A re-run changes nothing and says so; after a failure, a
+re-run finishes the job. See docs/aws.md.`
+
+// awsFlags are the flags every provisioning command shares.
+type awsFlags struct {
+	prefix, region, profile string
+	dryRun                  bool
+}
+
+func (f *awsFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&f.prefix, "prefix", "", "queue, topic and IAM name prefix (default SERA_PREFIX, sera)")
+	c.Flags().StringVar(&f.region, "region", "", "AWS region (default SERA_REGION, else the AWS SDK's)")
+	c.Flags().StringVar(&f.profile, "profile", "", "AWS shared config profile with admin credentials")
+	addDryRun(c, &f.dryRun)
+	c.Flags().Lookup("dry-run").Usage = "print the AWS calls it would make, with the policy JSON, and make none (it still reads)"
+}
+
+// setup resolves the prefix and region and returns the provisioner.
+func (f *awsFlags) setup(ctx context.Context, o *Options) (*sqs.Provisioner, *sera.Config, error) {
+	cfg, err := o.config()
+	if err != nil {
+		return nil, nil, err
+	}
+	prefix := f.prefix
+	if prefix == "" {
+		prefix = cfg.Get(sera.KeyPrefix)
+	}
+	if err := sera.CheckSetting(sera.KeyPrefix, prefix); err != nil {
+		return nil, nil, usageErr("invalid --prefix: %v", err)
+	}
+	region := f.region
+	if region == "" {
+		region = cfg.Get(sera.KeyRegion)
+	}
+	acfg, err := sqs.LoadAdminConfig(ctx, region, f.profile)
+	if err != nil {
+		return nil, nil, err
+	}
+	p := sqs.NewProvisioner(acfg, prefix)
+	p.RequestLifetime = sera.MaxRequestLifetime
+	return p, cfg, nil
+}
+
+func cmdContext(c *cobra.Command) context.Context {
+	if ctx := c.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
+}
+
+// provisionErr adds what to do to the errors of planning.
+func provisionErr(err error) error {
+	switch {
+	case errors.Is(err, sqs.ErrNotProvisioned):
+		return fmt.Errorf("%w; run 'sera create-provider-keys' first", err)
+	default:
+		return err
+	}
+}
+
+// toPlan turns a provisioning plan into the commands' plan.
+func toPlan(pl *sqs.Plan) plan {
+	var p plan
+	for _, s := range pl.Steps {
+		p.add(s.Desc, s.Apply)
+	}
+	return p
+}
+
+// runPlan prints what was found, then executes (or with dryRun prints) p,
+// then prints pl's notes.
+func (o *Options) runPlan(ctx context.Context, pl *sqs.Plan, p plan, found []string, dryRun bool, noChange string) error {
+	for _, f := range append(slices.Clone(pl.Found), found...) {
+		fmt.Fprintf(o.Stdout, "unchanged: %s\n", f)
+	}
+	if err := p.execute(ctx, o.Stdout, dryRun, noChange); err != nil {
+		return err
+	}
+	for _, n := range pl.Notes {
+		fmt.Fprintf(o.Stdout, "note: %s\n", n)
+	}
+	return nil
+}
+
+func newProvisionCmd(o *Options) *cobra.Command {
+	var f awsFlags
+	c := &cobra.Command{
+		Use:     "create-provider-keys",
+		Aliases: []string{"provision"},
+		Short:   "Create the IAM groups, their least-privilege policies and the all topic on AWS",
+		Long: `Create or update what every watcher and client key hangs off, with prefix P
+(--prefix, default sera):
+
+  IAM group P-watchers, inline policy P-watcher: receive, delete, change
+    visibility and get attributes/URL on the member's own queue (named like
+    its IAM user, through the policy variable ${aws:username}); send to
+    P-c-* reply queues; every other action denied.
+  IAM group P-clients, inline policy P-client: send to P-w-* queues;
+    publish to the P-all and P-g-* topics; receive, delete and change
+    visibility on the member's own reply queue; every other action denied.
+  SNS topic P-all, which every watcher queue subscribes to.
+
+'sera policy print' shows the policies. Then register watchers
+('sera watcher register') and clients ('sera client register').
+` + provisionHelp,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx := cmdContext(c)
+			p, _, err := f.setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			pl, err := p.ProviderKeys(ctx)
+			if err != nil {
+				return provisionErr(err)
+			}
+			return o.runPlan(ctx, pl, toPlan(pl), nil, f.dryRun,
+				fmt.Sprintf("nothing to change: the IAM groups, their policies and topic %s are in place in %s", sqs.AllTopic(p.Prefix), p.Account.Region))
+		},
+	}
+	f.add(c)
+	return c
+}
+
+func newWatcherCmd(o *Options) *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "watcher",
+		Short: "Register watchers on AWS: IAM user, access key, queues, topics",
+	})
+	c.AddCommand(newWatcherRegisterCmd(o), newWatcherDeregisterCmd(o), newWatcherRotateCmd(o))
+	return c
+}
+
+// hostSettings are the settings a watcher host needs, in order.
+func hostSettings(p *sqs.Provisioner, name string, groups []string) [][2]string {
+	s := [][2]string{
+		{sera.KeyTransport, "sqs"}, {sera.KeyRegion, p.Account.Region},
+		{sera.KeyPrefix, p.Prefix}, {sera.KeyName, name},
+	}
+	if len(groups) > 0 {
+		s = append(s, [2]string{sera.KeyGroups, strings.Join(groups, ",")})
+	}
+	return s
+}
+
+func keySettings(k sqs.AccessKey) [][2]string {
+	return [][2]string{{sera.KeyAccessKey, k.ID}, {sera.KeySecretKey, k.Secret}}
+}
+
+// configSetLine is "sera config set K=V …", quoted for a shell.
+func configSetLine(settings [][2]string) string {
+	argv := []string{"sera", "config", "set"}
+	for _, kv := range settings {
+		argv = append(argv, kv[0]+"="+kv[1])
+	}
+	return strings.Join(quoteArgs(argv), " ")
+}
+
+// checkEnvOut refuses an --env-out path that cannot be written, before
+// anything is made: the secret of a new key exists only once.
+func checkEnvOut(path string) error {
+	if path == "" {
+		return nil
+	}
+	dir := filepath.Dir(path)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return usageErr("invalid --env-out: directory %s does not exist", dir)
+	}
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		return usageErr("invalid --env-out: %s is not a regular file", path)
+	}
+	return nil
+}
+
+// mergeEnvFile sets settings in the env file at path, keeping what else
+// it holds; it is written atomically, mode 0600.
+func mergeEnvFile(path string, settings [][2]string) error {
+	f, err := sera.ReadEnvFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, kv := range settings {
+		f.Set(kv[0], kv[1])
+	}
+	return f.Write(path)
+}
+
+// deliverKey keeps a new key's settings: in envOut if set, else printed.
+// If the file cannot be written they are printed, so the secret is never
+// lost.
+func (o *Options) deliverKey(who, envOut string, settings [][2]string) error {
+	if envOut != "" {
+		err := mergeEnvFile(envOut, settings)
+		if err == nil {
+			fmt.Fprintf(o.Stdout, "wrote the settings of %s, with its new access key, to %s (mode 0600)\n", who, envOut)
+			return nil
+		}
+		fmt.Fprintf(o.Stdout, "# could not write %s; the settings of %s, with its new access key (shown only now):\n%s\n",
+			envOut, who, configSetLine(settings))
+		return fmt.Errorf("failed to write %s (the settings are printed above): %w", envOut, err)
+	}
+	fmt.Fprintf(o.Stdout, "# On %s, as root (the secret key is shown only now):\n%s\n", who, configSetLine(settings))
+	return nil
+}
+
+func newWatcherRegisterCmd(o *Options) *cobra.Command {
+	var f awsFlags
+	var groups []string
+	var envOut string
+	c := &cobra.Command{
+		Use:   "register NAME PUBKEY [--group G]… [--env-out FILE]",
+		Short: "Create a watcher's IAM user, access key, queues and subscriptions",
+		Long: `Register watcher NAME (its SERA_NAME) with public key PUBKEY (what its
+'sera keygen' printed), in the groups given:
+
+  IAM user P-w-NAME in group P-watchers;
+  SQS queue P-dlq-NAME, its dead-letter queue (kept 14 days);
+  SQS queue P-w-NAME: 20 s long polls, retention longer than a request's
+    lifetime, server-side encryption, redrive to P-dlq-NAME after 5
+    receives, and a queue policy that lets only its topics send;
+  SNS topics P-g-G for its groups, as needed;
+  raw-delivery subscriptions of its queue to P-all and its group topics
+    (and none to the topics of groups it left);
+  one access key, unless the user has one already: the last AWS call, so
+    that a failure before it leaves no secret a re-run could not show;
+  the watcher in this client's known_watchers.
+
+It prints the settings the host needs as 'sera config set' lines, or with
+--env-out writes them to FILE (mode 0600) to copy to /etc/sera/env on the
+host. AWS shows a key's secret only when it is made: a re-run does not make
+a second key and cannot show the first again; 'sera watcher rotate-key
+NAME' replaces a lost one.
+` + provisionHelp,
+		Example: `  sera watcher register web1 sera1… --group web --env-out web1.env`,
+		Args:    usageArgs(cobra.ExactArgs(2)),
+		RunE: func(c *cobra.Command, args []string) error {
+			name := args[0]
+			if err := sera.CheckName(name); err != nil {
+				return usageErr("invalid NAME: %v", err)
+			}
+			key, err := crypto.ParsePublicKey(args[1])
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			groups = splitAll(groups)
+			for _, g := range groups {
+				if err := sera.CheckName(g); err != nil {
+					return usageErr("invalid --group: %v", err)
+				}
+			}
+			slices.Sort(groups)
+			groups = slices.Compact(groups)
+			if err := checkEnvOut(envOut); err != nil {
+				return err
+			}
+			ctx := cmdContext(c)
+			p, cfg, err := f.setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			if _, err := p.WatcherUser(name); err != nil {
+				return usageErr("%v", err)
+			}
+			kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+			if err != nil {
+				return err
+			}
+			if other := kw.ByKey(key); other != nil && other.Name != name {
+				return fmt.Errorf("that key is already known as watcher %s; deregister or remove it first", other.Name)
+			}
+			settings := hostSettings(p, name, groups)
+			pl, err := p.Watcher(ctx, name, groups, func(ctx context.Context, k sqs.AccessKey) error {
+				return o.deliverKey(name, envOut, append(slices.Clone(settings), keySettings(k)...))
+			})
+			if err != nil {
+				return provisionErr(err)
+			}
+			steps := toPlan(pl)
+			var found []string
+			cur := kw.ByName(name)
+			if cur != nil && cur.Key.Equal(key) && slices.Equal(cur.Groups, groups) {
+				found = append(found, fmt.Sprintf("%s in %s", name, cfg.KnownWatchersFile()))
+			} else {
+				steps.add(fmt.Sprintf("add watcher %s (%s) groups=%s to %s", name, key.Fingerprint(), strings.Join(groups, ","), cfg.KnownWatchersFile()),
+					func(context.Context) error {
+						return updateKnownWatchers(o.quiet(), func(kw *sera.KnownWatchers) (string, error) {
+							w := &sera.KnownWatcher{Name: name, Key: key, Groups: groups}
+							if cur := kw.ByName(name); cur != nil {
+								w.Addrs = cur.Addrs
+								*cur = *w
+							} else {
+								kw.Watchers = append(kw.Watchers, w)
+							}
+							return "", nil
+						})
+					})
+			}
+			if err := o.runPlan(ctx, pl, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
+				return err
+			}
+			if len(pl.Keys) > 0 {
+				fmt.Fprintf(o.Stdout, "note: IAM user %s has access key %s; AWS showed its secret only when it was made. "+
+					"If the host does not have it, run 'sera watcher rotate-key %s'.\n",
+					transport.WatcherQueue(p.Prefix, name), keyList(pl.Keys), name)
+				if !f.dryRun {
+					fmt.Fprintf(o.Stdout, "# The host's other settings:\n%s\n", configSetLine(settings))
+				}
+			}
+			return nil
+		},
+	}
+	f.add(c)
+	c.Flags().StringSliceVar(&groups, "group", nil, "groups the watcher is in (repeatable, or comma-separated)")
+	c.Flags().StringVar(&envOut, "env-out", "", "write the host's settings with the new key to this env file (mode 0600) instead of printing them")
+	return c
+}
+
+func keyList(ks []sqs.KeyInfo) string {
+	var s []string
+	for _, k := range ks {
+		s = append(s, k.String())
+	}
+	return strings.Join(s, " and ")
+}
+
+// quiet is o with its output discarded, for helpers that report on their
+// own when the plan reports already.
+func (o *Options) quiet() *Options {
+	q := *o
+	q.Stdout = io.Discard
+	return &q
+}
+
+func newWatcherDeregisterCmd(o *Options) *cobra.Command {
+	var f awsFlags
+	c := &cobra.Command{
+		Use:   "deregister NAME",
+		Short: "Delete a watcher's access keys, IAM user, subscriptions and queues",
+		Long: `Deregister watcher NAME: first its access keys, so the host is locked out at
+once, then its group memberships and IAM user, its subscriptions, its queue
+and its dead-letter queue (with any messages in them), and its entry in
+this client's known_watchers. Its group topics stay: other watchers may use
+them. AWS lets a deleted queue's name be used again after 60 seconds.
+` + provisionHelp,
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			name := args[0]
+			if err := sera.CheckName(name); err != nil {
+				return usageErr("invalid NAME: %v", err)
+			}
+			ctx := cmdContext(c)
+			p, cfg, err := f.setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+			if err != nil {
+				return err
+			}
+			var groups []string
+			if w := kw.ByName(name); w != nil {
+				groups = w.Groups
+			}
+			pl, err := p.DeregisterWatcher(ctx, name, groups)
+			if err != nil {
+				return provisionErr(err)
+			}
+			steps := toPlan(pl)
+			var found []string
+			if kw.ByName(name) == nil {
+				found = append(found, fmt.Sprintf("%s absent from %s", name, cfg.KnownWatchersFile()))
+			} else {
+				steps.add(fmt.Sprintf("remove watcher %s from %s", name, cfg.KnownWatchersFile()), func(context.Context) error {
+					return updateKnownWatchers(o.quiet(), func(kw *sera.KnownWatchers) (string, error) {
+						kw.Watchers = slices.DeleteFunc(kw.Watchers, func(w *sera.KnownWatcher) bool { return w.Name == name })
+						return "", nil
+					})
+				})
+			}
+			return o.runPlan(ctx, pl, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is not registered", name))
+		},
+	}
+	f.add(c)
+	return c
+}
+
+// rotateFlags are rotate-key's own flags.
+type rotateFlags struct {
+	keepOld, finish bool
+}
+
+func (r *rotateFlags) add(c *cobra.Command) {
+	c.Flags().BoolVar(&r.keepOld, "keep-old", false, "keep the old key after the new one works (finish later with --finish)")
+	c.Flags().BoolVar(&r.finish, "finish", false, "make no key; delete every key but the newest")
+	c.MarkFlagsMutuallyExclusive("keep-old", "finish")
+}
+
+const rotateHelp = `
+It makes a new access key and gives it out at once, confirms it with STS
+GetCallerIdentity signed by the new key (waiting up to 2 minutes for IAM
+to make it usable), then deletes the old key, which stops the host until it
+has the new one. For no downtime, use --keep-old, install the new key, then
+run again with --finish. A user with two keys (AWS's limit) is a rotation
+that was not finished: --finish keeps only the newest.`
+
+func rotateErr(err error, cmd string) error {
+	switch {
+	case errors.Is(err, sqs.ErrUnfinishedRotation):
+		return fmt.Errorf("%w; once the newest key is in use, run '%s --finish' to delete the others", err, cmd)
+	case errors.Is(err, sqs.ErrNotRegistered):
+		return fmt.Errorf("%w; register it first", err)
+	}
+	return provisionErr(err)
+}
+
+func newWatcherRotateCmd(o *Options) *cobra.Command {
+	var f awsFlags
+	var r rotateFlags
+	var envOut string
+	c := &cobra.Command{
+		Use:   "rotate-key NAME [--env-out FILE]",
+		Short: "Replace a watcher's access key",
+		Long: `Replace the access key of watcher NAME; the new key's settings are printed
+as 'sera config set' lines or, with --env-out, written to FILE (mode 0600).
+` + rotateHelp + "\n" + credentialsHelp + " See docs/aws.md.",
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			name := args[0]
+			if err := sera.CheckName(name); err != nil {
+				return usageErr("invalid NAME: %v", err)
+			}
+			if err := checkEnvOut(envOut); err != nil {
+				return err
+			}
+			ctx := cmdContext(c)
+			p, _, err := f.setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			user, err := p.WatcherUser(name)
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			pl, err := p.RotateKey(ctx, user, sqs.RotateOptions{KeepOld: r.keepOld, Finish: r.finish}, func(ctx context.Context, k sqs.AccessKey) error {
+				return o.deliverKey(name, envOut, keySettings(k))
+			})
+			if err != nil {
+				return rotateErr(err, "sera watcher rotate-key "+name)
+			}
+			return o.runPlan(ctx, pl, toPlan(pl), nil, f.dryRun, fmt.Sprintf("nothing to change: watcher %s has one access key", name))
+		},
+	}
+	f.add(c)
+	r.add(c)
+	c.Flags().StringVar(&envOut, "env-out", "", "write the new key to this env file (mode 0600) instead of printing it")
+	return c
+}
+
+func newClientCmd(o *Options) *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "client",
+		Short: "Register this client on AWS: IAM user, access key, reply queue",
+	})
+	c.AddCommand(newClientRegisterCmd(o), newClientRotateCmd(o))
+	return c
+}
+
+// clientKeyWriter stores a new key in this client's settings, with the
+// transport settings that go with it.
+func (o *Options) clientKeyWriter(cfg *sera.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
+	return func(_ context.Context, k sqs.AccessKey) error {
+		settings := append([][2]string{
+			{sera.KeyTransport, "sqs"}, {sera.KeyRegion, p.Account.Region}, {sera.KeyPrefix, p.Prefix},
+		}, keySettings(k)...)
+		err := sera.MkdirPrivate(cfg.Home)
+		if err == nil {
+			err = mergeEnvFile(cfg.EnvFile, settings)
+		}
+		if err == nil {
+			fmt.Fprintf(o.Stdout, "wrote the new access key %s to %s (mode 0600)\n", k.ID, cfg.EnvFile)
+			return nil
+		}
+		fmt.Fprintf(o.Stdout, "# could not write %s; this client's settings, with its new access key (shown only now):\n%s\n",
+			cfg.EnvFile, configSetLine(settings))
+		return fmt.Errorf("failed to save the new access key (it is printed above): %w", err)
+	}
+}
+
+func newClientRegisterCmd(o *Options) *cobra.Command {
+	var f awsFlags
+	var name string
+	c := &cobra.Command{
+		Use:   "register [--name NAME]",
+		Short: "Create this client's IAM user, reply queue and access key",
+		Long: `Register this client (the key 'sera keygen' made in SERA_HOME): IAM user
+P-c-<fingerprint> in group P-clients, tagged sera-name=NAME with --name; its
+reply queue P-c-<fingerprint> (retention longer than a request's lifetime,
+server-side encryption); and one access key, written with SERA_TRANSPORT=sqs,
+SERA_REGION and SERA_PREFIX into this client's settings ($SERA_HOME/env, mode
+0600), so that sera then runs with that key, not the admin's.
+
+AWS shows a key's secret only when it is made: a re-run does not make a
+second key; 'sera client rotate-key' replaces a lost one.
+` + provisionHelp,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			if name != "" {
+				if err := sera.CheckName(name); err != nil {
+					return usageErr("invalid --name: %v", err)
+				}
+			}
+			ctx := cmdContext(c)
+			p, cfg, err := f.setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			id, err := loadIdentity(cfg)
+			if err != nil {
+				return err
+			}
+			fp := id.Public().Fingerprint()
+			pl, err := p.Client(ctx, fp, name, o.clientKeyWriter(cfg, p))
+			if err != nil {
+				return provisionErr(err)
+			}
+			var found []string
+			lacking := false
+			if len(pl.Keys) > 0 {
+				ids := make([]string, len(pl.Keys))
+				for i, k := range pl.Keys {
+					ids[i] = k.ID
+				}
+				if cur := cfg.Lookup(sera.KeyAccessKey); slices.Contains(ids, cur.Value) {
+					found = append(found, fmt.Sprintf("access key %s in this client's settings (%s)", cur.Value, cur.Source))
+				} else {
+					lacking = true
+				}
+			}
+			if err := o.runPlan(ctx, pl, toPlan(pl), found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
+				return err
+			}
+			if lacking {
+				fmt.Fprintf(o.Stdout, "note: IAM user %s has access key %s, which this client's settings lack; "+
+					"AWS showed its secret only when it was made. Run 'sera client rotate-key' for a new one.\n",
+					transport.ClientQueue(p.Prefix, fp), keyList(pl.Keys))
+			}
+			return nil
+		},
+	}
+	f.add(c)
+	c.Flags().StringVar(&name, "name", "", "a name for this client, tagged on its IAM user (sera-name)")
+	return c
+}
+
+func newClientRotateCmd(o *Options) *cobra.Command {
+	var f awsFlags
+	var r rotateFlags
+	c := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Replace this client's access key",
+		Long: `Replace this client's access key; the new one is written into its
+settings ($SERA_HOME/env, mode 0600).
+` + rotateHelp + "\n" + credentialsHelp + " See docs/aws.md.",
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx := cmdContext(c)
+			p, cfg, err := f.setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			id, err := loadIdentity(cfg)
+			if err != nil {
+				return err
+			}
+			user := transport.ClientQueue(p.Prefix, id.Public().Fingerprint())
+			pl, err := p.RotateKey(ctx, user, sqs.RotateOptions{KeepOld: r.keepOld, Finish: r.finish}, o.clientKeyWriter(cfg, p))
+			if err != nil {
+				return rotateErr(err, "sera client rotate-key")
+			}
+			return o.runPlan(ctx, pl, toPlan(pl), nil, f.dryRun, "nothing to change: this client has one access key")
+		},
+	}
+	f.add(c)
+	r.add(c)
+	return c
+}
+
+func newPolicyCmd(o *Options) *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "policy",
+		Short: "Show the IAM policies sera's AWS keys get",
+	})
+	var f awsFlags
+	var role, account string
+	p := &cobra.Command{
+		Use:   "print [--role watcher|client]",
+		Short: "Print the exact JSON policy documents create-provider-keys puts",
+		Long: `Print the inline policies of the IAM groups P-watchers and P-clients as
+create-provider-keys puts them, for the account (--account, else STS
+GetCallerIdentity with the admin's credentials) and region. With --role,
+only that policy, as plain JSON. With --dry-run it makes no AWS call and
+shows ACCOUNT_ID where --account is not given.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			if role != "" && role != "watcher" && role != "client" {
+				return usageErr("invalid --role %q: watcher or client", role)
+			}
+			ctx := cmdContext(c)
+			p, _, err := f.setup(ctx, o)
+			if err != nil {
+				return err
+			}
+			switch {
+			case account != "":
+				p.Account.ID = account
+			case f.dryRun:
+				p.Account.ID = "ACCOUNT_ID"
+			}
+			a, err := p.Lookup(ctx)
+			if err != nil {
+				return err
+			}
+			type doc struct{ group, name, json string }
+			docs := []doc{
+				{sqs.WatchersGroup(p.Prefix), sqs.WatcherPolicyName(p.Prefix), sqs.WatcherPolicy(a, p.Prefix).Indent()},
+				{sqs.ClientsGroup(p.Prefix), sqs.ClientPolicyName(p.Prefix), sqs.ClientPolicy(a, p.Prefix).Indent()},
+			}
+			switch role {
+			case "watcher":
+				docs = docs[:1]
+			case "client":
+				docs = docs[1:]
+			}
+			for _, d := range docs {
+				if role == "" {
+					fmt.Fprintf(o.Stdout, "# IAM group %s, inline policy %s\n", d.group, d.name)
+				}
+				fmt.Fprintln(o.Stdout, d.json)
+			}
+			return nil
+		},
+	}
+	f.add(p)
+	p.Flags().Lookup("dry-run").Usage = "make no AWS call (the account ID is --account or ACCOUNT_ID)"
+	p.Flags().StringVar(&role, "role", "", "watcher or client (default both)")
+	p.Flags().StringVar(&account, "account", "", "AWS account ID (default: ask STS)")
+	c.AddCommand(p)
+	return c
+}

@@ -1,0 +1,132 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sera-dev/sera/install"
+)
+
+// newService returns the service installer of this host; tests replace
+// it with one rooted in a directory.
+var newService = func() (*install.Service, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("failed to find sera's own path: %w", err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return nil, fmt.Errorf("failed to find sera's own path: %w", err)
+	}
+	return &install.Service{Exe: exe}, nil
+}
+
+func newInstallCmd(o *Options) *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "install",
+		Short: "Install the watcher on this host",
+	})
+	c.AddCommand(newInstallServiceCmd(o))
+	return c
+}
+
+func newUninstallCmd(o *Options) *cobra.Command {
+	c := group(&cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove what 'sera install' added",
+	})
+	c.AddCommand(newUninstallServiceCmd(o))
+	return c
+}
+
+func newInstallServiceCmd(o *Options) *cobra.Command {
+	var dryRun bool
+	c := &cobra.Command{
+		Use:   "service",
+		Short: "Run the watcher as a systemd service (sera.service)",
+		Long: `Install the watcher as the systemd service sera.service, running this sera
+binary: writes ` + install.LocalUnitPath + `, creates ` + install.ConfigDir + ` (0700) and
+an env file with every setting commented out if they are missing, then runs
+systemctl daemon-reload, enable and start (restart if the unit changed). The
+service starts only once this host has a key (sera keygen).
+
+The Debian package installs the same service by itself; with it installed,
+this command only enables and starts it. Without a running systemd (a
+container, a chroot) it writes the files and says what to run later.
+
+Run it as root. A second run changes nothing and says so.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			s, err := newService()
+			if err != nil {
+				return err
+			}
+			if !dryRun && !o.Env.IsRoot && s.Root == "" {
+				return errors.New("installing the service needs root (try --dry-run to see what it would do)")
+			}
+			p, err := s.PlanInstall(c.Context())
+			if err != nil {
+				return err
+			}
+			return runPlan(c.Context(), o.Stdout, p, dryRun, "nothing to do")
+		},
+	}
+	addDryRun(c, &dryRun)
+	return c
+}
+
+func newUninstallServiceCmd(o *Options) *cobra.Command {
+	var dryRun bool
+	c := &cobra.Command{
+		Use:   "service",
+		Short: "Stop and remove the service 'sera install service' added",
+		Long: `Stop and disable sera.service and remove ` + install.LocalUnitPath + `.
+The key, known clients and settings (` + install.ConfigDir + `) and the state and audit
+log (` + install.StateDir + `) are kept. A service installed by the Debian package
+is removed with the package (apt remove sera).`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, args []string) error {
+			s, err := newService()
+			if err != nil {
+				return err
+			}
+			if !dryRun && !o.Env.IsRoot && s.Root == "" {
+				return errors.New("removing the service needs root (try --dry-run to see what it would do)")
+			}
+			p, err := s.PlanUninstall()
+			if err != nil {
+				return err
+			}
+			return runPlan(c.Context(), o.Stdout, p, dryRun, install.UnitName+" is not installed; nothing to do")
+		},
+	}
+	addDryRun(c, &dryRun)
+	return c
+}
+
+// runPlan shows and applies an install plan like a host command's plan:
+// "would:" lines with --dry-run, "done:" lines as it goes, "note:" lines
+// for what is not done.
+func runPlan(ctx context.Context, out io.Writer, p install.Plan, dryRun bool, nothing string) error {
+	if !p.Changes() {
+		for _, s := range p {
+			fmt.Fprintf(out, "note: %s\n", s.Desc)
+		}
+		_, err := fmt.Fprintln(out, nothing)
+		return err
+	}
+	var pl plan
+	for _, s := range p {
+		if s.Do == nil {
+			pl.note(s.Desc)
+		} else {
+			pl.add(s.Desc, s.Do)
+		}
+	}
+	return pl.execute(ctx, out, dryRun, nothing)
+}

@@ -1,0 +1,198 @@
+package install
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/transport"
+)
+
+// notifySocket listens where NOTIFY_SOCKET points, as systemd does, and
+// returns the datagrams it gets.
+func notifySocket(t *testing.T) <-chan string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	ch := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(ch)
+				return
+			}
+			ch <- string(buf[:n])
+		}
+	}()
+	return ch
+}
+
+func next(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification")
+		return ""
+	}
+}
+
+func TestNotifier(t *testing.T) {
+	ch := notifySocket(t)
+	n := &Notifier{Watchdog: 90 * time.Second, OnError: func(err error) { t.Error(err) }}
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+	n.Starting("sera-w-web1")
+	if m := next(t, ch); m != "STATUS=connecting to queue sera-w-web1" {
+		t.Errorf("starting: %q", m)
+	}
+	// A failed poll: the loop is alive (WATCHDOG=1) but not ready.
+	n.OnPoll(sera.WatcherStatus{LastPoll: at, PollOK: false})
+	if m := next(t, ch); m != "WATCHDOG=1\nSTATUS=queue unreachable, retrying; last poll failed at 2026-11-23 10:00:00 UTC; 0 requests: 0 accepted, 0 rejected" {
+		t.Errorf("failed poll: %q", m)
+	}
+	// The first poll that reached the queue: READY=1, once.
+	n.OnPoll(sera.WatcherStatus{LastPoll: at, PollOK: true})
+	if m := next(t, ch); !strings.HasPrefix(m, "READY=1\nWATCHDOG=1\nSTATUS=serving; last poll 2026-11-23 10:00:00 UTC;") {
+		t.Errorf("first poll: %q", m)
+	}
+	n.OnPoll(sera.WatcherStatus{LastPoll: at, PollOK: true, Received: 3, Accepted: 2, Rejected: 1})
+	if m := next(t, ch); m != "WATCHDOG=1\nSTATUS=serving; last poll 2026-11-23 10:00:00 UTC; 3 requests: 2 accepted, 1 rejected" {
+		t.Errorf("second poll: %q", m)
+	}
+	n.Stopping()
+	if m := next(t, ch); !strings.HasPrefix(m, "STOPPING=1\n") {
+		t.Errorf("stopping: %q", m)
+	}
+	// Once stopping, a last poll does not pretend to be alive.
+	n.OnPoll(sera.WatcherStatus{LastPoll: at, PollOK: true})
+	select {
+	case m := <-ch:
+		t.Errorf("after stopping: %q", m)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestNotifierWithoutWatchdog(t *testing.T) {
+	ch := notifySocket(t)
+	n := &Notifier{}
+	n.OnPoll(sera.WatcherStatus{PollOK: true})
+	if m := next(t, ch); strings.Contains(m, "WATCHDOG") || !strings.HasPrefix(m, "READY=1\n") {
+		t.Errorf("poll: %q", m)
+	}
+}
+
+func TestNewNotifierReadsWatchdog(t *testing.T) {
+	t.Setenv("WATCHDOG_USEC", "90000000")
+	t.Setenv("WATCHDOG_PID", "")
+	n, err := NewNotifier()
+	if err != nil || n.Watchdog != 90*time.Second || n.MaxPollGap() != 30*time.Second {
+		t.Errorf("NewNotifier: %+v, %v", n, err)
+	}
+	t.Setenv("WATCHDOG_USEC", "")
+	if n, err := NewNotifier(); err != nil || n.Watchdog != 0 || n.MaxPollGap() != 0 {
+		t.Errorf("without systemd: %+v, %v", n, err)
+	}
+}
+
+// recordingTransport records the waits of Receive and fails while fail
+// is set.
+type recordingTransport struct {
+	transport.Transport
+	waits []time.Duration
+	fail  bool
+}
+
+func (r *recordingTransport) Receive(ctx context.Context, queue string, max int, wait, vis time.Duration) ([]*transport.Message, error) {
+	r.waits = append(r.waits, wait)
+	if r.fail {
+		return nil, context.DeadlineExceeded
+	}
+	return nil, nil
+}
+
+func TestAttach(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := notifySocket(t)
+	rec := &recordingTransport{fail: true}
+	w := &sera.Watcher{Name: "web1", Prefix: "sera", Transport: rec}
+	n := &Notifier{Watchdog: 15 * time.Second}
+	release := n.Attach(ctx, w)
+	defer release()
+	if w.PollWait != 5*time.Second || w.MaxBackoff != 5*time.Second || w.MinBackoff != time.Second {
+		t.Errorf("poll wait %s, backoff %s..%s; want everything within 5s", w.PollWait, w.MinBackoff, w.MaxBackoff)
+	}
+	if m := next(t, ch); m != "STATUS=connecting to queue sera-w-web1" {
+		t.Errorf("status: %q", m)
+	}
+	// Short polls until one reaches the queue, then long ones.
+	for _, fail := range []bool{true, false, false} {
+		rec.fail = fail
+		w.Transport.Receive(ctx, "q", 1, 20*time.Second, time.Minute)
+	}
+	if want := []time.Duration{time.Second, time.Second, 20 * time.Second}; len(rec.waits) != 3 || rec.waits[0] != want[0] || rec.waits[1] != want[1] || rec.waits[2] != want[2] {
+		t.Errorf("waits %v, want %v", rec.waits, want)
+	}
+	w.OnPoll(sera.WatcherStatus{PollOK: true})
+	if m := next(t, ch); !strings.HasPrefix(m, "READY=1\nWATCHDOG=1\n") {
+		t.Errorf("poll: %q", m)
+	}
+	// SIGTERM cancels the watcher's context: STOPPING=1 at once.
+	cancel()
+	if m := next(t, ch); !strings.HasPrefix(m, "STOPPING=1\n") {
+		t.Errorf("stop: %q", m)
+	}
+}
+
+func TestAttachWithoutWatchdogKeepsTimings(t *testing.T) {
+	w := &sera.Watcher{Name: "web1", Transport: &recordingTransport{}}
+	(&Notifier{Notify: func(string) error { return nil }}).Attach(context.Background(), w)()
+	if w.PollWait != 0 || w.MaxBackoff != 0 || w.MinBackoff != 0 {
+		t.Errorf("timings changed without a watchdog: %s %s %s", w.PollWait, w.MinBackoff, w.MaxBackoff)
+	}
+}
+
+// The watcher stops as soon as SIGTERM cancels its context and the process
+// exits right after: release must not return before STOPPING=1 is sent.
+func TestAttachReleaseWaitsForStopping(t *testing.T) {
+	for range 50 {
+		ctx, cancel := context.WithCancel(context.Background())
+		var sent []string
+		var mu sync.Mutex
+		n := &Notifier{Notify: func(state string) error {
+			time.Sleep(time.Millisecond) // a slow socket
+			mu.Lock()
+			sent = append(sent, state)
+			mu.Unlock()
+			return nil
+		}}
+		release := n.Attach(ctx, &sera.Watcher{Name: "web1", Transport: &recordingTransport{}})
+		cancel()
+		release()
+		mu.Lock()
+		last := ""
+		if len(sent) > 0 {
+			last = sent[len(sent)-1]
+		}
+		mu.Unlock()
+		if !strings.HasPrefix(last, "STOPPING=1\n") {
+			t.Fatalf("release returned before STOPPING=1: sent %q", sent)
+		}
+	}
+	// Without a stop, release does not wait.
+	n := &Notifier{Notify: func(string) error { return nil }}
+	n.Attach(context.Background(), &sera.Watcher{Name: "web1", Transport: &recordingTransport{}})()
+}
