@@ -221,23 +221,11 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	id, err := loadIdentity(cfg)
+	client, timeout, closeClient, err := o.newClient(ctx, cfg, t.timeout)
 	if err != nil {
 		return err
 	}
-	tr, err := o.openTransport(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer tr.Close()
-	timeout := t.timeout
-	if timeout <= 0 {
-		timeout = cfg.Duration(sera.KeyTimeout)
-	}
-	client := &sera.Client{
-		Identity: id, Transport: tr, Prefix: cfg.Get(sera.KeyPrefix),
-		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand,
-	}
+	defer closeClient()
 	multi := len(selected) > 1
 	out, err := client.Do(ctx, selected, target, remoteArgv(c, args), timeout, func(r sera.HostReply) {
 		printReply(c.OutOrStdout(), c.ErrOrStderr(), r, multi)
@@ -246,6 +234,27 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 		return err
 	}
 	return outcomeError(c.ErrOrStderr(), out, selected, timeout)
+}
+
+// newClient opens the transport and builds the client of remote calls;
+// closeClient releases the transport. A timeout of 0 is SERA_TIMEOUT.
+func (o *Options) newClient(ctx context.Context, cfg *sera.Config, timeout time.Duration) (client *sera.Client, wait time.Duration, closeClient func(), err error) {
+	id, err := loadIdentity(cfg)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	tr, err := o.openTransport(ctx, cfg)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	if timeout <= 0 {
+		timeout = cfg.Duration(sera.KeyTimeout)
+	}
+	client = &sera.Client{
+		Identity: id, Transport: tr, Prefix: cfg.Get(sera.KeyPrefix),
+		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand,
+	}
+	return client, timeout, func() { tr.Close() }, nil
 }
 
 // printReply shows one host's output: as is for a single host, each line

@@ -876,23 +876,11 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	id, err := loadIdentity(cfg)
+	client, timeout, closeClient, err := o.newClient(ctx, cfg, s.timeout)
 	if err != nil {
 		return err
 	}
-	tr, err := o.openTransport(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer tr.Close()
-	timeout := s.timeout
-	if timeout <= 0 {
-		timeout = cfg.Duration(sera.KeyTimeout)
-	}
-	client := &sera.Client{
-		Identity: id, Transport: tr, Prefix: cfg.Get(sera.KeyPrefix),
-		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand,
-	}
+	defer closeClient()
 
 	// 1. Collect.
 	out, err := client.Do(ctx, selected, namesTarget(selected), []string{"hostkey", "list", "--json=true"}, timeout, nil)
@@ -958,7 +946,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	var notInstalled []failure
 	if len(replied) > 0 {
 		failed := map[string]string{}
-		for _, part := range chunkEntries(entries, tr.MaxMessageSize()/2) {
+		for _, part := range chunkEntries(entries, client.Transport.MaxMessageSize()/2) {
 			argv := []string{"hostkey", "set"}
 			if s.dryRun {
 				argv = append(argv, "--dry-run=true")
