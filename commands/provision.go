@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
-	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
 )
@@ -272,19 +271,9 @@ NAME' replaces a lost one.
 		Example: `  sera watcher register web1 sera1… --group web --env-out web1.env`,
 		Args:    usageArgs(cobra.ExactArgs(2)),
 		RunE: func(c *cobra.Command, args []string) error {
-			name := args[0]
-			if err := sera.CheckName(name); err != nil {
-				return usageErr("invalid NAME: %v", err)
-			}
-			key, err := crypto.ParsePublicKey(args[1])
+			name, key, groups, err := watcherArgs(args, groups)
 			if err != nil {
-				return usageErr("%v", err)
-			}
-			groups = splitAll(groups)
-			for _, g := range groups {
-				if err := sera.CheckName(g); err != nil {
-					return usageErr("invalid --group: %v", err)
-				}
+				return err
 			}
 			slices.Sort(groups)
 			groups = slices.Compact(groups)

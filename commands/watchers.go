@@ -33,19 +33,9 @@ and is checked by the watcher against the signed target), PUBKEY what its
 nothing; with other details, it updates them.`,
 		Args: usageArgs(cobra.ExactArgs(2)),
 		RunE: func(c *cobra.Command, args []string) error {
-			name := args[0]
-			if err := sera.CheckName(name); err != nil {
-				return usageErr("invalid NAME: %v", err)
-			}
-			key, err := crypto.ParsePublicKey(args[1])
+			name, key, groups, err := watcherArgs(args, groups)
 			if err != nil {
-				return usageErr("%v", err)
-			}
-			groups = splitAll(groups)
-			for _, g := range groups {
-				if err := sera.CheckName(g); err != nil {
-					return usageErr("invalid --group: %v", err)
-				}
+				return err
 			}
 			addrs = splitAll(addrs)
 			for _, a := range addrs {
@@ -73,6 +63,26 @@ nothing; with other details, it updates them.`,
 	c.Flags().StringSliceVar(&groups, "group", nil, "groups the watcher is in (repeatable, or comma-separated)")
 	c.Flags().StringSliceVar(&addrs, "addr", nil, "addresses the watcher's host is known by (repeatable)")
 	return c
+}
+
+// watcherArgs validates the NAME PUBKEY [--group G…] of a watcher, as
+// 'watchers add' and 'watcher register' take them.
+func watcherArgs(args, groups []string) (string, *crypto.PublicKey, []string, error) {
+	name := args[0]
+	if err := sera.CheckName(name); err != nil {
+		return "", nil, nil, usageErr("invalid NAME: %v", err)
+	}
+	key, err := crypto.ParsePublicKey(args[1])
+	if err != nil {
+		return "", nil, nil, usageErr("%v", err)
+	}
+	groups = splitAll(groups)
+	for _, g := range groups {
+		if err := sera.CheckName(g); err != nil {
+			return "", nil, nil, usageErr("invalid --group: %v", err)
+		}
+	}
+	return name, key, groups, nil
 }
 
 func splitAll(vals []string) []string {
