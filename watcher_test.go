@@ -86,7 +86,7 @@ func TestRule1Envelope(t *testing.T) {
 			return editEnvelope(t, valid(f), func(e *envelopeJSON) { e.V = 2 })
 		}, []string{"malformed envelope", "version 2"}},
 		{"bad sender", func(f *fixture) []byte {
-			return editEnvelope(t, valid(f), func(e *envelopeJSON) { e.Sender = e.Sender[:len(e.Sender)-1] + "a" })
+			return editEnvelope(t, valid(f), func(e *envelopeJSON) { e.Sender = flipLast(e.Sender) })
 		}, []string{"malformed envelope", "sender"}},
 		{"short nonce", func(f *fixture) []byte {
 			return editEnvelope(t, valid(f), func(e *envelopeJSON) { e.Nonce = e.Nonce[1:] })
@@ -1161,4 +1161,16 @@ func TestWatcherHousekeeping(t *testing.T) {
 	if first := calls[0].Sub(begin); first > 50*time.Millisecond {
 		t.Errorf("first housekeeping %s after start, want at once", first)
 	}
+}
+
+// flipLast changes the last character of s to a different one of the
+// same alphabet, so the edit is never a no-op (a fixed replacement
+// leaves s unchanged whenever it already ends in that character).
+func flipLast(s string) string {
+	last := s[len(s)-1]
+	repl := byte('a')
+	if last == 'a' {
+		repl = 'b'
+	}
+	return s[:len(s)-1] + string(repl)
 }
