@@ -48,6 +48,16 @@ type Request struct {
 	Target    Target    `json:"target"`
 	Argv      []string  `json:"argv"`
 	ReplyTo   string    `json:"reply_to"`
+	// ExecTimeoutMS bounds how long the command may run, in milliseconds,
+	// apart from ExpiresAt, which bounds only how long the request may
+	// wait to be delivered. 0 leaves it to the watcher's own limit, which
+	// also caps a longer value.
+	ExecTimeoutMS int64 `json:"exec_timeout_ms,omitempty"`
+}
+
+// ExecTimeout is ExecTimeoutMS as a duration.
+func (r *Request) ExecTimeout() time.Duration {
+	return time.Duration(r.ExecTimeoutMS) * time.Millisecond
 }
 
 // Target is the selector the client used, signed with the request so that
@@ -164,6 +174,9 @@ func ParseRequest(b []byte) (*Request, error) {
 	}
 	if r.ReplyTo == "" {
 		return nil, fmt.Errorf("%w: no reply queue", ErrBadRequest)
+	}
+	if r.ExecTimeoutMS < 0 || r.ExecTimeoutMS > MaxRequestLifetime.Milliseconds() {
+		return nil, fmt.Errorf("%w: exec_timeout_ms outside 0 to %d", ErrBadRequest, MaxRequestLifetime.Milliseconds())
 	}
 	return &r, nil
 }

@@ -24,6 +24,9 @@ const (
 	// StatusInterrupted: the watcher stopped while the request ran and
 	// will not run it again.
 	StatusInterrupted = 125
+	// StatusTimedOut: the command ran past its execution timeout and was
+	// killed, as timeout(1) reports it.
+	StatusTimedOut = 124
 )
 
 // Handler runs the host commands a watcher offers. The core knows commands

@@ -75,6 +75,29 @@ type Transport interface {
 	Close() error
 }
 
+// Publisher is implemented by transports that can fan one message out to
+// every queue subscribed to a topic (SNS), so a request for a group of
+// watchers costs one call instead of one per watcher.
+type Publisher interface {
+	// Publish sends body to every queue subscribed to the named topic.
+	// It returns ErrTooLarge (wrapped) when len(body) > MaxPublishSize,
+	// and ErrNoTopic (wrapped) when the topic does not exist. A failed
+	// Publish delivered the message to no queue.
+	Publish(ctx context.Context, topic string, body []byte) error
+
+	// MaxPublishSize is the largest body Publish accepts, in bytes.
+	MaxPublishSize() int
+}
+
+// ErrNoTopic is returned by Publish when the named topic does not exist.
+var ErrNoTopic = errors.New("topic does not exist")
+
+// AllTopic is the topic every watcher queue subscribes to.
+func AllTopic(prefix string) string { return prefix + "-all" }
+
+// GroupTopic is the topic of the watchers of group g.
+func GroupTopic(prefix, g string) string { return prefix + "-g-" + g }
+
 // ValidQueueName reports whether name is a queue name every transport
 // accepts: 1 to 80 characters of [A-Za-z0-9_-], as SQS requires.
 func ValidQueueName(name string) bool {

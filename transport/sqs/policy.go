@@ -64,10 +64,10 @@ func WatcherPolicyName(prefix string) string { return prefix + "-watcher" }
 func ClientPolicyName(prefix string) string { return prefix + "-client" }
 
 // AllTopic is the topic every watcher queue subscribes to.
-func AllTopic(prefix string) string { return prefix + "-all" }
+func AllTopic(prefix string) string { return transport.AllTopic(prefix) }
 
 // GroupTopic is the topic of the watchers of group g.
-func GroupTopic(prefix, g string) string { return prefix + "-g-" + g }
+func GroupTopic(prefix, g string) string { return transport.GroupTopic(prefix, g) }
 
 // DeadLetterQueue is where the requests go that watcher name received five
 // times without deleting them. It is outside PREFIX-w-*, so clients cannot
