@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/sera-dev/sera/crypto"
@@ -37,6 +39,64 @@ type HostReply struct {
 	Reply   *Reply
 }
 
+// Job is one request to one or more watchers.
+type Job struct {
+	// Watchers are the recipients, in the order they are sent the request.
+	Watchers []*KnownWatcher
+	// Target is the selector as the admin typed it; it is signed, and
+	// each watcher checks that it selects it.
+	Target Target
+	Argv   []string
+	// Timeout is how long to wait for a watcher's reply, counted from
+	// when the request was sent to it.
+	Timeout time.Duration
+	// ExecTimeout, if positive, asks each watcher to kill the command
+	// when it runs longer (the watcher's own limit caps it).
+	ExecTimeout time.Duration
+	// MaxConcurrency, if positive, bounds how many watchers have the
+	// request in flight at once: the next is sent when one answers or
+	// times out.
+	MaxConcurrency int
+	// StopAfter, if positive, is the number of failed watchers (a reply
+	// with a non-zero status, no reply in time, or a failed send) after
+	// which no further watcher is sent the request. Those not sent it
+	// are Skipped.
+	StopAfter int
+	// Topic, if set, is the SNS topic whose subscribers are exactly
+	// Watchers (the group's, or the one of every watcher): the request
+	// is then published once instead of sent to every queue, provided
+	// the transport can publish, MaxConcurrency and StopAfter are unset
+	// and the request fits one message. A publish that fails delivered
+	// nothing, so the client falls back to direct sends.
+	Topic string
+	// OnEvent, if set, is called for every event of the job, in order,
+	// from the goroutine that called Run.
+	OnEvent func(Event)
+}
+
+// EventKind says what happened to one watcher of a job.
+type EventKind int
+
+// The events of a job. Every watcher gets EventSent or EventSendFailed or
+// EventSkipped, and after EventSent exactly one of EventReply or
+// EventTimedOut.
+const (
+	EventSent EventKind = iota
+	EventSendFailed
+	EventSkipped
+	EventReply
+	EventTimedOut
+)
+
+// Event is one step of a job for one watcher.
+type Event struct {
+	Kind    EventKind
+	Watcher *KnownWatcher
+	// Reply is set for EventReply, Err for EventSendFailed.
+	Reply *Reply
+	Err   error
+}
+
 // Outcome is the result of one request to one or more watchers.
 type Outcome struct {
 	RequestID string
@@ -45,6 +105,24 @@ type Outcome struct {
 	Missing []*KnownWatcher
 	// SendErrors are the watchers the request could not be sent to.
 	SendErrors map[string]error
+	// Skipped are the watchers never sent the request because StopAfter
+	// failures came first.
+	Skipped []*KnownWatcher
+	// Published is the topic the request was published to, if it was.
+	Published string
+}
+
+// Failed counts the watchers that failed: a reply with a non-zero
+// status, no reply in time, or a failed send. Skipped ones are not
+// counted.
+func (o *Outcome) Failed() int {
+	n := len(o.Missing) + len(o.SendErrors)
+	for _, r := range o.Replies {
+		if r.Reply.Status != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func (c *Client) now() time.Time {
@@ -74,59 +152,276 @@ func (c *Client) Queue() string {
 }
 
 // Do sends argv to watchers, signed for target, and waits up to timeout for
-// their replies, calling onReply (if set) as each arrives. Replies from
-// watchers not in watchers, or for other requests, are never accepted.
+// their replies, calling onReply (if set) as each arrives. It is Run with
+// the rest of the Job left at its defaults.
 func (c *Client) Do(ctx context.Context, watchers []*KnownWatcher, target Target, argv []string, timeout time.Duration, onReply func(HostReply)) (*Outcome, error) {
-	if len(watchers) == 0 {
+	job := &Job{Watchers: watchers, Target: target, Argv: argv, Timeout: timeout}
+	if onReply != nil {
+		job.OnEvent = func(e Event) {
+			if e.Kind == EventReply {
+				onReply(HostReply{Watcher: e.Watcher, Reply: e.Reply})
+			}
+		}
+	}
+	return c.Run(ctx, job)
+}
+
+// sendWorkers bounds the sends in progress at once: enough to hide the
+// round trip of each, few enough not to exhaust the connection pool.
+const sendWorkers = 32
+
+// flight is a watcher that was sent the request and has not answered.
+type flight struct {
+	w        *KnownWatcher
+	deadline time.Time
+}
+
+// Run sends the job's request and collects the replies: all at once, or
+// MaxConcurrency at a time, until every watcher answered, timed out, was
+// skipped or could not be sent to. Replies from watchers not in the job,
+// or for other requests, are never accepted. The error is for the job as a
+// whole (nothing could be sent, the reply queue failed, ctx ended); each
+// watcher's own result is in the Outcome.
+func (c *Client) Run(ctx context.Context, job *Job) (*Outcome, error) {
+	if len(job.Watchers) == 0 {
 		return nil, errors.New("no watchers to send to")
+	}
+	if job.ExecTimeout < 0 || job.ExecTimeout > MaxRequestLifetime {
+		return nil, fmt.Errorf("execution timeout %s outside 0 to %s", job.ExecTimeout, MaxRequestLifetime)
 	}
 	id, err := NewRequestID(c.rand())
 	if err != nil {
 		return nil, err
 	}
-	now := c.now()
-	ttl := c.TTL
+	seen := map[string]bool{}
+	for _, w := range job.Watchers {
+		fp := w.Key.Fingerprint()
+		if seen[fp] {
+			return nil, fmt.Errorf("watcher %s is in the job twice", w.Name)
+		}
+		seen[fp] = true
+	}
+	r := &run{c: c, job: job, id: id, out: &Outcome{RequestID: id, SendErrors: map[string]error{}},
+		inflight: map[string]*flight{}, partial: map[string]*assembly{}, foreign: map[string]bool{}}
+	return r.out, r.loop(ctx)
+}
+
+// run is the state of one Run.
+type run struct {
+	c   *Client
+	job *Job
+	id  string
+	out *Outcome
+
+	inflight map[string]*flight // by fingerprint
+	failed   int
+	partial  map[string]*assembly
+	foreign  map[string]bool
+}
+
+func (r *run) emit(e Event) {
+	if r.job.OnEvent != nil {
+		r.job.OnEvent(e)
+	}
+}
+
+func (r *run) loop(ctx context.Context) error {
+	queue := slices.Clone(r.job.Watchers)
+	sentAny := false
+	stopped := func() bool { return r.job.StopAfter > 0 && r.failed >= r.job.StopAfter }
+	for {
+		// Whether to send more is decided here only, after every reply
+		// received so far was counted: once StopAfter failures are in,
+		// no further watcher is sent the request.
+		if len(queue) > 0 && !stopped() {
+			n := len(queue)
+			if r.job.MaxConcurrency > 0 {
+				n = min(n, r.job.MaxConcurrency-len(r.inflight))
+			}
+			if n > 0 {
+				wave := queue[:n]
+				queue = queue[n:]
+				ok, err := r.send(ctx, wave)
+				if err != nil {
+					return err
+				}
+				sentAny = sentAny || ok
+			}
+		}
+		if len(r.inflight) == 0 {
+			if len(queue) == 0 || stopped() {
+				break
+			}
+			continue
+		}
+		if err := r.receive(ctx); err != nil {
+			return err
+		}
+	}
+	if len(queue) > 0 {
+		r.out.Skipped = queue
+		for _, w := range queue {
+			r.emit(Event{Kind: EventSkipped, Watcher: w})
+		}
+	}
+	if !sentAny {
+		return fmt.Errorf("failed to send the request to any watcher: %w", firstError(r.out.SendErrors))
+	}
+	return nil
+}
+
+// request is the payload for watchers sent it now: the same id for the
+// whole job, the lifetime counted from now, so a watcher sent it late in
+// a job paced by MaxConcurrency still gets a full delivery lifetime.
+func (r *run) request() ([]byte, time.Time, error) {
+	now := r.c.now()
+	ttl := r.c.TTL
 	if ttl <= 0 {
 		ttl = 5 * time.Minute
 	}
 	req := &Request{
-		ID: id, IssuedAt: now, ExpiresAt: now.Add(ttl),
-		Target: target, Argv: argv, ReplyTo: c.Queue(),
+		ID: r.id, IssuedAt: now, ExpiresAt: now.Add(ttl),
+		Target: r.job.Target, Argv: r.job.Argv, ReplyTo: r.c.Queue(),
+		ExecTimeoutMS: r.job.ExecTimeout.Milliseconds(),
 	}
-	payload, err := req.Marshal()
+	b, err := req.Marshal()
 	if err != nil {
-		return nil, fmt.Errorf("failed to encode request: %w", err)
+		return nil, now, fmt.Errorf("failed to encode request: %w", err)
 	}
-	out := &Outcome{RequestID: id, SendErrors: map[string]error{}}
-	pending := map[string]*KnownWatcher{} // fingerprint → watcher
-	batches, err := c.seal(payload, watchers)
+	return b, now, nil
+}
+
+// send seals the request for ws and delivers it: one publish when the job
+// has a topic and it can, else one send per watcher queue, several at a
+// time. It reports whether any watcher was sent it; an error means none
+// can be (the request cannot be sealed).
+func (r *run) send(ctx context.Context, ws []*KnownWatcher) (bool, error) {
+	payload, now, err := r.request()
 	if err != nil {
-		return nil, err
+		return false, err
 	}
+	if r.publishable(len(ws)) {
+		if ok := r.publish(ctx, payload, ws); ok {
+			return true, nil
+		}
+	}
+	batches, err := r.c.seal(payload, ws, r.c.Transport.MaxMessageSize())
+	if err != nil {
+		return false, err
+	}
+	type delivery struct {
+		w   *KnownWatcher
+		env []byte
+	}
+	var jobs []delivery
 	for _, b := range batches {
 		for _, w := range b.watchers {
-			if err := c.Transport.Send(ctx, transport.WatcherQueue(c.Prefix, w.Name), b.envelope); err != nil {
-				out.SendErrors[w.Name] = err
-				continue
+			jobs = append(jobs, delivery{w, b.envelope})
+		}
+	}
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(sendWorkers, len(jobs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				errs[i] = r.c.Transport.Send(ctx, transport.WatcherQueue(r.c.Prefix, jobs[i].w.Name), jobs[i].env)
 			}
-			pending[w.Key.Fingerprint()] = w
+		}()
+	}
+	for i := range jobs {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	sentOne := false
+	deadline := now.Add(r.job.Timeout)
+	for i, j := range jobs {
+		if errs[i] != nil {
+			r.out.SendErrors[j.w.Name] = errs[i]
+			r.failed++
+			r.emit(Event{Kind: EventSendFailed, Watcher: j.w, Err: errs[i]})
+			continue
+		}
+		sentOne = true
+		r.inflight[j.w.Key.Fingerprint()] = &flight{w: j.w, deadline: deadline}
+		r.emit(Event{Kind: EventSent, Watcher: j.w})
+	}
+	return sentOne, nil
+}
+
+func (r *run) publishable(n int) bool {
+	_, ok := r.c.Transport.(transport.Publisher)
+	return ok && r.job.Topic != "" && n == len(r.job.Watchers) && r.job.MaxConcurrency <= 0 && r.job.StopAfter <= 0
+}
+
+// publish sends the request to the job's topic if it fits one message,
+// and reports whether it did.
+func (r *run) publish(ctx context.Context, payload []byte, ws []*KnownWatcher) bool {
+	p := r.c.Transport.(transport.Publisher)
+	keys := make([]*crypto.PublicKey, len(ws))
+	for i, w := range ws {
+		keys[i] = w.Key
+	}
+	env, err := crypto.SealRequest(r.c.rand(), r.c.Identity, keys, payload)
+	if err != nil || len(env) > p.MaxPublishSize() {
+		// Several messages on one topic would reach every subscriber
+		// each: send to each queue instead.
+		r.c.log().Debug("request does not fit one publish; sending to each queue", "topic", r.job.Topic)
+		return false
+	}
+	now := r.c.now()
+	if err := p.Publish(ctx, r.job.Topic, env); err != nil {
+		r.c.log().Warn("publish failed; sending to each queue", "topic", r.job.Topic, "err", err)
+		return false
+	}
+	r.out.Published = r.job.Topic
+	deadline := now.Add(r.job.Timeout)
+	for _, w := range ws {
+		r.inflight[w.Key.Fingerprint()] = &flight{w: w, deadline: deadline}
+		r.emit(Event{Kind: EventSent, Watcher: w})
+	}
+	return true
+}
+
+// receive waits for replies until the earliest deadline of the watchers
+// in flight, takes what arrived, and times out those whose deadline
+// passed.
+func (r *run) receive(ctx context.Context) error {
+	now := r.c.now()
+	earliest := time.Time{}
+	for _, f := range r.inflight {
+		if earliest.IsZero() || f.deadline.Before(earliest) {
+			earliest = f.deadline
 		}
 	}
-	if len(pending) == 0 {
-		return out, fmt.Errorf("failed to send the request to any watcher: %w", firstError(out.SendErrors))
-	}
-	err = c.collect(ctx, id, pending, now.Add(timeout), func(r HostReply) {
-		out.Replies = append(out.Replies, r)
-		if onReply != nil {
-			onReply(r)
+	if left := earliest.Sub(now); left > 0 {
+		msgs, err := r.c.Transport.Receive(ctx, r.c.Queue(), 10, min(left, 20*time.Second), 30*time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("failed to receive replies: %w", err)
 		}
-	})
-	for _, w := range watchers {
-		if _, ok := pending[w.Key.Fingerprint()]; ok {
-			out.Missing = append(out.Missing, w)
+		for _, m := range msgs {
+			r.take(ctx, m)
 		}
 	}
-	return out, err
+	// In job order, so events and Missing do not depend on map order.
+	now = r.c.now()
+	for _, w := range r.job.Watchers {
+		fp := w.Key.Fingerprint()
+		if f, ok := r.inflight[fp]; ok && !now.Before(f.deadline) {
+			delete(r.inflight, fp)
+			delete(r.partial, fp)
+			r.failed++
+			r.out.Missing = append(r.out.Missing, w)
+			r.emit(Event{Kind: EventTimedOut, Watcher: w})
+		}
+	}
+	return nil
 }
 
 func firstError(m map[string]error) error {
@@ -141,28 +436,28 @@ type batch struct {
 	envelope []byte
 }
 
-// seal makes as few envelopes as fit one message each, splitting the
-// recipients in halves until they do: never dropping one.
-func (c *Client) seal(payload []byte, ws []*KnownWatcher) ([]batch, error) {
+// seal makes as few envelopes of at most limit bytes as it can, splitting
+// the recipients in halves until they fit: never dropping one.
+func (c *Client) seal(payload []byte, ws []*KnownWatcher, limit int) ([]batch, error) {
 	keys := make([]*crypto.PublicKey, len(ws))
 	for i, w := range ws {
 		keys[i] = w.Key
 	}
 	env, err := crypto.SealRequest(c.rand(), c.Identity, keys, payload)
-	if err == nil && len(env) <= c.Transport.MaxMessageSize() {
+	if err == nil && len(env) <= limit {
 		return []batch{{ws, env}}, nil
 	}
 	if len(ws) == 1 {
 		if err == nil {
-			err = fmt.Errorf("request is %d bytes, the transport takes at most %d", len(env), c.Transport.MaxMessageSize())
+			err = fmt.Errorf("request is %d bytes, the transport takes at most %d", len(env), limit)
 		}
 		return nil, fmt.Errorf("failed to seal request: %w", err)
 	}
-	a, err := c.seal(payload, ws[:len(ws)/2])
+	a, err := c.seal(payload, ws[:len(ws)/2], limit)
 	if err != nil {
 		return nil, err
 	}
-	b, err := c.seal(payload, ws[len(ws)/2:])
+	b, err := c.seal(payload, ws[len(ws)/2:], limit)
 	if err != nil {
 		return nil, err
 	}
@@ -175,32 +470,11 @@ type assembly struct {
 	have  int
 }
 
-// collect receives replies for id until every pending watcher answered or
-// the deadline passes. It deletes pending entries as replies complete.
-func (c *Client) collect(ctx context.Context, id string, pending map[string]*KnownWatcher, deadline time.Time, accept func(HostReply)) error {
-	partial := map[string]*assembly{}
-	foreign := map[string]bool{}
-	for len(pending) > 0 {
-		left := deadline.Sub(c.now())
-		if left <= 0 {
-			return nil
-		}
-		msgs, err := c.Transport.Receive(ctx, c.Queue(), 10, min(left, 20*time.Second), 30*time.Second)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("failed to receive replies: %w", err)
-		}
-		for _, m := range msgs {
-			c.take(ctx, m, id, pending, partial, foreign, accept)
-		}
-	}
-	return nil
-}
-
-func (c *Client) take(ctx context.Context, m *transport.Message, id string, pending map[string]*KnownWatcher,
-	partial map[string]*assembly, foreign map[string]bool, accept func(HostReply)) {
+// take handles one message from the reply queue: a verified part of a
+// reply to this job is kept, a reply to another request of this identity
+// released for the process that waits for it, anything else deleted.
+func (r *run) take(ctx context.Context, m *transport.Message) {
+	c := r.c
 	q := c.Queue()
 	drop := func(why string) {
 		c.log().Debug("reply dropped", "why", why)
@@ -224,15 +498,16 @@ func (c *Client) take(ctx context.Context, m *transport.Message, id string, pend
 		return
 	}
 	fp := sr.From.Fingerprint()
-	w, ours := pending[fp]
-	if p.id == id && !ours {
-		// A second copy (a duplicate delivery answered again), or from a
-		// watcher this request was not sent to: only this process waits
-		// for id, so nobody needs it.
-		drop("duplicate or unaddressed")
+	f, ours := r.inflight[fp]
+	if p.id == r.id && !ours {
+		// A second copy (a duplicate delivery answered again), a reply
+		// after its watcher timed out, or from a watcher this request
+		// was not sent to: only this process waits for id, so nobody
+		// needs it.
+		drop("duplicate, late or unaddressed")
 		return
 	}
-	if p.id != id {
+	if p.id != r.id {
 		// Another process of this identity may be waiting for it: make
 		// it visible again at once, or after a pause if we have seen it
 		// before, so two processes do not spin on it.
@@ -242,10 +517,10 @@ func (c *Client) take(ctx context.Context, m *transport.Message, id string, pend
 			return
 		}
 		delay := time.Duration(0)
-		if foreign[key] {
+		if r.foreign[key] {
 			delay = time.Second
 		}
-		foreign[key] = true
+		r.foreign[key] = true
 		if err := c.Transport.ChangeVisibility(ctx, q, m, delay); err != nil {
 			c.log().Debug("release failed", "err", err)
 		}
@@ -255,10 +530,10 @@ func (c *Client) take(ctx context.Context, m *transport.Message, id string, pend
 	if err := c.Transport.Delete(ctx, q, m); err != nil {
 		c.log().Debug("delete failed", "err", err)
 	}
-	a := partial[fp]
+	a := r.partial[fp]
 	if a == nil || len(a.parts) != p.parts {
 		a = &assembly{parts: make([][]byte, p.parts)}
-		partial[fp] = a
+		r.partial[fp] = a
 	}
 	if a.parts[p.part] == nil {
 		a.parts[p.part] = append([]byte{}, p.data...)
@@ -267,14 +542,18 @@ func (c *Client) take(ctx context.Context, m *transport.Message, id string, pend
 	if a.have < len(a.parts) {
 		return
 	}
-	delete(partial, fp)
-	r, err := ParseReplyBody(bytes.Join(a.parts, nil))
-	if err != nil || r.ID != id {
-		c.log().Warn("reply from watcher does not decode", "watcher", w.Name, "err", err)
+	delete(r.partial, fp)
+	reply, err := ParseReplyBody(bytes.Join(a.parts, nil))
+	if err != nil || reply.ID != r.id {
+		c.log().Warn("reply from watcher does not decode", "watcher", f.w.Name, "err", err)
 		return
 	}
-	delete(pending, fp)
-	accept(HostReply{Watcher: w, Reply: r})
+	delete(r.inflight, fp)
+	if reply.Status != 0 {
+		r.failed++
+	}
+	r.out.Replies = append(r.out.Replies, HostReply{Watcher: f.w, Reply: reply})
+	r.emit(Event{Kind: EventReply, Watcher: f.w, Reply: reply})
 }
 
 // isStale reports whether an unclaimed single-part reply ended so long ago
