@@ -33,6 +33,10 @@ const (
 	KeyIPURL        = "SERA_IP_URL"
 	KeyAllowDefault = "SERA_ALLOW_DEFAULT"
 	KeyAllowMax     = "SERA_ALLOW_MAX"
+	// SNS fan-out: how a client delivers a request for a group or --all,
+	// and the AWS account of the topics it publishes to.
+	KeyFanout  = "SERA_FANOUT"
+	KeyAccount = "SERA_ACCOUNT"
 )
 
 // Defaults of the 'sera allow' settings.
@@ -80,6 +84,8 @@ var Settings = []SettingDef{
 	{Key: KeyIPURL, Help: "client: HTTPS URL that answers with your public address, for 'allow' and 'disallow' without one", check: checkHTTPSURL},
 	{Key: KeyAllowDefault, Help: "watcher: how long an 'allow' opening lasts without --for (capped at SERA_ALLOW_MAX)", check: checkAllowLifetime},
 	{Key: KeyAllowMax, Help: "watcher: the longest --for 'allow' accepts (at most 720h)", check: checkAllowLifetime},
+	{Key: KeyFanout, Help: "client: how a request for a group or --all is delivered: sns publishes once to the group's topic, direct sends to each watcher's queue", check: oneOf("direct", "sns")},
+	{Key: KeyAccount, Help: "AWS account ID of the SNS topics (for SERA_FANOUT=sns)", check: checkAccount},
 }
 
 // LookupSetting returns the definition of key.
@@ -206,6 +212,8 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	def(KeyIPURL, DefaultIPURL)
 	def(KeyAllowDefault, "1h")
 	def(KeyAllowMax, "24h")
+	def(KeyFanout, "direct")
+	def(KeyAccount, "")
 	for _, d := range Settings {
 		v := c.values[d.Key]
 		if d.check != nil && v.Value != "" {
@@ -227,6 +235,23 @@ func (c *Config) Lookup(key string) Value { return c.values[key] }
 func (c *Config) Duration(key string) time.Duration {
 	d, _ := time.ParseDuration(c.Get(key))
 	return d
+}
+
+// Fanout reports whether a request for a group or --all is published once
+// to the group's SNS topic (SERA_FANOUT=sns) rather than sent to each
+// watcher's queue. SERA_FANOUT=sns needs SERA_TRANSPORT=sqs and
+// SERA_ACCOUNT; without them it is an error, not a quiet fallback.
+func (c *Config) Fanout() (sns bool, err error) {
+	if c.Get(KeyFanout) != "sns" {
+		return false, nil
+	}
+	if t := c.Get(KeyTransport); t != "sqs" {
+		return false, fmt.Errorf("%s=sns needs %s=sqs, not %q", KeyFanout, KeyTransport, t)
+	}
+	if c.Get(KeyAccount) == "" {
+		return false, fmt.Errorf("%s=sns needs %s, the AWS account ID of the topics", KeyFanout, KeyAccount)
+	}
+	return true, nil
 }
 
 // Groups returns SERA_GROUPS as a list.
@@ -309,6 +334,14 @@ func checkAllowLifetime(s string) error {
 	}
 	if d, _ := time.ParseDuration(s); d > MaxAllowLifetime {
 		return fmt.Errorf("%s is longer than the longest opening sera allows (%s)", s, MaxAllowLifetime)
+	}
+	return nil
+}
+
+// checkAccount accepts an AWS account ID: 12 digits.
+func checkAccount(s string) error {
+	if len(s) != 12 || strings.Trim(s, "0123456789") != "" {
+		return fmt.Errorf("%q is not an AWS account ID: use its 12 digits", s)
 	}
 	return nil
 }

@@ -96,6 +96,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 			sera.KeyTransport: {"spool", sera.SourceDefault},
 			sera.KeyPrefix:    {"sera", sera.SourceDefault},
 			sera.KeyTimeout:   {"60s", sera.SourceDefault},
+			sera.KeyFanout:    {"direct", sera.SourceDefault},
+			sera.KeyAccount:   {"", sera.SourceDefault},
 		}},
 		// As root, SERA_HOME from the environment keeps the test away
 		// from /etc/sera; the state default is still the system one.
@@ -203,6 +205,17 @@ func TestCheckSetting(t *testing.T) {
 		{"SERA_REGION", "eu-west-1", true},
 		{"SERA_ACCESS_KEY", "AKIA", true},
 		{"SERA_SECRET_KEY", "s3cr3t", true},
+		{"SERA_FANOUT", "direct", true},
+		{"SERA_FANOUT", "sns", true},
+		{"SERA_FANOUT", "SNS", false},
+		{"SERA_FANOUT", "sqs", false},
+		{"SERA_ACCOUNT", "123456789012", true},
+		{"SERA_ACCOUNT", "000000000000", true},
+		{"SERA_ACCOUNT", "12345678901", false},
+		{"SERA_ACCOUNT", "1234567890123", false},
+		{"SERA_ACCOUNT", "12345678901x", false},
+		{"SERA_ACCOUNT", "1234-5678-9012", false},
+		{"SERA_ACCOUNT", " 123456789012", false},
 		{"SERA_HOME", "/etc/sera", false}, // only from the environment
 		{"SERA_NOPE", "x", false},
 		{"sera_prefix", "x", false},
@@ -236,6 +249,44 @@ func TestCheckSetting(t *testing.T) {
 		if !seen[k] {
 			t.Errorf("DESIGN.md's setting %s is missing", k)
 		}
+	}
+}
+
+func TestConfigFanout(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		env  map[string]string
+		sns  bool
+		err  string
+	}{
+		{"default", nil, false, ""},
+		{"direct", map[string]string{"SERA_FANOUT": "direct", "SERA_TRANSPORT": "sqs"}, false, ""},
+		{"sns", map[string]string{"SERA_FANOUT": "sns", "SERA_TRANSPORT": "sqs", "SERA_ACCOUNT": "123456789012"}, true, ""},
+		{"sns on the spool", map[string]string{"SERA_FANOUT": "sns", "SERA_ACCOUNT": "123456789012"}, false, "SERA_TRANSPORT=sqs"},
+		{"sns without an account", map[string]string{"SERA_FANOUT": "sns", "SERA_TRANSPORT": "sqs"}, false, "SERA_ACCOUNT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"SERA_HOME": t.TempDir()}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			c, err := sera.LoadConfig(sera.Env{Getenv: mapEnv(env), Hostname: "h"}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sns, err := c.Fanout()
+			if sns != tt.sns || (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("Fanout() = %v, %v; want %v, error with %q", sns, err, tt.sns, tt.err)
+			}
+		})
+	}
+	// A bad account is refused when the settings load.
+	env := sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": t.TempDir(), "SERA_ACCOUNT": "12345"}), Hostname: "h"}
+	if _, err := sera.LoadConfig(env, false); err == nil || !strings.Contains(err.Error(), "SERA_ACCOUNT") {
+		t.Errorf("bad SERA_ACCOUNT: %v", err)
 	}
 }
 

@@ -492,13 +492,20 @@ func newClientCmd(o *Options) *cobra.Command {
 	return c
 }
 
+// fanoutSettings make a client publish a request for a group or --all once
+// to the group's topic, which provisioning made, in the account p looked up.
+func fanoutSettings(p *sqs.Provisioner) [][2]string {
+	return [][2]string{{sera.KeyFanout, "sns"}, {sera.KeyAccount, p.Account.ID}}
+}
+
 // clientKeyWriter stores a new key in this client's settings, with the
-// transport settings that go with it.
+// transport and fan-out settings that go with it.
 func (o *Options) clientKeyWriter(cfg *sera.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
 	return func(_ context.Context, k sqs.AccessKey) error {
 		settings := append([][2]string{
 			{sera.KeyTransport, "sqs"}, {sera.KeyRegion, p.Account.Region}, {sera.KeyPrefix, p.Prefix},
 		}, keySettings(k)...)
+		settings = append(settings, fanoutSettings(p)...)
 		err := sera.MkdirPrivate(cfg.Home)
 		if err == nil {
 			err = mergeEnvFile(cfg.EnvFile, settings)
@@ -523,8 +530,11 @@ func newClientRegisterCmd(o *Options) *cobra.Command {
 P-c-<fingerprint> in group P-clients, tagged sera-name=NAME with --name; its
 reply queue P-c-<fingerprint> (retention longer than a request's lifetime,
 server-side encryption); and one access key, written with SERA_TRANSPORT=sqs,
-SERA_REGION and SERA_PREFIX into this client's settings ($SERA_HOME/env, mode
-0600), so that sera then runs with that key, not the admin's.
+SERA_REGION, SERA_PREFIX, SERA_FANOUT=sns and SERA_ACCOUNT into this client's
+settings ($SERA_HOME/env, mode 0600), so that sera then runs with that key,
+not the admin's, and sends a request for a group or --all as one SNS publish
+to the group's topic. A re-run adds SERA_FANOUT and SERA_ACCOUNT to settings
+that lack them.
 
 AWS shows a key's secret only when it is made: a re-run does not make a
 second key; 'sera client rotate-key' replaces a lost one.
@@ -551,6 +561,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 				return provisionErr(err)
 			}
 			var found []string
+			steps := toPlan(pl)
 			lacking := false
 			if len(pl.Keys) > 0 {
 				ids := make([]string, len(pl.Keys))
@@ -559,11 +570,18 @@ second key; 'sera client rotate-key' replaces a lost one.
 				}
 				if cur := cfg.Lookup(sera.KeyAccessKey); slices.Contains(ids, cur.Value) {
 					found = append(found, fmt.Sprintf("access key %s in this client's settings (%s)", cur.Value, cur.Source))
+					// A client registered before SNS fan-out lacks its
+					// settings; a new key brings them (clientKeyWriter).
+					fan, err := o.planFanoutSettings(cfg, p, &steps)
+					if err != nil {
+						return err
+					}
+					found = append(found, fan...)
 				} else {
 					lacking = true
 				}
 			}
-			if err := o.runPlan(ctx, pl, toPlan(pl), found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
+			if err := o.runPlan(ctx, pl, steps, found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
 				return err
 			}
 			if lacking {
@@ -577,6 +595,34 @@ second key; 'sera client rotate-key' replaces a lost one.
 	f.add(c)
 	c.Flags().StringVar(&name, "name", "", "a name for this client, tagged on its IAM user (sera-name)")
 	return c
+}
+
+// planFanoutSettings adds a step that writes the fan-out settings to the
+// client's env file when the file lacks them, or says they are there.
+func (o *Options) planFanoutSettings(cfg *sera.Config, p *sqs.Provisioner, steps *plan) (found []string, err error) {
+	file, err := sera.ReadEnvFile(cfg.EnvFile)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	want := fanoutSettings(p)
+	var kv []string
+	same := true
+	for _, s := range want {
+		kv = append(kv, s[0]+"="+s[1])
+		if v, ok := file.Get(s[0]); !ok || v != s[1] {
+			same = false
+		}
+	}
+	if same {
+		return []string{fmt.Sprintf("%s in %s", strings.Join(kv, " "), cfg.EnvFile)}, nil
+	}
+	steps.add(fmt.Sprintf("write %s to %s", strings.Join(kv, " "), cfg.EnvFile), func(context.Context) error {
+		if err := sera.MkdirPrivate(cfg.Home); err != nil {
+			return err
+		}
+		return mergeEnvFile(cfg.EnvFile, want)
+	})
+	return nil, nil
 }
 
 func newClientRotateCmd(o *Options) *cobra.Command {

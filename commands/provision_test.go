@@ -154,10 +154,43 @@ func TestProvisionToPing(t *testing.T) {
 		cfg.Get(sera.KeySecretKey) != keys[0].Secret || cfg.Get(sera.KeyTransport) != "sqs" {
 		t.Fatalf("client settings %s / %s, IAM has %v\n%s", cfg.Get(sera.KeyAccessKey), cfg.Get(sera.KeyTransport), keys, out)
 	}
+	// Provisioning made the topics: the client publishes to them.
+	if cfg.Get(sera.KeyFanout) != "sns" || cfg.Get(sera.KeyAccount) != "000000000000" {
+		t.Errorf("client settings %s=%s %s=%s\n%s", sera.KeyFanout, cfg.Get(sera.KeyFanout), sera.KeyAccount, cfg.Get(sera.KeyAccount), out)
+	}
+	if sns, err := cfg.Fanout(); !sns || err != nil {
+		t.Errorf("client Fanout() = %v, %v", sns, err)
+	}
 	out = admin.must(t, "client", "register", "--name", "admin")
 	if !strings.Contains(out, "unchanged: access key "+cfg.Get(sera.KeyAccessKey)+" in this client's settings (file)\n") ||
+		!strings.Contains(out, "unchanged: SERA_FANOUT=sns SERA_ACCOUNT=000000000000 in "+cfg.EnvFile+"\n") ||
 		!strings.HasSuffix(out, "nothing to change: client "+id.Public().Fingerprint()+" is registered\n") {
 		t.Errorf("client register again:\n%s", out)
+	}
+	// A client registered before SNS fan-out lacks its settings: a dry
+	// run says it would write them and writes nothing, a re-run writes
+	// them, and the next one has nothing to change.
+	envBefore, err := os.ReadFile(cfg.EnvFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin.must(t, "config", "unset", sera.KeyFanout, sera.KeyAccount)
+	envOld, err := os.ReadFile(cfg.EnvFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := "SERA_FANOUT=sns SERA_ACCOUNT=000000000000 to " + cfg.EnvFile + "\n"
+	out = admin.must(t, "client", "register", "--dry-run")
+	if env, _ := os.ReadFile(cfg.EnvFile); !strings.Contains(out, "would: write "+write) || string(env) != string(envOld) {
+		t.Errorf("client register --dry-run without the fan-out settings:\n%s\nenv file:\n%s", out, env)
+	}
+	out = admin.must(t, "client", "register")
+	if env, _ := os.ReadFile(cfg.EnvFile); !strings.Contains(out, "done: write "+write) || string(env) != string(envBefore) {
+		t.Errorf("client register without the fan-out settings:\n%s\nenv file:\n%s", out, env)
+	}
+	out = admin.must(t, "client", "register")
+	if !strings.HasSuffix(out, "nothing to change: client "+id.Public().Fingerprint()+" is registered\n") {
+		t.Errorf("client register once more:\n%s", out)
 	}
 
 	// Three hosts: web1 and web2 in group web, db1 in group db.

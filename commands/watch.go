@@ -114,6 +114,7 @@ func OpenTransport(ctx context.Context, cfg *sera.Config) (transport.Transport, 
 			Region:    cfg.Get(sera.KeyRegion),
 			AccessKey: cfg.Get(sera.KeyAccessKey),
 			SecretKey: cfg.Get(sera.KeySecretKey),
+			Account:   cfg.Get(sera.KeyAccount),
 		})
 	default:
 		return nil, fmt.Errorf("unknown %s %q", sera.KeyTransport, t)

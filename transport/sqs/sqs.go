@@ -2,13 +2,17 @@
 //
 // The AWS SDK's own configuration applies: the default credential chain,
 // AWS_REGION and shared profiles, and AWS_ENDPOINT_URL or
-// AWS_ENDPOINT_URL_SQS for an SQS-compatible server.
+// AWS_ENDPOINT_URL_SQS (AWS_ENDPOINT_URL_SNS) for an SQS-compatible server.
 //
 // SQS counts time in whole seconds: long polls are rounded to the nearest
 // second and visibility timeouts up to the next one (at least a second on
 // Receive, since the API cannot ask for zero there). Message bodies must be
 // XML characters in UTF-8; Send refuses anything else rather than let it be
 // altered on the way.
+//
+// Transport is also a transport.Publisher on SNS: Publish sends one message
+// to every queue subscribed to a topic. Topic ARNs need the AWS account ID
+// (Options.Account, or WithAccount); the region is the SDK's.
 package sqs
 
 import (
@@ -24,6 +28,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	snstypes "github.com/aws/aws-sdk-go-v2/service/sns/types"
 	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	"github.com/aws/smithy-go"
@@ -42,6 +48,10 @@ type Options struct {
 	// AccessKey and SecretKey, when both set, are used instead of the
 	// SDK's default credential chain.
 	AccessKey, SecretKey string
+	// Account is the AWS account ID (12 digits) of the SNS topics that
+	// Publish sends to; without it Publish fails. Send and Receive do
+	// not need it.
+	Account string
 }
 
 // LoadConfig loads the SDK's default configuration with opts applied. It is
@@ -65,30 +75,86 @@ func LoadConfig(ctx context.Context, opts Options) (aws.Config, error) {
 	return cfg, nil
 }
 
-// Transport is a transport.Transport on SQS. Its queues must exist; see
-// CreateQueue.
+// Transport is a transport.Transport on SQS and a transport.Publisher on
+// SNS. Its queues and topics must exist; see CreateQueue and Provisioner.
 type Transport struct {
 	client *awssqs.Client
+	sns    *sns.Client
+	// account names the topics of Publish; its ID is "" until set.
+	account Account
 
 	mu   sync.Mutex
 	urls map[string]string // queue name to URL
 }
 
-var _ transport.Transport = (*Transport)(nil)
+var (
+	_ transport.Transport = (*Transport)(nil)
+	_ transport.Publisher = (*Transport)(nil)
+)
 
 // New returns a Transport configured by the SDK's environment and opts.
 func New(ctx context.Context, opts Options) (*Transport, error) {
+	if opts.Account != "" && !ValidAccountID(opts.Account) {
+		return nil, fmt.Errorf("invalid AWS account ID %q: want 12 digits", opts.Account)
+	}
 	cfg, err := LoadConfig(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
-	return NewFromConfig(cfg), nil
+	t := NewFromConfig(cfg)
+	t.account.ID = opts.Account
+	return t, nil
 }
 
-// NewFromConfig returns a Transport using cfg as is.
+// NewFromConfig returns a Transport using cfg as is. It has no account ID,
+// so Publish fails until WithAccount sets one.
 func NewFromConfig(cfg aws.Config) *Transport {
-	return &Transport{client: awssqs.NewFromConfig(cfg), urls: map[string]string{}}
+	return &Transport{
+		client:  awssqs.NewFromConfig(cfg),
+		sns:     sns.NewFromConfig(cfg),
+		account: Account{Partition: partitionOf(cfg.Region), Region: cfg.Region},
+		urls:    map[string]string{},
+	}
 }
+
+// WithAccount sets the AWS account ID (12 digits) of the topics Publish
+// sends to, and returns t. Call it before t is used.
+func (t *Transport) WithAccount(id string) (*Transport, error) {
+	if !ValidAccountID(id) {
+		return nil, fmt.Errorf("invalid AWS account ID %q: want 12 digits", id)
+	}
+	t.account.ID = id
+	return t, nil
+}
+
+// ValidAccountID reports whether id is an AWS account ID: 12 digits.
+func ValidAccountID(id string) bool {
+	if len(id) != 12 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < '0' || id[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// partitionOf is the partition of region, for topic ARNs: the China and
+// GovCloud regions have their own; every other is "aws".
+func partitionOf(region string) string {
+	switch {
+	case strings.HasPrefix(region, "cn-"):
+		return "aws-cn"
+	case strings.HasPrefix(region, "us-gov-"):
+		return "aws-us-gov"
+	default:
+		return "aws"
+	}
+}
+
+// MaxPublishSize is the largest message SNS publishes: 256 KiB.
+const MaxPublishSize = 256 << 10
 
 // MaxMessageSize implements transport.Transport: SQS's limit.
 func (t *Transport) MaxMessageSize() int { return transport.DefaultMaxMessageSize }
@@ -110,6 +176,52 @@ func (t *Transport) Send(ctx context.Context, queue string, body []byte) error {
 	}
 	_, err = t.client.SendMessage(ctx, &awssqs.SendMessageInput{QueueUrl: &u, MessageBody: aws.String(string(body))})
 	return t.fail("send to", queue, err)
+}
+
+// MaxPublishSize implements transport.Publisher: SNS's limit.
+func (t *Transport) MaxPublishSize() int { return MaxPublishSize }
+
+// Publish implements transport.Publisher: one sns:Publish to the topic of
+// that name in the account, whose queues subscribe with raw message
+// delivery and so receive body as is.
+func (t *Transport) Publish(ctx context.Context, topic string, body []byte) error {
+	if len(body) > t.MaxPublishSize() {
+		return fmt.Errorf("failed to publish to %q: %w (%d bytes, limit %d)", topic, transport.ErrTooLarge, len(body), t.MaxPublishSize())
+	}
+	if !validBody(body) {
+		return fmt.Errorf("failed to publish to %q: body has characters SNS does not accept", topic)
+	}
+	if !validTopicName(topic) {
+		return fmt.Errorf("failed to publish to %q: invalid topic name", topic)
+	}
+	if t.account.ID == "" {
+		return fmt.Errorf("failed to publish to %q: no AWS account configured (SERA_ACCOUNT)", topic)
+	}
+	if t.account.Region == "" {
+		return fmt.Errorf("failed to publish to %q: no AWS region configured", topic)
+	}
+	_, err := t.sns.Publish(ctx, &sns.PublishInput{
+		TopicArn: aws.String(t.account.TopicARN(topic)),
+		Message:  aws.String(string(body)),
+	})
+	return t.fail("publish to", topic, err)
+}
+
+// validTopicName reports whether name is an SNS topic name: 1 to 256
+// characters of [A-Za-z0-9_-]. It is part of an ARN, so no ':' or '/'.
+func validTopicName(name string) bool {
+	if len(name) == 0 || len(name) > 256 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Receive implements transport.Transport. A wait over SQS's 20 seconds takes
@@ -228,7 +340,8 @@ func (t *Transport) queueURL(ctx context.Context, queue string) (string, error) 
 }
 
 // fail wraps a failed operation's error, with a sentinel where one
-// applies, and forgets the URL of a queue that has gone.
+// applies, and forgets the URL of a queue that has gone. For Publish,
+// queue is the topic.
 func (t *Transport) fail(op, queue string, err error) error {
 	if err == nil {
 		return nil
@@ -245,11 +358,13 @@ func (t *Transport) fail(op, queue string, err error) error {
 	return fmt.Errorf("failed to %s %q: %w: %w", op, queue, sentinel, err)
 }
 
-// classify returns the transport error that err from SQS amounts to, or nil.
-// SQS answers in its JSON protocol, where the SDK makes typed errors, but
-// the error codes of its older query protocol can still show up.
+// classify returns the transport error that err from SQS or SNS amounts
+// to, or nil. SQS answers in its JSON protocol, where the SDK makes typed
+// errors, but the error codes of its older query protocol can still show
+// up. SNS says NotFound for a topic that does not exist.
 func classify(err error) error {
 	var (
+		noTopic     *snstypes.NotFoundException
 		noQueue     *types.QueueDoesNotExist
 		badHandle   *types.ReceiptHandleIsInvalid
 		notInflight *types.MessageNotInflight
@@ -257,6 +372,8 @@ func classify(err error) error {
 		api         smithy.APIError
 	)
 	switch {
+	case errors.As(err, &noTopic):
+		return transport.ErrNoTopic
 	case errors.As(err, &noQueue):
 		return transport.ErrNoQueue
 	case errors.As(err, &badHandle), errors.As(err, &notInflight), errors.As(err, &badID):
@@ -265,6 +382,8 @@ func classify(err error) error {
 		switch api.ErrorCode() {
 		case "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist":
 			return transport.ErrNoQueue
+		case "NotFound":
+			return transport.ErrNoTopic
 		case "ReceiptHandleIsInvalid", "InvalidIdFormat", "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight":
 			return transport.ErrStaleHandle
 		case "InvalidParameterValue":
