@@ -896,7 +896,7 @@ func TestGroupSudoClient(t *testing.T) {
 			}
 		}
 	}
-	if code, msg := run("group", "add", "web"); code != ExitUsage || !strings.Contains(msg, "no target: give --to HOST, or --local") {
+	if code, msg := run("group", "add", "web"); code != ExitUsage || !strings.Contains(msg, "no target: give --to HOST, --group GROUP or --all, or --local") {
 		t.Errorf("no target: exit %d, %q", code, msg)
 	}
 }

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -66,9 +64,9 @@ type hostTree struct {
 	opts *Options
 	host *Host
 
-	to      []string
-	timeout time.Duration
-	local   bool
+	target targetFlags
+	fan    fanoutFlags
+	local  bool
 }
 
 func (t *hostTree) commands() []*cobra.Command {
@@ -83,12 +81,27 @@ func (t *hostTree) commands() []*cobra.Command {
 
 func (t *hostTree) addClientFlags(c *cobra.Command) {
 	pf := c.PersistentFlags()
-	pf.StringSliceVar(&t.to, "to", nil, "run on these watchers: names or globs, comma-separated or repeated")
-	pf.DurationVar(&t.timeout, "timeout", 0, "how long to wait for replies (default SERA_TIMEOUT, 60s)")
+	names := t.target.add(pf, "run on")
+	names = append(names, t.fan.add(pf)...)
 	pf.BoolVar(&t.local, "local", false, "run on this machine, in-process, instead of on a watcher")
-	for _, n := range []string{"to", "timeout", "local"} {
+	names = append(names, "local")
+	for _, n := range names {
 		_ = pf.SetAnnotation(n, annClientOnly, []string{"true"})
 	}
+	// --json: a command's own (ping, user list, …) is sent to the watcher
+	// and also shapes the client's output; the others get one that only
+	// shapes the client's output.
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Runnable() && !c.HasSubCommands() && c.Flags().Lookup("json") == nil {
+			c.Flags().BoolVar(&t.fan.json, "json", false, "print one JSON object per host")
+			_ = c.Flags().SetAnnotation("json", annClientOnly, []string{"true"})
+		}
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(c)
 }
 
 // leaf wires a host command's body. localByDefault makes the command run
@@ -112,11 +125,11 @@ func (t *hostTree) leafPrepared(c *cobra.Command, localByDefault bool, prepare p
 		if t.host != nil {
 			return run(ctx, t.host, c.OutOrStdout(), c.ErrOrStderr(), args)
 		}
-		if t.local && len(t.to) > 0 {
-			return usageErr("--local and --to exclude each other")
+		if t.local && t.target.set() {
+			return usageErr("--local excludes --to, --group and --all")
 		}
-		if len(t.to) == 0 && !t.local && !localByDefault {
-			return usageErr("no target: give --to HOST, or --local to run it on this machine")
+		if !t.target.set() && !t.local && !localByDefault {
+			return usageErr("no target: give --to HOST, --group GROUP or --all, or --local to run it on this machine")
 		}
 		if prepare != nil {
 			var err error
@@ -124,7 +137,7 @@ func (t *hostTree) leafPrepared(c *cobra.Command, localByDefault bool, prepare p
 				return err
 			}
 		}
-		if len(t.to) > 0 {
+		if t.target.set() {
 			return t.runRemote(c, args)
 		}
 		h, err := t.localHost()
@@ -173,39 +186,8 @@ func remoteArgv(c *cobra.Command, args []string) []string {
 	return argv
 }
 
-// selectWatchers resolves --to selectors (names and globs) against the
-// known watchers. An exact name that is not known, or a glob that matches
-// nothing, is an error naming them all.
-func selectWatchers(kw *sera.KnownWatchers, to []string) ([]*sera.KnownWatcher, sera.Target, error) {
-	var target sera.Target
-	var selected []*sera.KnownWatcher
-	var unknown []string
-	seen := map[string]bool{}
-	for _, sel := range to {
-		if _, err := path.Match(sel, ""); err != nil || sel == "" {
-			return nil, target, usageErr("invalid --to %q: not a name or glob", sel)
-		}
-		target.Names = append(target.Names, sel)
-		matched := false
-		for _, w := range kw.Watchers {
-			if ok, _ := path.Match(sel, w.Name); ok {
-				matched = true
-				if !seen[w.Name] {
-					seen[w.Name] = true
-					selected = append(selected, w)
-				}
-			}
-		}
-		if !matched {
-			unknown = append(unknown, sel)
-		}
-	}
-	if len(unknown) > 0 {
-		return nil, target, usageErr("unknown watcher %s: not in known_watchers (add it with 'sera watchers add NAME PUBKEY')", strings.Join(unknown, ", "))
-	}
-	return selected, target, nil
-}
-
+// runRemote sends the command to the selected watchers and shows their
+// results as they come.
 func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	o := t.opts
 	ctx := c.Context()
@@ -217,23 +199,96 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	selected, target, err := selectWatchers(kw, t.to)
+	selected, target, err := t.target.resolve(kw)
 	if err != nil {
 		return err
 	}
-	client, timeout, closeClient, err := o.newClient(ctx, cfg, t.timeout)
+	// The command's own --json, if it has one, is sent; either one asks
+	// for JSON here.
+	jsonFlag := c.Flags().Lookup("json")
+	asJSON := jsonFlag != nil && jsonFlag.Value.String() == "true"
+	_, clientJSON := jsonFlag.Annotations[annClientOnly]
+	job, err := t.fan.job(selected, cfg.Duration(sera.KeyTimeout))
+	if err != nil {
+		return err
+	}
+	client, _, closeClient, err := o.newClient(ctx, cfg, job.Timeout)
 	if err != nil {
 		return err
 	}
 	defer closeClient()
-	multi := len(selected) > 1
-	out, err := client.Do(ctx, selected, target, remoteArgv(c, args), timeout, func(r sera.HostReply) {
-		printReply(c.OutOrStdout(), c.ErrOrStderr(), r, multi)
-	})
+	job.Target, job.Argv = target, remoteArgv(c, args)
+	useSNS, err := cfg.Fanout()
 	if err != nil {
 		return err
 	}
-	return outcomeError(c.ErrOrStderr(), out, selected, timeout)
+	if useSNS && !t.fan.direct {
+		job.Topic = t.target.topic(cfg.Get(sera.KeyPrefix))
+	}
+	stdout, stderr := c.OutOrStdout(), c.ErrOrStderr()
+	if t.target.single() && !(asJSON && clientJSON) {
+		// One host by name: its output as is, its exit status.
+		job.OnEvent = func(e sera.Event) {
+			if e.Kind == sera.EventReply {
+				stdout.Write(e.Reply.Stdout)
+				stderr.Write(e.Reply.Stderr)
+			}
+		}
+		out, err := client.Run(ctx, job)
+		if err != nil {
+			return err
+		}
+		return singleOutcome(stderr, out, job.Timeout)
+	}
+	p := newFanoutPrinter(stdout, stderr, len(selected), job.Timeout, o.now)
+	p.asJSON, p.embedJSON = asJSON, asJSON && !clientJSON
+	p.progress = isTerminal(stderr)
+	job.OnEvent = p.event
+	if p.progress {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			tick := time.NewTicker(250 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+					p.tick()
+				}
+			}
+		}()
+	}
+	out, err := client.Run(ctx, job)
+	if out != nil && out.Published != "" {
+		p.note("request published once to topic " + out.Published)
+	}
+	p.summary(t.fan.maxErrors)
+	if err != nil {
+		return err
+	}
+	if !p.succeeded() {
+		return &ExitError{Code: ExitFailure}
+	}
+	return nil
+}
+
+// singleOutcome is the exit status of a command sent to one host by name:
+// the remote command's own, or a failure if it did not answer.
+func singleOutcome(stderr io.Writer, out *sera.Outcome, timeout time.Duration) error {
+	for name, err := range out.SendErrors {
+		fmt.Fprintf(stderr, "sera: %s: failed to send: %v\n", name, err)
+		return &ExitError{Code: ExitFailure}
+	}
+	for _, w := range out.Missing {
+		fmt.Fprintf(stderr, "sera: %s: no reply within %s\n", w.Name, timeout)
+		return &ExitError{Code: ExitFailure}
+	}
+	if s := out.Replies[0].Reply.Status; s != 0 {
+		return &ExitError{Code: s}
+	}
+	return nil
 }
 
 // newClient opens the transport and builds the client of remote calls;
@@ -257,18 +312,6 @@ func (o *Options) newClient(ctx context.Context, cfg *sera.Config, timeout time.
 	return client, timeout, func() { tr.Close() }, nil
 }
 
-// printReply shows one host's output: as is for a single host, each line
-// prefixed with the host's name for several.
-func printReply(stdout, stderr io.Writer, r sera.HostReply, multi bool) {
-	if !multi {
-		stdout.Write(r.Reply.Stdout)
-		stderr.Write(r.Reply.Stderr)
-		return
-	}
-	prefixLines(stdout, r.Watcher.Name, r.Reply.Stdout)
-	prefixLines(stderr, r.Watcher.Name, r.Reply.Stderr)
-}
-
 func prefixLines(w io.Writer, name string, b []byte) {
 	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
 		if len(line) == 0 {
@@ -279,43 +322,6 @@ func prefixLines(w io.Writer, name string, b []byte) {
 			fmt.Fprintln(w)
 		}
 	}
-}
-
-// outcomeError turns an outcome into the exit status: the remote status
-// for one host, 0 or 1 for several.
-func outcomeError(stderr io.Writer, out *sera.Outcome, selected []*sera.KnownWatcher, timeout time.Duration) error {
-	var failed []string
-	for name, err := range out.SendErrors {
-		fmt.Fprintf(stderr, "sera: %s: failed to send: %v\n", name, err)
-		failed = append(failed, name)
-	}
-	for _, w := range out.Missing {
-		if _, ok := out.SendErrors[w.Name]; ok {
-			continue
-		}
-		fmt.Fprintf(stderr, "sera: %s: no reply within %s\n", w.Name, timeout)
-		failed = append(failed, w.Name)
-	}
-	if len(selected) == 1 {
-		if len(failed) > 0 {
-			return &ExitError{Code: ExitFailure}
-		}
-		if s := out.Replies[0].Reply.Status; s != 0 {
-			return &ExitError{Code: s}
-		}
-		return nil
-	}
-	for _, r := range out.Replies {
-		if r.Reply.Status != 0 {
-			failed = append(failed, r.Watcher.Name)
-		}
-	}
-	if len(failed) > 0 {
-		sort.Strings(failed)
-		fmt.Fprintf(stderr, "sera: %d of %d hosts succeeded; failed: %s\n", len(selected)-len(failed), len(selected), strings.Join(failed, ", "))
-		return &ExitError{Code: ExitFailure}
-	}
-	return nil
 }
 
 // Handler runs host commands inside the watcher. Each request gets a fresh

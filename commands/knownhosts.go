@@ -630,7 +630,7 @@ func (k *knownHostsPath) edit(ctx context.Context, out, errOut io.Writer, dryRun
 
 type knownHostsSync struct {
 	o       *Options
-	to      []string
+	target  targetFlags
 	timeout time.Duration
 	dryRun  bool
 	noLocal bool
@@ -649,7 +649,7 @@ func newKnownHostsCmd(o *Options) *cobra.Command {
 func newKnownHostsSyncCmd(o *Options) *cobra.Command {
 	s := &knownHostsSync{o: o}
 	c := &cobra.Command{
-		Use:   "sync [--to HOST…]",
+		Use:   "sync [--to HOST… | --group GROUP… | --all]",
 		Short: "Make every watcher trust every watcher's current SSH host keys",
 		Long: `Collect the SSH host keys of the targeted watchers ('hostkey list') and
 install the whole set on every one of them ('hostkey set', in sera's block
@@ -669,7 +669,8 @@ removed. Lines outside sera's block are never changed.
 Two requests in all, each sent to every host at once: one to collect, one
 to install (split into a few if the keys do not fit one message).`,
 		Example: `  sera known-hosts sync
-  sera known-hosts sync --to 'web*' --dry-run`,
+  sera known-hosts sync --to 'web*' --dry-run
+  sera known-hosts sync --group web`,
 		Args: usageArgs(cobra.NoArgs),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			if s.noLocal && s.file != "" {
@@ -680,7 +681,7 @@ to install (split into a few if the keys do not fit one message).`,
 		RunE: func(c *cobra.Command, args []string) error { return s.run(c) },
 	}
 	f := c.Flags()
-	f.StringSliceVar(&s.to, "to", nil, "sync these watchers: names or globs (default: every known watcher)")
+	s.target.add(f, "sync")
 	f.DurationVar(&s.timeout, "timeout", 0, "how long to wait for each round of replies (default SERA_TIMEOUT, 60s)")
 	f.StringVar(&s.file, "file", "", "this machine's known_hosts file (default ~/.ssh/known_hosts)")
 	f.BoolVar(&s.noLocal, "no-local", false, "leave this machine's known_hosts file alone")
@@ -864,13 +865,11 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 		return err
 	}
 	var selected []*sera.KnownWatcher
-	if len(s.to) == 0 {
-		selected = kw.Watchers
-	} else if selected, _, err = selectWatchers(kw, s.to); err != nil {
-		return err
+	if !s.target.set() {
+		s.target.all = true
 	}
-	if len(selected) == 0 {
-		return usageErr("no watchers known: add them with 'sera watchers add NAME PUBKEY'")
+	if selected, _, err = s.target.resolve(kw); err != nil {
+		return err
 	}
 	local, err := s.localFile()
 	if err != nil {
@@ -956,7 +955,8 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 				argv = append(argv, e.lines()...)
 			}
 			out, err = client.Do(ctx, replied, namesTarget(replied), argv, timeout, func(r sera.HostReply) {
-				printReply(stdout, stderr, r, true)
+				prefixLines(stdout, r.Watcher.Name, r.Reply.Stdout)
+				prefixLines(stderr, r.Watcher.Name, r.Reply.Stderr)
 			})
 			if err != nil {
 				return err

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/sera-dev/sera/crypto"
@@ -45,7 +47,13 @@ func TestEndToEndSpool(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:   "testdata/e2e",
 		Setup: setup(nil, false),
-		Cmds:  cmds(nil),
+		Condition: func(cond string) (bool, error) {
+			if cond == "sqs" {
+				return false, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
+		Cmds: cmds(nil),
 	})
 }
 
@@ -62,14 +70,19 @@ func TestEndToEndSQS(t *testing.T) {
 			"AWS_SECRET_ACCESS_KEY":     "test",
 			"AWS_REGION":                "us-east-1",
 			"AWS_EC2_METADATA_DISABLED": "true",
+			// For scripts that turn SNS fan-out on.
+			"SERA_ACCOUNT": fauxqsAccount,
 		}, true),
+		Condition: func(cond string) (bool, error) {
+			if cond == "sqs" {
+				return true, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
 		Cmds: cmds(func(ts *testscript.TestScript, watchers []string) error {
 			// Every script uses its own prefix, so scripts sharing
 			// the server never share a queue.
-			prefix := ts.Getenv("SERA_PREFIX")
-			if prefix == "" {
-				prefix = "sera"
-			}
+			prefix := scriptPrefix(ts)
 			queues := []string{}
 			for _, w := range watchers {
 				queues = append(queues, transport.WatcherQueue(prefix, w))
@@ -91,8 +104,51 @@ func TestEndToEndSQS(t *testing.T) {
 				}
 			}
 			return nil
+		}, func(ts *testscript.TestScript, args []string) error {
+			return mktopics(srv.Config, scriptPrefix(ts), args)
 		}),
 	})
+}
+
+func scriptPrefix(ts *testscript.TestScript) string {
+	if p := ts.Getenv("SERA_PREFIX"); p != "" {
+		return p
+	}
+	return "sera"
+}
+
+// fauxqsAccount is the account ID in the ARNs of fauxqs.
+const fauxqsAccount = "000000000000"
+
+// mktopics creates the topic of every watcher and of its groups, and
+// subscribes the watcher's queue to them with raw delivery, as 'sera
+// watcher register' does. args are WATCHER[:GROUP,…].
+func mktopics(cfg aws.Config, prefix string, args []string) error {
+	ctx := context.Background()
+	client := sns.NewFromConfig(cfg)
+	for _, a := range args {
+		name, groups, _ := strings.Cut(a, ":")
+		topics := []string{transport.AllTopic(prefix)}
+		for _, g := range strings.Split(groups, ",") {
+			if g != "" {
+				topics = append(topics, transport.GroupTopic(prefix, g))
+			}
+		}
+		queueARN := fmt.Sprintf("arn:aws:sqs:%s:%s:%s", cfg.Region, fauxqsAccount, transport.WatcherQueue(prefix, name))
+		for _, topic := range topics {
+			out, err := client.CreateTopic(ctx, &sns.CreateTopicInput{Name: &topic})
+			if err != nil {
+				return fmt.Errorf("create topic %s: %w", topic, err)
+			}
+			if _, err := client.Subscribe(ctx, &sns.SubscribeInput{
+				TopicArn: out.TopicArn, Protocol: aws.String("sqs"), Endpoint: &queueARN,
+				Attributes: map[string]string{"RawMessageDelivery": "true"},
+			}); err != nil {
+				return fmt.Errorf("subscribe %s to %s: %w", name, topic, err)
+			}
+		}
+	}
+	return nil
 }
 
 // setup gives every script a private HOME and SERA_* environment, so no
@@ -126,8 +182,20 @@ func setup(extra map[string]string, ownPrefix bool) func(*testscript.Env) error 
 //	mkqueues [WATCHER…]   create the queues the transport needs (SQS only):
 //	                      each watcher's, or with no argument the reply
 //	                      queue of the key in $SERA_HOME
-func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error) map[string]func(*testscript.TestScript, bool, []string) {
+//	mktopics WATCHER[:GROUP,…]…
+//	                      create the SNS topics of every watcher and its
+//	                      groups and subscribe its queue, as provisioning
+//	                      would (SQS only)
+func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error, mktopics ...func(ts *testscript.TestScript, args []string) error) map[string]func(*testscript.TestScript, bool, []string) {
 	return map[string]func(*testscript.TestScript, bool, []string){
+		"mktopics": func(ts *testscript.TestScript, neg bool, args []string) {
+			if neg {
+				ts.Fatalf("unsupported: ! mktopics")
+			}
+			for _, f := range mktopics {
+				ts.Check(f(ts, args))
+			}
+		},
 		"setenvfile": func(ts *testscript.TestScript, neg bool, args []string) {
 			if neg || len(args) != 2 {
 				ts.Fatalf("usage: setenvfile VAR FILE")

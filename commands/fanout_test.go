@@ -1,0 +1,320 @@
+package commands
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sera-dev/sera"
+)
+
+func watcherNames(ws []*sera.KnownWatcher) []string {
+	var out []string
+	for _, w := range ws {
+		out = append(out, w.Name)
+	}
+	return out
+}
+
+func TestTargetResolve(t *testing.T) {
+	kw := &sera.KnownWatchers{}
+	for _, w := range []struct {
+		name   string
+		groups []string
+	}{{"web2", []string{"web", "eu"}}, {"web1", []string{"web"}}, {"db1", []string{"db", "eu"}}, {"lb1", nil}} {
+		kw.Watchers = append(kw.Watchers, &sera.KnownWatcher{Name: w.name, Key: newKey(t), Groups: w.groups})
+	}
+	tests := []struct {
+		name   string
+		tf     targetFlags
+		want   []string
+		target sera.Target
+		err    string
+	}{
+		{name: "names and globs, sorted, once each", tf: targetFlags{to: []string{"web*", "db1", "web1"}},
+			want: []string{"db1", "web1", "web2"}, target: sera.Target{Names: []string{"web*", "db1", "web1"}}},
+		{name: "one group", tf: targetFlags{groups: []string{"web"}},
+			want: []string{"web1", "web2"}, target: sera.Target{Groups: []string{"web"}}},
+		{name: "two groups", tf: targetFlags{groups: []string{"eu", "db", "eu"}},
+			want: []string{"db1", "web2"}, target: sera.Target{Groups: []string{"eu", "db"}}},
+		{name: "group and name", tf: targetFlags{to: []string{"lb1"}, groups: []string{"db"}},
+			want: []string{"db1", "lb1"}, target: sera.Target{Names: []string{"lb1"}, Groups: []string{"db"}}},
+		{name: "all", tf: targetFlags{all: true},
+			want: []string{"db1", "lb1", "web1", "web2"}, target: sera.Target{All: true}},
+		{name: "unknown names and empty groups, all listed", tf: targetFlags{to: []string{"web1", "nope", "x*"}, groups: []string{"web", "mail"}},
+			err: "unknown watcher nope, x*: not in known_watchers (add it with 'sera watchers add NAME PUBKEY'); no known watcher in group mail"},
+		{name: "bad glob", tf: targetFlags{to: []string{"web["}}, err: `invalid --to "web["`},
+		{name: "bad group", tf: targetFlags{groups: []string{"Web/1"}}, err: `invalid --group "Web/1"`},
+		{name: "all and more", tf: targetFlags{all: true, groups: []string{"web"}}, err: "--all excludes --to and --group"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, target, err := tt.tf.resolve(kw)
+			if tt.err != "" {
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want a usage error with %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(watcherNames(got), tt.want) {
+				t.Errorf("selected %v, want %v", watcherNames(got), tt.want)
+			}
+			// The target is the selector as typed: each watcher checks
+			// that it selects itself.
+			if !slices.Equal(target.Names, tt.target.Names) || !slices.Equal(target.Groups, tt.target.Groups) || target.All != tt.target.All {
+				t.Errorf("target %+v, want %+v", target, tt.target)
+			}
+			// Every selected watcher is selected by the signed target,
+			// and no other.
+			for _, w := range kw.Watchers {
+				if target.Selects(w.Name, w.Groups) != slices.Contains(tt.want, w.Name) {
+					t.Errorf("target %+v and selection disagree on %s", target, w.Name)
+				}
+			}
+		})
+	}
+	if _, _, err := (&targetFlags{all: true}).resolve(&sera.KnownWatchers{}); !errors.Is(err, ErrUsage) {
+		t.Errorf("--all with no known watchers: %v", err)
+	}
+}
+
+func TestTargetShape(t *testing.T) {
+	tests := []struct {
+		tf     targetFlags
+		single bool
+		topic  string
+	}{
+		{targetFlags{to: []string{"web1"}}, true, ""},
+		{targetFlags{to: []string{"web*"}}, false, ""},
+		{targetFlags{to: []string{"web[12]"}}, false, ""},
+		{targetFlags{to: []string{"web1", "web2"}}, false, ""},
+		{targetFlags{groups: []string{"web"}}, false, "sera-g-web"},
+		{targetFlags{groups: []string{"web", "db"}}, false, ""},
+		{targetFlags{to: []string{"lb1"}, groups: []string{"web"}}, false, ""},
+		{targetFlags{all: true}, false, "sera-all"},
+	}
+	for _, tt := range tests {
+		if got := tt.tf.single(); got != tt.single {
+			t.Errorf("%+v: single %v", tt.tf, got)
+		}
+		if got := tt.tf.topic("sera"); got != tt.topic {
+			t.Errorf("%+v: topic %q, want %q", tt.tf, got, tt.topic)
+		}
+	}
+}
+
+func TestFanoutJob(t *testing.T) {
+	ten := make([]*sera.KnownWatcher, 10)
+	tests := []struct {
+		name                   string
+		ff                     fanoutFlags
+		timeout                time.Duration
+		concurrency, stopAfter int
+		err                    string
+	}{
+		{name: "defaults", timeout: time.Minute},
+		{name: "timeout", ff: fanoutFlags{timeout: 5 * time.Second}, timeout: 5 * time.Second},
+		{name: "exec timeout stretches the wait", ff: fanoutFlags{execTimeout: 2 * time.Minute}, timeout: 150 * time.Second},
+		{name: "short exec timeout keeps it", ff: fanoutFlags{execTimeout: time.Second}, timeout: time.Minute},
+		{name: "explicit timeout wins", ff: fanoutFlags{execTimeout: 2 * time.Minute, timeout: 10 * time.Second}, timeout: 10 * time.Second},
+		{name: "concurrency", ff: fanoutFlags{maxConcurrency: "2"}, timeout: time.Minute, concurrency: 2},
+		{name: "concurrency percent", ff: fanoutFlags{maxConcurrency: "25%"}, timeout: time.Minute, concurrency: 2},
+		{name: "concurrency percent at least one", ff: fanoutFlags{maxConcurrency: "1%"}, timeout: time.Minute, concurrency: 1},
+		{name: "max errors 1", ff: fanoutFlags{maxConcurrency: "2", maxErrors: "1"}, timeout: time.Minute, concurrency: 2, stopAfter: 2},
+		{name: "max errors 0", ff: fanoutFlags{maxConcurrency: "2", maxErrors: "0"}, timeout: time.Minute, concurrency: 2, stopAfter: 1},
+		{name: "max errors percent", ff: fanoutFlags{maxConcurrency: "3", maxErrors: "30%"}, timeout: time.Minute, concurrency: 3, stopAfter: 4},
+		{name: "max errors without concurrency", ff: fanoutFlags{maxErrors: "1"}, err: "--max-errors needs --max-concurrency"},
+		{name: "zero concurrency", ff: fanoutFlags{maxConcurrency: "0"}, err: "at least one host"},
+		{name: "bad concurrency", ff: fanoutFlags{maxConcurrency: "two"}, err: `invalid --max-concurrency "two"`},
+		{name: "over 100%", ff: fanoutFlags{maxConcurrency: "150%"}, err: `invalid --max-concurrency "150%"`},
+		{name: "negative errors", ff: fanoutFlags{maxConcurrency: "1", maxErrors: "-1"}, err: `invalid --max-errors "-1"`},
+		{name: "negative timeout", ff: fanoutFlags{timeout: -time.Second}, err: "invalid --timeout"},
+		{name: "exec timeout too long", ff: fanoutFlags{execTimeout: 25 * time.Hour}, err: "invalid --exec-timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			job, err := tt.ff.job(ten, time.Minute)
+			if tt.err != "" {
+				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want a usage error with %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if job.Timeout != tt.timeout || job.MaxConcurrency != tt.concurrency || job.StopAfter != tt.stopAfter || job.ExecTimeout != tt.ff.execTimeout {
+				t.Errorf("job: timeout %s, concurrency %d, stop after %d, exec %s", job.Timeout, job.MaxConcurrency, job.StopAfter, job.ExecTimeout)
+			}
+		})
+	}
+}
+
+func TestSingleOutcome(t *testing.T) {
+	w1 := &sera.KnownWatcher{Name: "web1"}
+	tests := []struct {
+		name   string
+		out    *sera.Outcome
+		code   int
+		stderr string
+	}{
+		{"ok", &sera.Outcome{Replies: []sera.HostReply{{Watcher: w1, Reply: &sera.Reply{}}}}, 0, ""},
+		{"remote status", &sera.Outcome{Replies: []sera.HostReply{{Watcher: w1, Reply: &sera.Reply{Status: 126}}}}, 126, ""},
+		{"timed out", &sera.Outcome{Missing: []*sera.KnownWatcher{w1}}, 1, "sera: web1: no reply within 1s\n"},
+		{"unsendable", &sera.Outcome{SendErrors: map[string]error{"web1": errors.New("no queue")}}, 1, "sera: web1: failed to send: no queue\n"},
+	}
+	for _, tt := range tests {
+		var stderr bytes.Buffer
+		code, _ := ExitCode(singleOutcome(&stderr, tt.out, time.Second))
+		if code != tt.code || stderr.String() != tt.stderr {
+			t.Errorf("%s: exit %d, stderr %q; want %d, %q", tt.name, code, stderr.String(), tt.code, tt.stderr)
+		}
+	}
+}
+
+// fanoutRun feeds a printer the events of a job of h1…h6: h1 and h2
+// succeed, h3 fails, h4 is refused, h5 times out, h6 is never sent.
+func fanoutRun(p *fanoutPrinter) {
+	w := func(n string) *sera.KnownWatcher { return &sera.KnownWatcher{Name: n} }
+	t0 := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	reply := func(status int, stdout, stderr, rejected string) *sera.Reply {
+		return &sera.Reply{Status: status, Stdout: []byte(stdout), Stderr: []byte(stderr), Rejected: rejected, Started: t0, Ended: t0.Add(time.Second)}
+	}
+	for _, n := range []string{"h1", "h2", "h3", "h4", "h5"} {
+		p.event(sera.Event{Kind: sera.EventSent, Watcher: w(n)})
+	}
+	p.event(sera.Event{Kind: sera.EventReply, Watcher: w("h2"), Reply: reply(0, "{\"n\":2}\n", "", "")})
+	p.event(sera.Event{Kind: sera.EventReply, Watcher: w("h1"), Reply: reply(0, "{\"n\":1}\n", "note\n", "")})
+	p.event(sera.Event{Kind: sera.EventReply, Watcher: w("h3"), Reply: reply(3, "", "boom\n", "")})
+	p.event(sera.Event{Kind: sera.EventReply, Watcher: w("h4"), Reply: reply(126, "", "client alice may not run \"user add\"\n", "client alice may not run \"user add\"")})
+	p.event(sera.Event{Kind: sera.EventTimedOut, Watcher: w("h5")})
+	p.event(sera.Event{Kind: sera.EventSkipped, Watcher: w("h6")})
+	p.summary("1")
+}
+
+func TestFanoutPrinterText(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	p := newFanoutPrinter(&stdout, &stderr, 6, 30*time.Second, time.Now)
+	fanoutRun(p)
+	if want := "h2: {\"n\":2}\nh1: {\"n\":1}\n"; stdout.String() != want {
+		t.Errorf("stdout %q, want %q", stdout.String(), want)
+	}
+	want := `h1: note
+h3: boom
+h4: client alice may not run "user add"
+sera: h5: no reply within 30s
+sera: 2 of 6 hosts succeeded
+sera: failed: h3 (exit 3), h4 (refused)
+sera: no reply within 30s: h5
+sera: skipped, not sent the request: more than 1 hosts failed (--max-errors): h6
+`
+	if stderr.String() != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", stderr.String(), want)
+	}
+	if p.succeeded() {
+		t.Error("a run with failures succeeded")
+	}
+}
+
+func TestFanoutPrinterJSON(t *testing.T) {
+	for _, embed := range []bool{false, true} {
+		var stdout, stderr bytes.Buffer
+		p := newFanoutPrinter(&stdout, &stderr, 6, 30*time.Second, time.Now)
+		p.asJSON, p.embedJSON = true, embed
+		fanoutRun(p)
+		var got []hostResult
+		dec := json.NewDecoder(&stdout)
+		dec.DisallowUnknownFields()
+		for dec.More() {
+			var r hostResult
+			if err := dec.Decode(&r); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, r)
+		}
+		var hosts, results []string
+		for _, r := range got {
+			hosts = append(hosts, r.Host)
+			results = append(results, r.Result)
+		}
+		// One object per host, in the order the results came.
+		if want := []string{"h2", "h1", "h3", "h4", "h5", "h6"}; !slices.Equal(hosts, want) {
+			t.Fatalf("hosts %v, want %v", hosts, want)
+		}
+		if want := []string{"ok", "ok", "failed", "refused", "timeout", "skipped"}; !slices.Equal(results, want) {
+			t.Errorf("results %v, want %v", results, want)
+		}
+		h1 := got[1]
+		if h1.Status == nil || *h1.Status != 0 || h1.Stderr != "note\n" || h1.Started == nil {
+			t.Errorf("h1: %+v", h1)
+		}
+		if embed {
+			if h1.Stdout != nil || len(h1.Output) != 1 || string(h1.Output[0]) != `{"n":1}` {
+				t.Errorf("h1 output %s, stdout %v: want the command's JSON embedded", h1.Output, h1.Stdout)
+			}
+		} else if h1.Stdout == nil || *h1.Stdout != "{\"n\":1}\n" {
+			t.Errorf("h1 stdout %v", h1.Stdout)
+		}
+		if got[3].Rejected == "" || *got[3].Status != 126 {
+			t.Errorf("h4: %+v", got[3])
+		}
+		if got[4].Status != nil || got[4].Error != "no reply within 30s" {
+			t.Errorf("h5: %+v", got[4])
+		}
+		// The summary is for people: on stderr, never mixed into the
+		// objects.
+		if !strings.Contains(stderr.String(), "sera: 2 of 6 hosts succeeded") || strings.Contains(stderr.String(), "h5: no reply") {
+			t.Errorf("stderr %q", stderr.String())
+		}
+	}
+}
+
+func TestFanoutPrinterProgress(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	p := newFanoutPrinter(&stdout, &stderr, 6, 30*time.Second, clock)
+	p.progress = true
+	fanoutRun(p)
+	out := stderr.String()
+	// What a terminal shows in the end: each "\r\x1b[K" erases the line
+	// so far. It must be the output without progress, so the progress
+	// line never ends up mixed with output or left behind.
+	var screen, line strings.Builder
+	for i := 0; i < len(out); i++ {
+		switch {
+		case strings.HasPrefix(out[i:], "\r\x1b[K"):
+			line.Reset()
+			i += len("\r\x1b[K") - 1
+		case out[i] == '\n':
+			screen.WriteString(line.String() + "\n")
+			line.Reset()
+		default:
+			line.WriteByte(out[i])
+		}
+	}
+	var plain bytes.Buffer
+	fanoutRun(newFanoutPrinter(&bytes.Buffer{}, &plain, 6, 30*time.Second, clock))
+	if screen.String()+line.String() != plain.String() {
+		t.Errorf("the terminal shows\n%s\nwant\n%s", screen.String()+line.String(), plain.String())
+	}
+	for _, want := range []string{"sera: 0 replied ok, 0 failed, 6 waiting, 0s", "sera: 2 replied ok, 3 failed, 0 waiting"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no progress line %q in %q", want, out)
+		}
+	}
+	// The progress line is cleared before the summary.
+	if !strings.Contains(out, "\r\x1b[Ksera: 2 of 6 hosts succeeded\n") {
+		t.Errorf("summary not on a cleared line: %q", out)
+	}
+	if strings.Contains(stdout.String(), "\r") {
+		t.Errorf("progress on stdout: %q", stdout.String())
+	}
+}
