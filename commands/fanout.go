@@ -20,6 +20,15 @@ import (
 	"github.com/sera-dev/sera/transport"
 )
 
+// targetsHelp ends the help of every host command.
+const targetsHelp = `Targets: --to NAME or GLOB (comma-separated or repeated), --group GROUP
+(repeatable), --all; or --local to run it on this machine. One host named
+exactly prints the command's own output; any other selector prints each
+host's lines prefixed "HOST: " as they arrive (--json: one object per host),
+then a summary on stderr. --max-concurrency and --max-errors pace a large
+fleet; --timeout is each host's time to answer, --exec-timeout the command's
+time to run.`
+
 // targetFlags are the selectors of the watchers a command goes to:
 // --to names and globs, --group, --all.
 type targetFlags struct {

@@ -93,9 +93,16 @@ func (t *hostTree) addClientFlags(c *cobra.Command) {
 	// shapes the client's output.
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
-		if c.Runnable() && !c.HasSubCommands() && c.Flags().Lookup("json") == nil {
-			c.Flags().BoolVar(&t.fan.json, "json", false, "print one JSON object per host")
-			_ = c.Flags().SetAnnotation("json", annClientOnly, []string{"true"})
+		if c.Runnable() && !c.HasSubCommands() {
+			if c.Flags().Lookup("json") == nil {
+				c.Flags().BoolVar(&t.fan.json, "json", false, "print one JSON object per host")
+				_ = c.Flags().SetAnnotation("json", annClientOnly, []string{"true"})
+			}
+			long := c.Long
+			if long == "" {
+				long = c.Short + "."
+			}
+			c.Long = long + "\n\n" + targetsHelp + "\n\n" + exitCodesHelp
 		}
 		for _, s := range c.Commands() {
 			walk(s)

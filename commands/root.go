@@ -107,10 +107,12 @@ func (o *Options) openTransport(ctx context.Context, cfg *sera.Config) (transpor
 
 const exitCodesHelp = `Exit status:
   0    success (on every targeted host)
-  1    failure; a host failed or did not answer in time
-  2    usage error: bad flags or arguments, nothing was changed
-  N    with one target host, the remote command's own exit status
-       (126: the watcher refused the request)`
+  1    failure; a host failed, did not answer in time, could not be sent
+       the request, or was skipped after --max-errors
+  2    usage error: bad flags or arguments, nothing was sent or changed
+  N    with one host named exactly (--to web1), the remote command's own
+       exit status (126: the watcher refused the request; 124: the command
+       ran past its execution timeout and was killed)`
 
 // NewRoot builds the whole command tree.
 func NewRoot(o *Options) *cobra.Command {
