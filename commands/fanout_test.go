@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -316,5 +319,88 @@ func TestFanoutPrinterProgress(t *testing.T) {
 	}
 	if strings.Contains(stdout.String(), "\r") {
 		t.Errorf("progress on stdout: %q", stdout.String())
+	}
+}
+
+// The case, through the CLI: three failing hosts of ten,
+// --max-concurrency 2 --max-errors 1. Sending stops after the second
+// failure; the summary and the exit status say so, and the hosts it
+// calls skipped never saw the request.
+func TestFanoutMaxErrorsCLI(t *testing.T) {
+	var names []string
+	for i := 1; i <= 10; i++ {
+		names = append(names, fmt.Sprintf("h%02d", i))
+	}
+	f := newKHFleet(t, names)
+	failing := []string{"h02", "h04", "h06"}
+	for _, n := range failing {
+		// The admin may run ping only there: 'hostkey list' is refused.
+		kc := &sera.KnownClients{Clients: []*sera.KnownClient{{Key: f.clientID.Public(), Name: "admin"}}}
+		if err := sera.WriteFileAtomic(filepath.Join(f.dir, "w-"+n, "known_clients"), kc.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stdout, stderr, err := f.sera("hostkey", "list", "--all", "--max-concurrency", "2", "--max-errors", "1", "--timeout", "20s")
+	if code, _ := ExitCode(err); code != ExitFailure {
+		t.Fatalf("exit %d (%v), want 1; stderr:\n%s", code, err, stderr)
+	}
+	// A watcher audits a request just after it replies: wait until the
+	// hosts the summary does not call skipped have all done so.
+	var claimedSkipped []string
+	for _, line := range strings.Split(stderr, "\n") {
+		if _, list, ok := strings.Cut(line, "(--max-errors): "); ok {
+			claimedSkipped = strings.Split(list, ", ")
+		}
+	}
+	saw := map[string]bool{}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n := 0
+		for _, name := range names {
+			b, err := os.ReadFile(filepath.Join(f.dir, "w-"+name, "audit.log"))
+			saw[name] = err == nil && len(b) > 0
+			if saw[name] {
+				n++
+			}
+		}
+		if n >= len(names)-len(claimedSkipped) || time.Now().After(deadline) {
+			break
+		}
+	}
+	var sent, skipped, failed []string
+	for _, n := range names {
+		if saw[n] {
+			sent = append(sent, n)
+			if slices.Contains(failing, n) {
+				failed = append(failed, n+" (refused)")
+			}
+		} else {
+			skipped = append(skipped, n)
+		}
+	}
+	// The second failure is h04 at the latest: h07 on are never sent it,
+	// whatever order the replies come in.
+	for _, n := range []string{"h07", "h08", "h09", "h10"} {
+		if saw[n] {
+			t.Errorf("%s was sent the request", n)
+		}
+	}
+	if len(failed) < 2 {
+		t.Fatalf("failed hosts %v; stderr:\n%s", failed, stderr)
+	}
+	lines := strings.Split(stderr, "\n")
+	for _, want := range []string{
+		fmt.Sprintf("sera: %d of 10 hosts succeeded", len(sent)-len(failed)),
+		"sera: failed: " + strings.Join(failed, ", "),
+		"sera: skipped, not sent the request: more than 1 hosts failed (--max-errors): " + strings.Join(skipped, ", "),
+	} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	// Every host sent the request answered, with its output prefixed.
+	for _, n := range sent {
+		if !slices.Contains(failing, n) && !strings.Contains(stdout, n+": ") {
+			t.Errorf("no output from %s", n)
+		}
 	}
 }

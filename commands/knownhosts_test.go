@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -501,7 +502,7 @@ func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 	// Each host's names come from hooks that tell the hosts apart by name.
 	addrOf := map[string]string{}
 	for i, n := range append(slices.Clone(running), silent...) {
-		addrOf[n] = "10.0.0." + string(rune('1'+i))
+		addrOf[n] = "10.0.0." + strconv.Itoa(i+1)
 	}
 	oldName, oldAddrs := hostHostname, hostAddrs
 	hostHostname = func(h *Host) (string, error) { return h.Name + ".example", nil }
