@@ -275,6 +275,10 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
+	if t.target.single() && len(out.Replies) == 1 && out.Replies[0].Reply.Status != 0 {
+		// --json for one host by name: still its exit status.
+		return &ExitError{Code: out.Replies[0].Reply.Status}
+	}
 	if !p.succeeded() {
 		return &ExitError{Code: ExitFailure}
 	}
