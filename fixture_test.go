@@ -100,21 +100,31 @@ var userNameRE = regexp.MustCompile(`^[a-z][-a-z0-9_]*$`)
 // fakeHandler is a stateful stand-in for the host commands. It offers
 // "ping", "echo ARGS…", "user add NAME [--password-hash=HASH]", and for the
 // robustness tests "sleep" (blocks until Release), "panic" and "big"
-// (prints Big). Run records every call.
+// (prints Big), and for the execution timeout "block" (prints, then runs
+// until its context ends or Release). Run records every call and the
+// deadline of its context.
 type fakeHandler struct {
-	mu      sync.Mutex
-	calls   [][]string
-	started chan string
-	release chan struct{}
-	once    sync.Once
-	Big     []byte
+	mu        sync.Mutex
+	calls     [][]string
+	deadlines []time.Time // zero when the context had none
+	started   chan string
+	release   chan struct{}
+	once      sync.Once
+	Big       []byte
 }
 
 func newFakeHandler() *fakeHandler {
 	return &fakeHandler{started: make(chan string, 64), release: make(chan struct{})}
 }
 
-// Release lets every "sleep" finish, now and later.
+// Deadlines returns the deadline of each call's context, in order.
+func (h *fakeHandler) Deadlines() []time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.deadlines)
+}
+
+// Release lets every "sleep" and "block" finish, now and later.
 func (h *fakeHandler) Release() { h.once.Do(func() { close(h.release) }) }
 
 func (h *fakeHandler) Calls() [][]string {
@@ -130,7 +140,7 @@ func (h *fakeHandler) Resolve(argv []string) (string, error) {
 		return "", errors.New("empty command line")
 	}
 	switch argv[0] {
-	case "ping", "sleep", "panic", "big":
+	case "ping", "sleep", "panic", "big", "block":
 		if len(argv) != 1 {
 			return argv[0], fmt.Errorf("%s takes no arguments", argv[0])
 		}
@@ -178,6 +188,8 @@ func (h *fakeHandler) Redact(argv []string) []string {
 func (h *fakeHandler) Run(ctx context.Context, call *sera.Call) sera.Result {
 	h.mu.Lock()
 	h.calls = append(h.calls, slices.Clone(call.Argv))
+	deadline, _ := ctx.Deadline()
+	h.deadlines = append(h.deadlines, deadline)
 	h.mu.Unlock()
 	select {
 	case h.started <- call.Command:
@@ -191,6 +203,15 @@ func (h *fakeHandler) Run(ctx context.Context, call *sera.Call) sera.Result {
 	case "sleep":
 		<-h.release
 		return sera.Result{Stdout: []byte("slept\n")}
+	case "block":
+		// Like a program killed when its context ends: what it
+		// printed before stays.
+		select {
+		case <-ctx.Done():
+			return sera.Result{Status: 137, Stdout: []byte("started\n"), Stderr: []byte("partial")}
+		case <-h.release:
+			return sera.Result{Status: 3, Stdout: []byte("started\n"), Stderr: []byte("released\n")}
+		}
 	case "panic":
 		panic("boom")
 	case "big":

@@ -28,6 +28,8 @@ const (
 	KeySecretKey  = "SERA_SECRET_KEY"
 	KeyTimeout    = "SERA_TIMEOUT"
 	KeyRequestTTL = "SERA_REQUEST_TTL"
+	// KeyExecTimeout is the watcher's limit on how long a command runs.
+	KeyExecTimeout = "SERA_EXEC_TIMEOUT"
 	// Temporary firewall openings ('sera allow'): the client's address
 	// service, the watcher's default and longest lifetime.
 	KeyIPURL        = "SERA_IP_URL"
@@ -81,6 +83,7 @@ var Settings = []SettingDef{
 	{Key: KeySecretKey, Help: "AWS secret access key; else the SDK's default chain", Secret: true},
 	{Key: KeyTimeout, Help: "how long a client waits for replies", check: checkDuration},
 	{Key: KeyRequestTTL, Help: "request lifetime (expires_at)", check: checkTTL},
+	{Key: KeyExecTimeout, Help: "watcher: the longest a command may run, and the limit for a request that names none; a command still running then is killed (exit status 124); at most 24h", check: checkExecTimeout},
 	{Key: KeyIPURL, Help: "client: HTTPS URL that answers with your public address, for 'allow' and 'disallow' without one", check: checkHTTPSURL},
 	{Key: KeyAllowDefault, Help: "watcher: how long an 'allow' opening lasts without --for (capped at SERA_ALLOW_MAX)", check: checkAllowLifetime},
 	{Key: KeyAllowMax, Help: "watcher: the longest --for 'allow' accepts (at most 720h)", check: checkAllowLifetime},
@@ -209,6 +212,7 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	def(KeySecretKey, "")
 	def(KeyTimeout, "60s")
 	def(KeyRequestTTL, "5m")
+	def(KeyExecTimeout, "10m") // DefaultExecTimeout
 	def(KeyIPURL, DefaultIPURL)
 	def(KeyAllowDefault, "1h")
 	def(KeyAllowMax, "24h")
@@ -324,6 +328,18 @@ func checkTTL(s string) error {
 	}
 	if d, _ := time.ParseDuration(s); d > MaxRequestLifetime {
 		return fmt.Errorf("%s is longer than the longest request lifetime watchers accept (%s)", s, MaxRequestLifetime)
+	}
+	return nil
+}
+
+// checkExecTimeout accepts what a request's exec_timeout_ms may say: a
+// positive duration of at most MaxRequestLifetime (24h).
+func checkExecTimeout(s string) error {
+	if err := checkDuration(s); err != nil {
+		return err
+	}
+	if d, _ := time.ParseDuration(s); d > MaxRequestLifetime {
+		return fmt.Errorf("%s is longer than the longest execution timeout sera allows (%s)", s, MaxRequestLifetime)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,34 @@ const (
 	// StatusTimedOut: the command ran past its execution timeout and was
 	// killed, as timeout(1) reports it.
 	StatusTimedOut = 124
+)
+
+// Execution timeouts. A command runs at most its request's exec_timeout_ms,
+// capped at the watcher's ExecTimeout (SERA_EXEC_TIMEOUT), which is also the
+// limit of a request that names none.
+//
+// How they fit systemd's watchdog (install.WatchdogSec, 90 s): while a
+// command runs, the watcher keeps calling OnPoll at least every 10 s, so
+// a command may run far longer than WatchdogSec without the watchdog
+// killing a healthy watcher. At its limit the command's context ends (its
+// programs are killed); a command that still has not returned ExecGrace
+// later — a program stuck in the kernel, Go code that ignores its context
+// — is past saving: the watcher stops calling OnPoll, so the watchdog
+// restarts it at most WatchdogSec after that, at most limit + ExecGrace +
+// WatchdogSec after the command started.
+const (
+	// DefaultExecTimeout is the watcher's limit when ExecTimeout is 0: far
+	// longer than any host command takes (ufw, archiving a large home),
+	// short enough that a hung one frees the watcher soon.
+	DefaultExecTimeout = 10 * time.Minute
+	// ExecGrace is how long a command may take to return after its
+	// limit before the watcher stops reporting itself healthy. It covers
+	// the kill, the wait for a killed program's output (5 s) and the
+	// command's own clean-up.
+	ExecGrace = 30 * time.Second
+	// busyReportEvery is the longest the watcher goes without calling
+	// OnPoll while a command runs (shorter if PollWait is).
+	busyReportEvery = 10 * time.Second
 )
 
 // Handler runs the host commands a watcher offers. The core knows commands
@@ -62,13 +91,17 @@ type ClientStore interface {
 	Lookup(*crypto.PublicKey) (*KnownClient, error)
 }
 
-// WatcherStatus is what the serve loop reports after each poll (for
-// systemd's STATUS= and the watchdog).
+// WatcherStatus is what the serve loop reports after each poll, and
+// while a command runs (for systemd's STATUS= and the watchdog).
 type WatcherStatus struct {
 	LastPoll time.Time
 	// PollOK is false when the last poll failed.
 	PollOK                       bool
 	Received, Accepted, Rejected int
+	// Running is the command that runs ("user add"), "" between
+	// requests; RunningSince is when it started.
+	Running      string
+	RunningSince time.Time
 }
 
 // Watcher serves one host: it receives requests from its queue, applies the
@@ -93,8 +126,19 @@ type Watcher struct {
 	PollWait, Visibility time.Duration
 	// MinBackoff and MaxBackoff bound the wait after a transport error.
 	MinBackoff, MaxBackoff time.Duration
-	// OnPoll, if set, is called after every poll.
+	// OnPoll, if set, is called after every poll and, while a command
+	// runs, when it starts and then at least every 10 s (every PollWait
+	// if that is shorter), with Running set, until the command has
+	// outlived its execution timeout by ExecGrace. Each call means the
+	// watcher is alive, so it may feed a watchdog. Calls never overlap.
 	OnPoll func(WatcherStatus)
+	// ExecTimeout is the longest a command may run, and the limit for a
+	// request that names none (SERA_EXEC_TIMEOUT); 0 means
+	// DefaultExecTimeout. A command still running at its limit has its
+	// context cancelled and is answered with StatusTimedOut.
+	ExecTimeout time.Duration
+	// execGrace replaces ExecGrace in tests.
+	execGrace time.Duration
 	// Housekeeping, if set, runs when Run starts and then at least every
 	// HousekeepingEvery (default 30 s) between polls, e.g. to close
 	// firewall openings that expired, also those that expired while the
@@ -340,15 +384,69 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 
 	d.rec.Decision = DecisionAccepted
 	d.rec.Argv = w.Handler.Redact(req.Argv)
-	stop := w.keepHidden(ctx, m)
-	res := w.runSafely(ctx, &Call{Argv: req.Argv, Command: command, Client: client, RequestID: req.ID})
+	limit, asked := w.execLimit(req)
+	stop := w.keepHidden(ctx, m, command, limit)
+	res, timedOut := w.runLimited(ctx, &Call{Argv: req.Argv, Command: command, Client: client, RequestID: req.ID}, limit)
 	stop()
+	if timedOut {
+		// Whatever it printed before stays; the last line says why it
+		// ended.
+		why := shortDuration(limit)
+		if asked > limit {
+			why += fmt.Sprintf(", this watcher's limit (the request asked for %s),", shortDuration(asked))
+		}
+		res.Status = StatusTimedOut
+		res.Stderr = append(res.Stderr[:len(res.Stderr):len(res.Stderr)], endLine(res.Stderr)+"sera: the command ran longer than "+why+" and was killed\n"...)
+		d.rec.Reason = "timed out after " + shortDuration(limit)
+	}
 	d.rec.Exit = &res.Status
 	if !w.finish(ctx, client, req, res, "", now) {
 		// The reply is stored; a redelivery will resend it.
 		d.keep = true
 	}
 	return d
+}
+
+// execLimit is how long the command of req may run: the request's own
+// limit, if it names one, capped at the watcher's. asked is the request's.
+func (w *Watcher) execLimit(req *Request) (limit, asked time.Duration) {
+	limit = orDefault(w.ExecTimeout, DefaultExecTimeout)
+	if asked = req.ExecTimeout(); asked > 0 {
+		limit = min(limit, asked)
+	}
+	return limit, asked
+}
+
+// runLimited runs call with a context that ends after limit. ctx is the
+// one Handle was given: Run's serve context without its cancel, so SIGTERM
+// lets the command finish and only the limit ends it. timedOut reports
+// whether the command returned after its limit (its result is then that of
+// a killed command, whatever status it gave).
+func (w *Watcher) runLimited(ctx context.Context, call *Call, limit time.Duration) (res Result, timedOut bool) {
+	runCtx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	res = w.runSafely(runCtx, call)
+	return res, errors.Is(runCtx.Err(), context.DeadlineExceeded)
+}
+
+// endLine is what b needs before a new line is appended to it.
+func endLine(b []byte) string {
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		return "\n"
+	}
+	return ""
+}
+
+// shortDuration writes d as people do: 10m, 1h30m, 200ms.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 // runSafely turns a panic in a command into a failed result: one broken
@@ -437,9 +535,21 @@ func (w *Watcher) send(ctx context.Context, queue string, msgs [][]byte) error {
 }
 
 // keepHidden extends the request's visibility while its command runs, so
-// a slow command is not delivered to a second receiver.
-func (w *Watcher) keepHidden(ctx context.Context, m *transport.Message) (stop func()) {
+// a slow command is not delivered to a second receiver, and reports the
+// watcher alive through OnPoll (see ExecGrace) until the command has run
+// limit plus ExecGrace.
+func (w *Watcher) keepHidden(ctx context.Context, m *transport.Message, command string, limit time.Duration) (stop func()) {
 	vis := orDefault(w.Visibility, 30*time.Second)
+	every := min(busyReportEvery, orDefault(w.PollWait, 20*time.Second))
+	lost := limit + orDefault(w.execGrace, ExecGrace)
+	// The serve loop waits in Handle, so this copy is the status until
+	// the command returns; the goroutine reads only the copy.
+	busy := w.status
+	busy.Running, busy.RunningSince = command, w.now()
+	started := time.Now()
+	if w.OnPoll != nil {
+		w.OnPoll(busy)
+	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -447,6 +557,8 @@ func (w *Watcher) keepHidden(ctx context.Context, m *transport.Message) (stop fu
 		defer wg.Done()
 		t := time.NewTicker(vis / 3)
 		defer t.Stop()
+		alive := time.NewTicker(every)
+		defer alive.Stop()
 		for {
 			select {
 			case <-done:
@@ -454,6 +566,16 @@ func (w *Watcher) keepHidden(ctx context.Context, m *transport.Message) (stop fu
 			case <-t.C:
 				if err := w.Transport.ChangeVisibility(ctx, w.Queue(), m, vis); err != nil {
 					w.log().Warn("failed to extend visibility", "err", err)
+				}
+			case <-alive.C:
+				if ran := time.Since(started); ran > lost {
+					alive.Stop()
+					w.log().Error("command still running long past its execution timeout; no longer reporting the watcher alive, so that systemd's watchdog restarts it",
+						"command", command, "running", ran.Round(time.Second), "limit", limit)
+					continue
+				}
+				if w.OnPoll != nil {
+					w.OnPoll(busy)
 				}
 			}
 		}

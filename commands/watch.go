@@ -83,6 +83,8 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(sera.KeyPrefix),
 		Transport: tr, Clients: &sera.ClientFile{Path: cfg.KnownClientsFile()},
 		Handler: &Handler{Host: host}, Replay: replay,
+		// A command running longer is killed and answered with 124.
+		ExecTimeout: cfg.Duration(sera.KeyExecTimeout),
 		// A JSON line in audit.log ('sera audit'), and journald fields.
 		Audit: install.NewAudit(filepath.Join(state, "audit.log")),
 		Log:   log, Now: o.Now, Rand: o.Rand,

@@ -16,10 +16,12 @@ import (
 
 // Notifier tells systemd the truth about the watcher through sd_notify(3):
 // READY=1 after the first poll that reached the queue, WATCHDOG=1 from
-// the poll loop itself after every poll (so a stuck loop stops it and
-// systemd restarts the service), STATUS= with the last poll and the
-// request counts, and STOPPING=1 when the watcher is told to stop. Outside
-// systemd (no NOTIFY_SOCKET) every method does nothing.
+// the poll loop itself after every poll and, while a command runs, from
+// the watcher every 10 s at most until the command is ExecGrace past its
+// execution timeout (so a stuck loop or command stops it and systemd
+// restarts the service), STATUS= with the last poll, the request counts
+// and the command that runs, and STOPPING=1 when the watcher is told to
+// stop. Outside systemd (no NOTIFY_SOCKET) every method does nothing.
 type Notifier struct {
 	// Notify sends one notification; nil uses daemon.SdNotify.
 	Notify func(state string) error
@@ -100,6 +102,9 @@ func (n *Notifier) Stopping() {
 func Status(s sera.WatcherStatus) string {
 	counts := fmt.Sprintf("%d requests: %d accepted, %d rejected", s.Received, s.Accepted, s.Rejected)
 	at := s.LastPoll.Format("2006-01-02 15:04:05 MST")
+	if s.Running != "" {
+		return "running " + s.Running + " since " + s.RunningSince.Format("2006-01-02 15:04:05 MST") + "; last poll " + at + "; " + counts
+	}
 	if !s.PollOK {
 		return "queue unreachable, retrying; last poll failed at " + at + "; " + counts
 	}

@@ -196,3 +196,58 @@ func TestAttachReleaseWaitsForStopping(t *testing.T) {
 	n := &Notifier{Notify: func(string) error { return nil }}
 	n.Attach(context.Background(), &sera.Watcher{Name: "web1", Transport: &recordingTransport{}})()
 }
+
+// While a command runs, the watcher keeps calling OnPoll with Running
+// set: each call feeds the watchdog and says what runs.
+func TestNotifierWhileRunning(t *testing.T) {
+	ch := notifySocket(t)
+	n := &Notifier{Watchdog: WatchdogSec, OnError: func(err error) { t.Error(err) }}
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	n.OnPoll(sera.WatcherStatus{LastPoll: at, PollOK: true})
+	if m := next(t, ch); !strings.HasPrefix(m, "READY=1\nWATCHDOG=1\n") {
+		t.Errorf("poll: %q", m)
+	}
+	busy := sera.WatcherStatus{LastPoll: at, PollOK: true, Received: 1, Running: "user add", RunningSince: at.Add(time.Second)}
+	for range 3 {
+		n.OnPoll(busy)
+		if m := next(t, ch); m != "WATCHDOG=1\nSTATUS=running user add since 2026-11-23 10:00:01 UTC; last poll 2026-11-23 10:00:00 UTC; 1 requests: 0 accepted, 0 rejected" {
+			t.Errorf("while running: %q", m)
+		}
+	}
+	// Done: the next poll says so.
+	n.OnPoll(sera.WatcherStatus{LastPoll: at.Add(time.Minute), PollOK: true, Received: 1, Accepted: 1})
+	if m := next(t, ch); m != "WATCHDOG=1\nSTATUS=serving; last poll 2026-11-23 10:01:00 UTC; 1 requests: 1 accepted, 0 rejected" {
+		t.Errorf("after: %q", m)
+	}
+}
+
+func TestStatusRunning(t *testing.T) {
+	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		s    sera.WatcherStatus
+		want string
+	}{
+		{sera.WatcherStatus{LastPoll: at, PollOK: true, Received: 2, Accepted: 1, Running: "ping", RunningSince: at.Add(2 * time.Second)},
+			"running ping since 2026-11-23 10:00:02 UTC; last poll 2026-11-23 10:00:00 UTC; 2 requests: 1 accepted, 0 rejected"},
+		{sera.WatcherStatus{LastPoll: at, PollOK: true, Received: 2, Accepted: 2},
+			"serving; last poll 2026-11-23 10:00:00 UTC; 2 requests: 2 accepted, 0 rejected"},
+	} {
+		if got := Status(tc.s); got != tc.want {
+			t.Errorf("Status(%+v) = %q, want %q", tc.s, got, tc.want)
+		}
+	}
+}
+
+// The watcher's reports while a command runs (every 10 s at most, see
+// sera.ExecGrace) fit the unit's watchdog, and a command stuck past its
+// limit still gets the watcher restarted: its reports stop ExecGrace after
+// the limit, and WatchdogSec later systemd acts.
+func TestWatchdogFitsExecTimeout(t *testing.T) {
+	n := &Notifier{Watchdog: WatchdogSec}
+	if gap := n.MaxPollGap(); gap < 10*time.Second {
+		t.Errorf("max poll gap %s is shorter than the watcher's busy report interval (10s)", gap)
+	}
+	if sera.ExecGrace <= 5*time.Second || sera.ExecGrace >= WatchdogSec {
+		t.Errorf("ExecGrace %s: want longer than the 5s a killed program's output is waited for, shorter than WatchdogSec %s", sera.ExecGrace, WatchdogSec)
+	}
+}

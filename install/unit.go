@@ -36,9 +36,13 @@ const (
 
 // WatchdogSec is the unit's WatchdogSec=. The watcher reports from its
 // poll loop at least every WatchdogSec/3 (it shortens its long poll and
-// its retry backoff to fit), so only a loop that is stuck for a whole
-// WatchdogSec — a command still running after 90 s counts — gets the
-// service killed and restarted.
+// its retry backoff to fit) and, while a command runs, every 10 s (or
+// that poll wait, if shorter), so only a loop that is stuck for a whole
+// WatchdogSec gets the service killed and restarted. A command may run
+// longer than WatchdogSec, up to its execution timeout (SERA_EXEC_TIMEOUT,
+// sera.DefaultExecTimeout 10 min), when it is killed; one that has still
+// not returned sera.ExecGrace later counts as stuck: the reports stop, and
+// systemd restarts the watcher within WatchdogSec.
 const WatchdogSec = 90 * time.Second
 
 // Hardening is the sandboxing the unit applies to the watcher and to

@@ -1,0 +1,379 @@
+package sera_test
+
+// The execution timeout on the watcher: a request's exec_timeout_ms capped
+// at the watcher's ExecTimeout, StatusTimedOut for a command that ran past
+// it, and OnPoll (the watchdog) fed while a command runs.
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/transport"
+)
+
+// checkTimedOut checks what a command killed at its limit leaves: one
+// accepted audit record with exit 124 and reason, one reply with status
+// 124, the output the command printed before and stderr exactly as
+// given, and the request gone from the queue.
+func (f *fixture) checkTimedOut(t *testing.T, m *transport.Message, argv []string, stdout, stderr, reason string) *sera.Reply {
+	t.Helper()
+	recs := f.a.Records()
+	if len(recs) != 1 {
+		t.Fatalf("%d audit records, want 1: %+v", len(recs), recs)
+	}
+	rec := recs[0]
+	if rec.Decision != sera.DecisionAccepted || rec.Rule != 0 || rec.Exit == nil || *rec.Exit != sera.StatusTimedOut || rec.Reason != reason {
+		t.Errorf("audit %+v (exit %v), want accepted, exit 124, reason %q", rec, deref(rec.Exit), reason)
+	}
+	if !slices.Equal(rec.Argv, argv) {
+		t.Errorf("audit argv %q, want %q", rec.Argv, argv)
+	}
+	got := drain(t, f.tr, f.client, 0)
+	if len(got.replies) != 1 {
+		t.Fatalf("%d replies, want 1", len(got.replies))
+	}
+	r := got.replies[0]
+	if r.Status != sera.StatusTimedOut || r.Rejected != "" || r.ID != rec.RequestID {
+		t.Errorf("reply status %d, rejected %q, id %s; want 124 for %s", r.Status, r.Rejected, r.ID, rec.RequestID)
+	}
+	if string(r.Stdout) != stdout || string(r.Stderr) != stderr {
+		t.Errorf("reply stdout %q stderr %q, want %q and %q", r.Stdout, r.Stderr, stdout, stderr)
+	}
+	assertDeleted(t, f.tr, f.w.Queue(), m)
+	return r
+}
+
+func deref(p *int) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// checkDeadline checks that the command's context ended limit after it
+// started, which was between t0 and t1.
+func checkDeadline(t *testing.T, h *fakeHandler, t0, t1 time.Time, limit time.Duration) {
+	t.Helper()
+	ds := h.Deadlines()
+	if len(ds) != 1 {
+		t.Fatalf("%d calls, want 1", len(ds))
+	}
+	if d := ds[0]; d.Before(t0.Add(limit)) || d.After(t1.Add(limit)) {
+		t.Errorf("command context ends %s after it started, want %s", d.Sub(t0).Round(time.Millisecond), limit)
+	}
+}
+
+func TestExecTimeoutOfRequest(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.w.ExecTimeout = 20 * time.Second
+	req := f.request("block")
+	req.ExecTimeoutMS = 200
+	// Without a working limit the test fails, it does not hang.
+	time.AfterFunc(5*time.Second, f.h.Release)
+	t0 := time.Now()
+	m := f.deliver(f.w, f.sealed(req))
+	took := time.Since(t0)
+	if took < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("the request took %s, want a little over its 200ms limit (the watcher's is 20s)", took)
+	}
+	checkDeadline(t, f.h, t0, t0.Add(took), 200*time.Millisecond)
+	r := f.checkTimedOut(t, m, []string{"block"}, "started\n",
+		"partial\nsera: the command ran longer than 200ms and was killed\n", "timed out after 200ms")
+	if r.Ended.Sub(r.Started) < 200*time.Millisecond || r.Ended.After(time.Now()) {
+		t.Errorf("reply started %s, ended %s: not the 200ms it ran", r.Started, r.Ended)
+	}
+}
+
+func TestExecTimeoutOfWatcher(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		asked  int64 // ms
+		stderr string
+	}{
+		{"none asked", 0, "partial\nsera: the command ran longer than 300ms and was killed\n"},
+		{"more asked", time.Hour.Milliseconds(), "partial\nsera: the command ran longer than 300ms, this watcher's limit (the request asked for 1h), and was killed\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			f.w.ExecTimeout = 300 * time.Millisecond
+			req := f.request("block")
+			req.ExecTimeoutMS = tc.asked
+			time.AfterFunc(5*time.Second, f.h.Release)
+			t0 := time.Now()
+			m := f.deliver(f.w, f.sealed(req))
+			took := time.Since(t0)
+			if took < 300*time.Millisecond || took > 5*time.Second {
+				t.Errorf("the request took %s, want a little over the watcher's 300ms", took)
+			}
+			checkDeadline(t, f.h, t0, t0.Add(took), 300*time.Millisecond)
+			f.checkTimedOut(t, m, []string{"block"}, "started\n", tc.stderr, "timed out after 300ms")
+		})
+	}
+}
+
+// The limit each command gets, for commands that finish in time: their
+// result is theirs.
+func TestExecTimeoutLimits(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		watcher, asked, want time.Duration
+	}{
+		{0, 0, sera.DefaultExecTimeout},
+		{0, 2 * time.Minute, 2 * time.Minute},
+		{0, time.Hour, sera.DefaultExecTimeout},
+		{time.Hour, 0, time.Hour},
+		{time.Hour, 90 * time.Second, 90 * time.Second},
+		{time.Hour, 24 * time.Hour, time.Hour},
+	} {
+		f := newFixture(t)
+		f.w.ExecTimeout = tc.watcher
+		req := f.request("ping")
+		req.ExecTimeoutMS = tc.asked.Milliseconds()
+		t0 := time.Now()
+		m := f.deliver(f.w, f.sealed(req))
+		checkDeadline(t, f.h, t0, time.Now(), tc.want)
+		r := f.checkAccepted(t, f.w, m, []string{"ping"}, 0)
+		if string(r.Stdout) != "pong\n" || len(r.Stderr) != 0 {
+			t.Errorf("watcher %s, asked %s: reply stdout %q stderr %q", tc.watcher, tc.asked, r.Stdout, r.Stderr)
+		}
+	}
+	if sera.DefaultExecTimeout != 10*time.Minute {
+		t.Errorf("DefaultExecTimeout %s, want 10m as documented", sera.DefaultExecTimeout)
+	}
+}
+
+func TestExecTimeoutInTime(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.w.ExecTimeout = 300 * time.Millisecond
+	req := f.request("block")
+	req.ExecTimeoutMS = 5000
+	go func() {
+		<-f.h.started
+		f.h.Release()
+	}()
+	m := f.deliver(f.w, f.sealed(req))
+	r := f.checkAccepted(t, f.w, m, []string{"block"}, 3)
+	if string(r.Stdout) != "started\n" || string(r.Stderr) != "released\n" {
+		t.Errorf("reply stdout %q stderr %q, want the command's own", r.Stdout, r.Stderr)
+	}
+	// A panic is the command's own failure too.
+	m = f.deliver(f.w, f.sealed(f.request("panic")))
+	got := drain(t, f.tr, f.client, 0)
+	if len(got.replies) != 1 || got.replies[0].Status != 70 || string(got.replies[0].Stderr) != "internal error in panic\n" {
+		t.Errorf("replies %+v, want status 70 and only the internal error", got.replies)
+	}
+	if rec := f.a.Records()[1]; rec.Exit == nil || *rec.Exit != 70 || rec.Reason != "" {
+		t.Errorf("audit %+v, want exit 70, no reason", rec)
+	}
+	assertDeleted(t, f.tr, f.w.Queue(), m)
+}
+
+// SIGTERM (the serve context's cancel) does not end a running command:
+// only its limit does.
+func TestExecTimeoutSurvivesStop(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	stop, done := start(t, f.w)
+	req := f.request("block")
+	req.ExecTimeoutMS = 400
+	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(req)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.h.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the command did not start")
+	}
+	t0 := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	select {
+	case <-done:
+		t.Fatal("Run returned while the command ran: the stop cancelled it")
+	case <-time.After(150 * time.Millisecond):
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > 5*time.Second {
+		t.Errorf("Run returned %s after the stop, the command's limit is 400ms", took)
+	}
+	got := drain(t, f.tr, f.client, 0)
+	if len(got.replies) != 1 || got.replies[0].Status != sera.StatusTimedOut || !strings.HasSuffix(string(got.replies[0].Stderr), "ran longer than 400ms and was killed\n") {
+		t.Errorf("replies %+v, want the command timed out after 400ms", got.replies)
+	}
+	if recs := f.a.Records(); len(recs) != 1 || recs[0].Exit == nil || *recs[0].Exit != sera.StatusTimedOut {
+		t.Errorf("audit %+v, want exit 124", recs)
+	}
+}
+
+// pollRecorder is an OnPoll hook that keeps every call and its time.
+type pollRecorder struct {
+	mu    sync.Mutex
+	calls []polled
+}
+
+type polled struct {
+	at time.Time
+	s  sera.WatcherStatus
+}
+
+func (r *pollRecorder) OnPoll(s sera.WatcherStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, polled{time.Now(), s})
+}
+
+// busy returns the calls made while command ran.
+func (r *pollRecorder) busy(command string) []polled {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []polled
+	for _, c := range r.calls {
+		if c.s.Running == command {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (r *pollRecorder) all() []polled {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+func TestExecFeedsWatchdog(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var rec pollRecorder
+	f.w.OnPoll = rec.OnPoll
+	// Busy reports come every PollWait (100 ms here) when it is under
+	// 10 s.
+	start(t, f.w)
+	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(f.request("sleep"))); err != nil {
+		t.Fatal(err)
+	}
+	<-f.h.started
+	t0 := time.Now()
+	time.Sleep(700 * time.Millisecond)
+	busy := rec.busy("sleep")
+	if len(busy) < 4 {
+		t.Fatalf("OnPoll called %d times in the %s the command ran, want one every 100ms", len(busy), time.Since(t0))
+	}
+	last := t0
+	for i, c := range busy {
+		if !c.s.RunningSince.Equal(busy[0].s.RunningSince) || c.s.RunningSince.IsZero() || !c.s.PollOK || c.s.Received != 1 {
+			t.Errorf("busy status %d: %+v", i, c.s)
+		}
+		if c.at.After(t0) {
+			if gap := c.at.Sub(last); gap > 400*time.Millisecond {
+				t.Errorf("busy report %d came %s after the one before", i, gap)
+			}
+			last = c.at
+		}
+	}
+	if gap := time.Since(last); gap > 400*time.Millisecond {
+		t.Errorf("no busy report for the last %s", gap)
+	}
+	f.h.Release()
+	f.a.wait(t, 1)
+	// After the command, the poll loop reports again, idle.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		calls := rec.all()
+		if c := calls[len(calls)-1]; c.s.Running == "" && c.s.Accepted == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no idle report after the command: last %+v", calls[len(calls)-1].s)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := drain(t, f.tr, f.client, time.Second); len(got.replies) != 1 || got.replies[0].Status != 0 {
+		t.Errorf("replies %+v", got.replies)
+	}
+}
+
+// A command that ignores its context and returns long after its limit:
+// the watcher stops reporting itself alive once it is ExecGrace past the
+// limit (so systemd's watchdog restarts it), and when it does return it is
+// answered as timed out.
+func TestExecStuckStopsWatchdog(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var rec pollRecorder
+	f.w.OnPoll = rec.OnPoll
+	const limit, grace = 100 * time.Millisecond, 200 * time.Millisecond
+	sera.SetExecGrace(f.w, grace)
+	start(t, f.w)
+	req := f.request("sleep")
+	req.ExecTimeoutMS = limit.Milliseconds()
+	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(req)); err != nil {
+		t.Fatal(err)
+	}
+	<-f.h.started
+	t0 := time.Now()
+	time.Sleep(time.Second)
+	busy := rec.busy("sleep")
+	if len(busy) < 2 {
+		t.Errorf("OnPoll called %d times while the command ran, want it fed until %s", len(busy), limit+grace)
+	}
+	for _, c := range busy {
+		if late := c.at.Sub(t0); late > limit+grace+150*time.Millisecond {
+			t.Errorf("OnPoll called %s after the command started, %s past its limit", late, late-limit)
+		}
+	}
+	f.h.Release()
+	recs := f.a.wait(t, 1)
+	if recs[0].Exit == nil || *recs[0].Exit != sera.StatusTimedOut || recs[0].Reason != "timed out after 100ms" {
+		t.Errorf("audit %+v, want exit 124", recs[0])
+	}
+	got := drain(t, f.tr, f.client, time.Second)
+	if len(got.replies) != 1 {
+		t.Fatalf("%d replies", len(got.replies))
+	}
+	if r := got.replies[0]; r.Status != sera.StatusTimedOut || string(r.Stdout) != "slept\n" || string(r.Stderr) != "sera: the command ran longer than 100ms and was killed\n" {
+		t.Errorf("reply %d stdout %q stderr %q", r.Status, r.Stdout, r.Stderr)
+	}
+}
+
+func TestExecTimeoutSetting(t *testing.T) {
+	t.Parallel()
+	c, err := sera.LoadConfig(sera.Env{Getenv: mapEnv(nil), UserHome: t.TempDir(), Hostname: "h"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := c.Lookup(sera.KeyExecTimeout); v.Source != sera.SourceDefault || c.Duration(sera.KeyExecTimeout) != sera.DefaultExecTimeout {
+		t.Errorf("default %+v, want %s", v, sera.DefaultExecTimeout)
+	}
+	c, err = sera.LoadConfig(sera.Env{Getenv: mapEnv(map[string]string{sera.KeyExecTimeout: "90s"}), UserHome: t.TempDir(), Hostname: "h"}, false)
+	if err != nil || c.Duration(sera.KeyExecTimeout) != 90*time.Second {
+		t.Errorf("SERA_EXEC_TIMEOUT=90s: %v", err)
+	}
+	for _, ok := range []string{"1ms", "30s", "24h"} {
+		if err := sera.CheckSetting(sera.KeyExecTimeout, ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"0", "0s", "-1m", "24h0m1s", "25h", "ten minutes"} {
+		if err := sera.CheckSetting(sera.KeyExecTimeout, bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+		if _, err := sera.LoadConfig(sera.Env{Getenv: mapEnv(map[string]string{sera.KeyExecTimeout: bad}), UserHome: t.TempDir(), Hostname: "h"}, false); err == nil || !strings.Contains(err.Error(), sera.KeyExecTimeout) {
+			t.Errorf("LoadConfig with %s: %v", bad, err)
+		}
+	}
+	if d, ok := sera.LookupSetting(sera.KeyExecTimeout); !ok || d.Help == "" {
+		t.Error("SERA_EXEC_TIMEOUT is not listed")
+	}
+}
