@@ -125,6 +125,9 @@ func formatAudit(r sera.AuditRecord) string {
 	switch {
 	case r.Rule != 0:
 		what = fmt.Sprintf("rule %d: %s", r.Rule, r.Reason)
+	case r.Reason != "" && len(r.Argv) > 0:
+		// Run, with a note (it timed out, say): both.
+		what += " (" + r.Reason + ")"
 	case r.Reason != "":
 		what = r.Reason
 	}

@@ -124,3 +124,15 @@ func TestAuditCommandErrors(t *testing.T) {
 		t.Error("audit followed a symbolic link")
 	}
 }
+
+// A command that ran and timed out shows both what ran and why it ended.
+func TestFormatAuditTimedOut(t *testing.T) {
+	exit := 124
+	got := formatAudit(sera.AuditRecord{
+		Time: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC), ClientName: "admin", RequestID: "cc33",
+		Argv: []string{"user", "del", "bob"}, Decision: sera.DecisionAccepted, Reason: "timed out after 30s", Exit: &exit,
+	})
+	if !strings.Contains(got, "user del bob (timed out after 30s)  exit 124  [cc33]") {
+		t.Errorf("got %q", got)
+	}
+}

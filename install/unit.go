@@ -45,6 +45,13 @@ const (
 // systemd restarts the watcher within WatchdogSec.
 const WatchdogSec = 90 * time.Second
 
+// TimeoutStopSec is the unit's TimeoutStopSec=: how long systemd waits
+// after SIGTERM before it kills the watcher. The watcher finishes the
+// command that runs, so the wait covers the longest one by default
+// (sera.DefaultExecTimeout) plus its grace and the reply. A watcher with
+// a longer SERA_EXEC_TIMEOUT needs a drop-in that raises it.
+const TimeoutStopSec = 11 * time.Minute
+
 // Hardening is the sandboxing the unit applies to the watcher and to
 // every command it runs, each with why it does not get in the way of
 // account, key, group, sudoers and ufw work. Options that would are left
@@ -101,10 +108,12 @@ UMask=0077
 Restart=on-failure
 RestartSec=5s
 WatchdogSec=%[4]ds
-# SIGTERM to sera only: a command that is running is finished and answered.
+# SIGTERM to sera only: a command that is running is finished and answered,
+# for as long as it may run (SERA_EXEC_TIMEOUT, 10 min by default).
 KillMode=mixed
+TimeoutStopSec=%[5]ds
 
-`, EnvPath, KeyPath, q, int(WatchdogSec/time.Second))
+`, EnvPath, KeyPath, q, int(WatchdogSec/time.Second), int(TimeoutStopSec/time.Second))
 	for _, h := range Hardening {
 		fmt.Fprintf(&b, "%s\n", h.Option)
 	}

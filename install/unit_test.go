@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sera-dev/sera"
 )
 
 func TestUnitOptions(t *testing.T) {
@@ -17,7 +19,7 @@ func TestUnitOptions(t *testing.T) {
 	want := []string{
 		"Type=notify", "ExecStart=/usr/bin/sera watch", "WatchdogSec=90s", "Restart=on-failure",
 		"EnvironmentFile=-/etc/sera/env", "StateDirectory=sera", "StateDirectoryMode=0700",
-		"ConditionPathExists=/etc/sera/key", "KillMode=mixed", "WantedBy=multi-user.target",
+		"ConditionPathExists=/etc/sera/key", "KillMode=mixed", "TimeoutStopSec=660s", "WantedBy=multi-user.target",
 	}
 	for _, h := range Hardening {
 		want = append(want, h.Option)
@@ -118,5 +120,13 @@ func TestUnitVerifies(t *testing.T) {
 	out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "ProtectKernelTunable") || !strings.Contains(string(out), "missing") {
 		t.Errorf("systemd-analyze verify passed a broken unit: %v\n%s", err, out)
+	}
+}
+
+// systemd must wait, on stop, for the longest command the watcher
+// finishes by default.
+func TestTimeoutStopCoversExecTimeout(t *testing.T) {
+	if TimeoutStopSec < sera.DefaultExecTimeout+sera.ExecGrace {
+		t.Errorf("TimeoutStopSec %s is shorter than the default execution timeout %s plus its grace %s", TimeoutStopSec, sera.DefaultExecTimeout, sera.ExecGrace)
 	}
 }
