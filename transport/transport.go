@@ -100,8 +100,14 @@ func GroupTopic(prefix, g string) string { return prefix + "-g-" + g }
 
 // ValidQueueName reports whether name is a queue name every transport
 // accepts: 1 to 80 characters of [A-Za-z0-9_-], as SQS requires.
-func ValidQueueName(name string) bool {
-	if len(name) == 0 || len(name) > 80 {
+func ValidQueueName(name string) bool { return validName(name, 80) }
+
+// ValidTopicName reports whether name is an SNS topic name: 1 to 256
+// characters of [A-Za-z0-9_-]. It becomes part of an ARN, so no ':' or '/'.
+func ValidTopicName(name string) bool { return validName(name, 256) }
+
+func validName(name string, max int) bool {
+	if len(name) == 0 || len(name) > max {
 		return false
 	}
 	for i := 0; i < len(name); i++ {

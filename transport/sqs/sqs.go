@@ -191,7 +191,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, body []byte) erro
 	if !validBody(body) {
 		return fmt.Errorf("failed to publish to %q: body has characters SNS does not accept", topic)
 	}
-	if !validTopicName(topic) {
+	if !transport.ValidTopicName(topic) {
 		return fmt.Errorf("failed to publish to %q: invalid topic name", topic)
 	}
 	if t.account.ID == "" {
@@ -205,23 +205,6 @@ func (t *Transport) Publish(ctx context.Context, topic string, body []byte) erro
 		Message:  aws.String(string(body)),
 	})
 	return t.fail("publish to", topic, err)
-}
-
-// validTopicName reports whether name is an SNS topic name: 1 to 256
-// characters of [A-Za-z0-9_-]. It is part of an ARN, so no ':' or '/'.
-func validTopicName(name string) bool {
-	if len(name) == 0 || len(name) > 256 {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // Receive implements transport.Transport. A wait over SQS's 20 seconds takes
