@@ -23,6 +23,22 @@ func watcherNames(ws []*sera.KnownWatcher) []string {
 	return out
 }
 
+// checkUsageErr checks err against want, the text of the usage error a
+// case expects ("" for none), and reports whether the case goes on.
+func checkUsageErr(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return true
+	}
+	if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v, want a usage error with %q", err, want)
+	}
+	return false
+}
+
 func TestTargetResolve(t *testing.T) {
 	kw := &sera.KnownWatchers{}
 	for _, w := range []struct {
@@ -57,14 +73,8 @@ func TestTargetResolve(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, target, err := tt.tf.resolve(kw)
-			if tt.err != "" {
-				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("error %v, want a usage error with %q", err, tt.err)
-				}
+			if !checkUsageErr(t, err, tt.err) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if !slices.Equal(watcherNames(got), tt.want) {
 				t.Errorf("selected %v, want %v", watcherNames(got), tt.want)
@@ -144,14 +154,8 @@ func TestFanoutJob(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			job, err := tt.ff.job(ten, time.Minute)
-			if tt.err != "" {
-				if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("error %v, want a usage error with %q", err, tt.err)
-				}
+			if !checkUsageErr(t, err, tt.err) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if job.Timeout != tt.timeout || job.MaxConcurrency != tt.concurrency || job.StopAfter != tt.stopAfter || job.ExecTimeout != tt.ff.execTimeout {
 				t.Errorf("job: timeout %s, concurrency %d, stop after %d, exec %s", job.Timeout, job.MaxConcurrency, job.StopAfter, job.ExecTimeout)
