@@ -53,6 +53,7 @@ fuzz fuzz-short:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./crypto/
 	$(GO) test -run '^$$' -bench PingRoundTrip -benchtime 50x -count 3 ./commands/
+	$(GO) test -run '^$$' -bench Fanout -benchtime 3x ./commands/
 	$(GO) test -run '^$$' -bench Wake -benchtime 200x -count 3 ./transport/spool/
 	$(GO) test -run '^$$' -bench WatcherIdleRSS -benchtime 1x ./cmd/sera/
 
