@@ -64,13 +64,37 @@ type recipientJSON struct {
 }
 
 // SealRequest signs payload with from's signing key, encrypts it once with
-// a fresh symmetric key, and wraps that key with box for each recipient.
+// a fresh symmetric key, and wraps that key with box for each recipient:
+// Seal, then the envelope for every recipient.
 func SealRequest(rand io.Reader, from *Identity, to []*PublicKey, payload []byte) ([]byte, error) {
+	if len(to) > MaxRecipients {
+		// Refused before any work is done for them.
+		return nil, fmt.Errorf("failed to seal request: %d recipients, at most %d", len(to), MaxRecipients)
+	}
+	s, err := Seal(rand, from, to, payload)
+	if err != nil {
+		return nil, err
+	}
+	return s.Envelope()
+}
+
+// Sealed is a request signed and encrypted once for a set of recipients.
+// Its envelopes, for all of them (Envelope) or for one (EnvelopeFor), carry
+// the same signature, ciphertext and wrapped keys, so a recipient opens any
+// of them alike. A request sent to each watcher's queue needs only that
+// watcher's entry: 700 bytes instead of 100 KB when there are 1,000.
+type Sealed struct {
+	env   envelopeJSON
+	index map[string]int // fingerprint → position in env.Recipients
+}
+
+// Seal signs payload with from's signing key, encrypts it once with a fresh
+// symmetric key, and wraps that key with box for each recipient (once for a
+// recipient named twice). Only an envelope is bounded in size and
+// recipients, so Seal takes any number.
+func Seal(rand io.Reader, from *Identity, to []*PublicKey, payload []byte) (*Sealed, error) {
 	if len(to) == 0 {
 		return nil, errors.New("failed to seal request: no recipients")
-	}
-	if len(to) > MaxRecipients {
-		return nil, fmt.Errorf("failed to seal request: %d recipients, at most %d", len(to), MaxRecipients)
 	}
 	var key [keyBytes]byte
 	var nonce [nonceSize]byte
@@ -84,20 +108,43 @@ func SealRequest(rand io.Reader, from *Identity, to []*PublicKey, payload []byte
 	plain := make([]byte, 0, len(payload)+len(sig))
 	plain = append(append(plain, payload...), sig...)
 
-	env := envelopeJSON{V: envelopeV, Sender: from.pub.text, Nonce: nonce[:]}
-	env.Box = secretbox.Seal(nil, plain, &nonce, &key)
-	seen := make(map[string]bool, len(to))
-	env.Recipients = make([]recipientJSON, 0, len(to))
+	s := &Sealed{env: envelopeJSON{V: envelopeV, Sender: from.pub.text, Nonce: nonce[:]}, index: make(map[string]int, len(to))}
+	s.env.Box = secretbox.Seal(nil, plain, &nonce, &key)
+	s.env.Recipients = make([]recipientJSON, 0, len(to))
 	for _, r := range to {
-		if seen[r.fp] {
+		if _, ok := s.index[r.fp]; ok {
 			continue
 		}
-		seen[r.fp] = true
+		s.index[r.fp] = len(s.env.Recipients)
 		// One nonce serves every recipient: each wrap uses a different
 		// sender↔recipient key, so no key ever sees the nonce twice.
 		wrapped := box.Seal(nil, key[:], &nonce, &r.box, &from.box)
-		env.Recipients = append(env.Recipients, recipientJSON{KID: r.fp, Key: wrapped})
+		s.env.Recipients = append(s.env.Recipients, recipientJSON{KID: r.fp, Key: wrapped})
 	}
+	return s, nil
+}
+
+// Envelope is the envelope for every recipient.
+func (s *Sealed) Envelope() ([]byte, error) {
+	if n := len(s.env.Recipients); n > MaxRecipients {
+		return nil, fmt.Errorf("failed to seal request: %d recipients, at most %d", n, MaxRecipients)
+	}
+	return s.encode(s.env)
+}
+
+// EnvelopeFor is the envelope for one recipient, which must be one of
+// those the request was sealed for.
+func (s *Sealed) EnvelopeFor(to *PublicKey) ([]byte, error) {
+	i, ok := s.index[to.fp]
+	if !ok {
+		return nil, fmt.Errorf("failed to seal request: %s is not a recipient", to.fp)
+	}
+	env := s.env
+	env.Recipients = s.env.Recipients[i : i+1]
+	return s.encode(env)
+}
+
+func (s *Sealed) encode(env envelopeJSON) ([]byte, error) {
 	b, err := json.Marshal(env)
 	if err != nil {
 		return nil, fmt.Errorf("failed to encode envelope: %w", err)

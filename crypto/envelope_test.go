@@ -646,3 +646,60 @@ func TestUnmarshalStrict(t *testing.T) {
 		}
 	}
 }
+
+// Every envelope of one Sealed request opens to the same payload for its
+// recipients, and one made for a single recipient names it alone.
+func TestSealedEnvelopes(t *testing.T) {
+	from := testIdentity(t, 1)
+	a, b, c := testIdentity(t, 2), testIdentity(t, 3), testIdentity(t, 4)
+	payload := []byte(`{"id":"x"}`)
+	s, err := Seal(testRand(7), from, []*PublicKey{a.Public(), b.Public(), a.Public()}, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.Envelope()
+	if err != nil {
+		t.Fatal(err)
+	}
+	onlyB, err := s.EnvelopeFor(b.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(onlyB) >= len(all) {
+		t.Errorf("envelope for one is %d bytes, for all %d", len(onlyB), len(all))
+	}
+	open := func(env []byte, id *Identity) ([]byte, error) {
+		e, err := ParseEnvelope(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Open(id)
+	}
+	for _, tt := range []struct {
+		name string
+		env  []byte
+		id   *Identity
+		ok   bool
+	}{
+		{"all, a", all, a, true}, {"all, b", all, b, true}, {"all, c", all, c, false},
+		{"for b, b", onlyB, b, true}, {"for b, a", onlyB, a, false},
+	} {
+		got, err := open(tt.env, tt.id)
+		if tt.ok && (err != nil || !bytes.Equal(got, payload)) {
+			t.Errorf("%s: %q, %v", tt.name, got, err)
+		}
+		if !tt.ok && !errors.Is(err, ErrNotRecipient) {
+			t.Errorf("%s: opened by a non-recipient: %v", tt.name, err)
+		}
+	}
+	e, _ := ParseEnvelope(all)
+	if e.Recipients() != 2 {
+		t.Errorf("a recipient named twice is in the envelope %d times", e.Recipients())
+	}
+	if e, _ := ParseEnvelope(onlyB); e.Recipients() != 1 {
+		t.Errorf("envelope for b names %d recipients", e.Recipients())
+	}
+	if _, err := s.EnvelopeFor(c.Public()); err == nil {
+		t.Error("an envelope for a key the request was not sealed for")
+	}
+}
