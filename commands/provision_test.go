@@ -9,11 +9,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/sns"
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands"
@@ -266,8 +264,11 @@ func TestProvisionToPing(t *testing.T) {
 	}
 
 	// Fan-out: one Publish to sera-g-web, answered by web1 and web2 only.
-	pubTr := &publisher{Transport: sqs.NewFromConfig(fq.Config), sns: sns.NewFromConfig(fq.Config),
-		topic: "arn:aws:sns:us-east-1:000000000000:sera-g-web"}
+	clientTr, err := sqs.NewFromConfig(fq.Config).WithAccount("000000000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubTr := &noSends{Transport: clientTr}
 	client := &sera.Client{Identity: id, Transport: pubTr, Prefix: "sera", TTL: time.Minute}
 	var web []*sera.KnownWatcher
 	for _, w := range kw.Watchers {
@@ -275,7 +276,8 @@ func TestProvisionToPing(t *testing.T) {
 			web = append(web, w)
 		}
 	}
-	res, err := client.Do(ctx, web, sera.Target{Groups: []string{"web"}}, []string{"ping"}, 30*time.Second, nil)
+	res, err := client.Run(ctx, &sera.Job{Watchers: web, Target: sera.Target{Groups: []string{"web"}}, Argv: []string{"ping"},
+		Timeout: 30 * time.Second, Topic: "sera-g-web"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,8 +289,8 @@ func TestProvisionToPing(t *testing.T) {
 		}
 	}
 	slices.Sort(answered)
-	if !slices.Equal(answered, []string{"web1", "web2"}) || len(res.Missing) != 0 || pubTr.publishes() != 1 {
-		t.Errorf("answered by %v, missing %d, %d publishes", answered, len(res.Missing), pubTr.publishes())
+	if !slices.Equal(answered, []string{"web1", "web2"}) || len(res.Missing) != 0 || res.Published != "sera-g-web" || pubTr.sends.Load() != 0 {
+		t.Errorf("answered by %v, missing %d, published to %q, %d direct sends", answered, len(res.Missing), res.Published, pubTr.sends.Load())
 	}
 	// db1 never saw it: its audit log has no request.
 	time.Sleep(500 * time.Millisecond)
@@ -366,33 +368,14 @@ func adminIdentity(t *testing.T, m *machine) *crypto.Identity {
 // publisher is a client transport that sends a request by publishing it
 // once to an SNS topic instead of to each watcher's queue, and receives
 // replies as usual.
-type publisher struct {
-	transport.Transport
-	sns   *sns.Client
-	topic string
-
-	mu   sync.Mutex
-	sent map[string]bool
+// noSends is a client transport that counts the direct sends it is asked
+// for and makes none: a request that reaches the watchers went by topic.
+type noSends struct {
+	*sqs.Transport
+	sends atomic.Int64
 }
 
-func (p *publisher) Send(ctx context.Context, queue string, body []byte) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.sent == nil {
-		p.sent = map[string]bool{}
-	}
-	if p.sent[string(body)] {
-		return nil
-	}
-	_, err := p.sns.Publish(ctx, &sns.PublishInput{TopicArn: aws.String(p.topic), Message: aws.String(string(body))})
-	if err == nil {
-		p.sent[string(body)] = true
-	}
-	return err
-}
-
-func (p *publisher) publishes() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.sent)
+func (p *noSends) Send(ctx context.Context, queue string, body []byte) error {
+	p.sends.Add(1)
+	return errors.New("no direct sends in this test")
 }
