@@ -186,6 +186,9 @@ func (c *Client) Run(ctx context.Context, job *Job) (*Outcome, error) {
 	if len(job.Watchers) == 0 {
 		return nil, errors.New("no watchers to send to")
 	}
+	if job.Timeout <= 0 {
+		return nil, fmt.Errorf("timeout %s: a watcher must be given time to answer", job.Timeout)
+	}
 	if job.ExecTimeout < 0 || job.ExecTimeout > MaxRequestLifetime {
 		return nil, fmt.Errorf("execution timeout %s outside 0 to %s", job.ExecTimeout, MaxRequestLifetime)
 	}
