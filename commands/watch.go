@@ -26,10 +26,11 @@ accepts only requests sealed and signed by a client in known_clients and
 addressed to this host, runs the command if that client may run it, and
 replies on the client's queue. A command runs at most the request's
 --exec-timeout, and never longer than SERA_EXEC_TIMEOUT (10m): then it is
-killed with every process it started and answered with status 124. Every
-request, accepted or rejected, is
-written to the audit log ($SERA_STATE/audit.log; see 'sera audit') and,
-where journald runs, to the journal with SERA_* fields.
+killed with every process it started and answered with status 124.
+
+Every request, accepted or rejected, is written to the audit log
+($SERA_STATE/audit.log; see 'sera audit') and, where journald runs, to the
+journal with SERA_* fields.
 
 Under systemd (sera.service, see 'sera install service') it reports
 READY=1 once it has reached its queue, feeds the watchdog from its poll
