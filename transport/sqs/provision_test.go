@@ -408,30 +408,8 @@ func TestProvision(t *testing.T) {
 		publish := func(topic, msg string) {
 			must[*sns.PublishOutput](t)(pub.Publish(ctx, &sns.PublishInput{TopicArn: aws.String(tarn(topic)), Message: &msg}))
 		}
-		// got receives n messages from watcher's queue, and then checks
-		// that no more came.
 		got := func(watcher string, n int) []string {
-			var out []string
-			q := "sera-w-" + watcher
-			for len(out) <= n {
-				wait := 5 * time.Second
-				if len(out) == n {
-					wait = time.Second
-				}
-				msgs, err := tr.Receive(ctx, q, 10, wait, time.Minute)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(msgs) == 0 {
-					break
-				}
-				for _, m := range msgs {
-					out = append(out, string(m.Body))
-					if err := tr.Delete(ctx, q, m); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
+			out := receiveAll(t, ctx, tr, "sera-w-"+watcher, n)
 			slices.Sort(out)
 			return out
 		}

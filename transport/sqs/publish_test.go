@@ -48,30 +48,9 @@ func TestPublish(t *testing.T) {
 	subscribe("pub-g-db", "pub-other")
 
 	reader := sqs.NewFromConfig(srv.Config)
-	// received receives n messages from queue and then checks that no
-	// more come.
 	received := func(t *testing.T, queue string, n int) []string {
 		t.Helper()
-		var out []string
-		for len(out) <= n {
-			wait := 5 * time.Second
-			if len(out) == n {
-				wait = time.Second
-			}
-			msgs, err := reader.Receive(ctx, queue, 10, wait, time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(msgs) == 0 {
-				break
-			}
-			for _, m := range msgs {
-				out = append(out, string(m.Body))
-				if err := reader.Delete(ctx, queue, m); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
+		out := receiveAll(t, ctx, reader, queue, n)
 		if len(out) != n {
 			t.Errorf("%s received %d messages, want %d", queue, len(out), n)
 		}
@@ -194,4 +173,31 @@ func TestPublish(t *testing.T) {
 			}
 		}
 	})
+}
+
+// receiveAll receives (and deletes) the messages on queue until n came,
+// and then for a second more, so that one too many is seen too.
+func receiveAll(t *testing.T, ctx context.Context, tr *sqs.Transport, queue string, n int) []string {
+	t.Helper()
+	var out []string
+	for len(out) <= n {
+		wait := 5 * time.Second
+		if len(out) == n {
+			wait = time.Second
+		}
+		msgs, err := tr.Receive(ctx, queue, 10, wait, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) == 0 {
+			break
+		}
+		for _, m := range msgs {
+			out = append(out, string(m.Body))
+			if err := tr.Delete(ctx, queue, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return out
 }
