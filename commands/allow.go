@@ -866,8 +866,7 @@ func (h *Host) listOpenings(ctx context.Context, out io.Writer, asJSON bool) err
 				info.Rule = "not-sera"
 			}
 			if asJSON {
-				b, _ := json.Marshal(info)
-				fmt.Fprintf(out, "%s\n", b)
+				json.NewEncoder(out).Encode(info)
 				continue
 			}
 			fmt.Fprintf(out, "%-20s %-9s %-21s %-9s %-9s %-10s %s\n", o.Source, fmt.Sprintf("%d/%s", o.Port, o.Proto),

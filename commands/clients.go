@@ -113,11 +113,10 @@ func (t *hostTree) clientsListCmd() *cobra.Command {
 		}
 		for _, cl := range kc.Clients {
 			if asJSON {
-				b, _ := json.Marshal(map[string]any{
+				json.NewEncoder(out).Encode(map[string]any{
 					"name": cl.Name, "fingerprint": cl.Key.Fingerprint(), "key": cl.Key.String(),
 					"allow": strings.Split(allowString(cl.Allow), ","),
 				})
-				fmt.Fprintf(out, "%s\n", b)
 				continue
 			}
 			fmt.Fprintf(out, "%-16s %s  %s\n", cl.Name, cl.Key.Fingerprint(), allowString(cl.Allow))

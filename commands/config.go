@@ -156,8 +156,7 @@ func newConfigListCmd(o *Options) *cobra.Command {
 					val = "********"
 				}
 				if asJSON {
-					b, _ := json.Marshal(map[string]string{"key": d.Key, "value": val, "source": string(v.Source)})
-					fmt.Fprintf(o.Stdout, "%s\n", b)
+					json.NewEncoder(o.Stdout).Encode(map[string]string{"key": d.Key, "value": val, "source": string(v.Source)})
 					continue
 				}
 				fmt.Fprintf(o.Stdout, "%-19s %-8s %s\n", d.Key, v.Source, val)

@@ -343,8 +343,7 @@ func (p *fanoutPrinter) event(e sera.Event) {
 		p.skipped = append(p.skipped, name)
 	}
 	if p.asJSON {
-		b, _ := json.Marshal(res)
-		fmt.Fprintf(p.stdout, "%s\n", b)
+		json.NewEncoder(p.stdout).Encode(res)
 	}
 	p.redraw(0)
 }

@@ -361,8 +361,7 @@ func (t *hostTree) groupListCmd() *cobra.Command {
 			}
 			info := groupInfo{Name: g.Name, GID: g.GID, Members: nonNil(g.Members)}
 			if asJSON {
-				b, _ := json.Marshal(info)
-				fmt.Fprintf(out, "%s\n", b)
+				json.NewEncoder(out).Encode(info)
 				continue
 			}
 			fmt.Fprintf(out, "%-16s %6d  %s\n", info.Name, info.GID, orNone(info.Members))

@@ -249,9 +249,8 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 		for _, k := range keys {
 			switch {
 			case asJSON:
-				b, _ := json.Marshal(reportedKey{Host: h.Name, Names: khNonNil(ns), Addrs: khNonNil(as), Type: k.key.Type(),
+				json.NewEncoder(out).Encode(reportedKey{Host: h.Name, Names: khNonNil(ns), Addrs: khNonNil(as), Type: k.key.Type(),
 					Fingerprint: ssh.FingerprintSHA256(k.key), Key: keyText(k.key), File: k.file})
-				fmt.Fprintf(out, "%s\n", b)
 			case asKnownHosts:
 				if len(all) == 0 {
 					return usageErr("no names to print known_hosts lines for: give --name")

@@ -485,9 +485,8 @@ func (t *hostTree) keyListCmd() *cobra.Command {
 				by = "other"
 			}
 			if asJSON {
-				b, _ := json.Marshal(map[string]any{"fingerprint": k.fingerprint(), "type": k.key.Type(), "comment": k.comment,
+				json.NewEncoder(out).Encode(map[string]any{"fingerprint": k.fingerprint(), "type": k.key.Type(), "comment": k.comment,
 					"options": k.options, "managed": managed, "disabled": k.disabled})
-				fmt.Fprintf(out, "%s\n", b)
 				return
 			}
 			fmt.Fprintf(out, "%s  %-20s %-5s %-8s %s\n", k.fingerprint(), k.key.Type(), by, state, k.comment)

@@ -42,9 +42,7 @@ func (t *hostTree) pingCmd() *cobra.Command {
 		}
 		info.HostUptime = hostUptime()
 		if asJSON {
-			b, _ := json.Marshal(info)
-			_, err := fmt.Fprintf(out, "%s\n", b)
-			return err
+			return json.NewEncoder(out).Encode(info)
 		}
 		up := "-"
 		if !h.Started.IsZero() {

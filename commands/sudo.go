@@ -301,8 +301,7 @@ func (t *hostTree) sudoListCmd() *cobra.Command {
 		}
 		for _, info := range infos {
 			if asJSON {
-				b, _ := json.Marshal(info)
-				fmt.Fprintf(out, "%s\n", b)
+				json.NewEncoder(out).Encode(info)
 				continue
 			}
 			kind := "password"

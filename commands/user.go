@@ -770,8 +770,7 @@ func (t *hostTree) userListCmd() *cobra.Command {
 			}
 			info := h.userInfo(db, u)
 			if asJSON {
-				b, _ := json.Marshal(info)
-				fmt.Fprintf(out, "%s\n", b)
+				json.NewEncoder(out).Encode(info)
 				continue
 			}
 			fmt.Fprintf(out, "%-16s %6d  %-16s %-24s %d key(s)\n", info.Name, info.UID, info.state(), orNone(info.Groups), len(info.Keys))
@@ -796,9 +795,7 @@ func (t *hostTree) userShowCmd() *cobra.Command {
 		}
 		info := h.userInfo(db, u)
 		if asJSON {
-			b, _ := json.Marshal(info)
-			_, err := fmt.Fprintf(out, "%s\n", b)
-			return err
+			return json.NewEncoder(out).Encode(info)
 		}
 		fmt.Fprintf(out, "name     %s\nuid      %d\ngid      %d\n", info.Name, info.UID, info.GID)
 		if info.Comment != "" {

@@ -128,11 +128,10 @@ func newWatchersListCmd(o *Options) *cobra.Command {
 			}
 			for _, w := range kw.Watchers {
 				if asJSON {
-					b, _ := json.Marshal(map[string]any{
+					json.NewEncoder(o.Stdout).Encode(map[string]any{
 						"name": w.Name, "fingerprint": w.Key.Fingerprint(), "key": w.Key.String(),
 						"groups": nonNil(w.Groups), "addrs": nonNil(w.Addrs),
 					})
-					fmt.Fprintf(o.Stdout, "%s\n", b)
 					continue
 				}
 				fmt.Fprintf(o.Stdout, "%-16s %s  %s\n", w.Name, w.Key.Fingerprint(), strings.Join(w.Groups, ","))
