@@ -399,19 +399,13 @@ func (p *fanoutPrinter) summary(maxErrors string) {
 	fmt.Fprintf(p.stderr, "sera: %d of %d hosts succeeded\n", len(p.ok), p.total)
 	list := func(what string, names []string) {
 		if len(names) > 0 {
-			fmt.Fprintf(p.stderr, "sera: %s: %s\n", what, strings.Join(sorted(names), ", "))
+			fmt.Fprintf(p.stderr, "sera: %s: %s\n", what, strings.Join(slices.Sorted(slices.Values(names)), ", "))
 		}
 	}
 	list("failed", p.failed)
 	list(fmt.Sprintf("no reply within %s", p.timeout), p.noReply)
 	list("could not be sent the request", p.notSent)
 	list(fmt.Sprintf("skipped, not sent the request: more than %s hosts failed (--max-errors)", maxErrors), p.skipped)
-}
-
-func sorted(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
 }
 
 // succeeded reports whether every host ran the command with status 0.
