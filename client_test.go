@@ -81,119 +81,126 @@ func TestClientRefusal(t *testing.T) {
 
 func TestClientSeveralWatchers(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	web2 := f.newWatcher("web2", "web")
-	web3 := f.newWatcher("web3", "web") // never runs
-	start(t, f.w)
-	start(t, web2)
-	ws := []*sera.KnownWatcher{known(f.w), known(web2), known(web3)}
-	t0 := time.Now()
-	out, err := f.newClient(nil).Do(context.Background(), ws, sera.Target{Groups: []string{"web"}}, []string{"ping"}, time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(t0); d < time.Second || d > 5*time.Second {
-		t.Errorf("Do returned after %s with a 1 s timeout and a silent watcher", d)
-	}
-	var got []string
-	for _, r := range out.Replies {
-		got = append(got, r.Watcher.Name)
-		if r.Reply.Status != 0 || r.Reply.Watcher != r.Watcher.Name {
-			t.Errorf("reply %+v from %s", r.Reply, r.Watcher.Name)
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		web2 := f.newWatcher("web2", "web")
+		web3 := f.newWatcher("web3", "web") // never runs
+		start(t, f.w)
+		start(t, web2)
+		ws := []*sera.KnownWatcher{known(f.w), known(web2), known(web3)}
+		t0 := time.Now()
+		out, err := f.newClient(nil).Do(context.Background(), ws, sera.Target{Groups: []string{"web"}}, []string{"ping"}, time.Second, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	slices.Sort(got)
-	if !slices.Equal(got, []string{"web1", "web2"}) || !slices.Equal(names(out.Missing), []string{"web3"}) {
-		t.Errorf("replies from %v, missing %v; want web1 and web2, missing web3", got, names(out.Missing))
-	}
-	// The silent watcher's request waits on its queue.
-	msgs, err := f.tr.Receive(context.Background(), web3.Queue(), 10, 0, time.Minute)
-	if err != nil || len(msgs) != 1 {
-		t.Errorf("web3's queue holds %d messages (%v)", len(msgs), err)
-	}
+		// In fake time the live watchers answer at once: Do took the silent
+		// one's timeout, and little more.
+		if d := time.Since(t0); d < time.Second || d > 1500*time.Millisecond {
+			t.Errorf("Do returned after %s with a 1 s timeout and a silent watcher", d)
+		}
+		var got []string
+		for _, r := range out.Replies {
+			got = append(got, r.Watcher.Name)
+			if r.Reply.Status != 0 || r.Reply.Watcher != r.Watcher.Name {
+				t.Errorf("reply %+v from %s", r.Reply, r.Watcher.Name)
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, []string{"web1", "web2"}) || !slices.Equal(names(out.Missing), []string{"web3"}) {
+			t.Errorf("replies from %v, missing %v; want web1 and web2, missing web3", got, names(out.Missing))
+		}
+		// The silent watcher's request waits on its queue.
+		msgs, err := f.tr.Receive(context.Background(), web3.Queue(), 10, 0, time.Minute)
+		if err != nil || len(msgs) != 1 {
+			t.Errorf("web3's queue holds %d messages (%v)", len(msgs), err)
+		}
+	})
 }
 
 func TestClientIgnoresUnknownWatcherKey(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	// web9 is known to the client by its key, but the reply comes from an
-	// impostor that read the request (here: the test, with web9's key)
-	// and answers with its own key, claiming web9's name.
-	web9 := newIdentity(t)
-	impostor := newIdentity(t)
-	kw := &sera.KnownWatcher{Name: "web9", Key: web9.Public()}
-	ctx := context.Background()
-	answered := make(chan error, 1)
-	go func() {
-		answered <- func() error {
-			msgs, err := f.tr.Receive(ctx, transport.WatcherQueue(testPrefix, "web9"), 1, 5*time.Second, time.Minute)
-			if err != nil || len(msgs) != 1 {
-				return fmt.Errorf("no request: %v", err)
-			}
-			env, err := crypto.ParseEnvelope(msgs[0].Body)
-			if err != nil {
-				return err
-			}
-			payload, err := env.Open(web9)
-			if err != nil {
-				return err
-			}
-			req, err := sera.ParseRequest(payload)
-			if err != nil {
-				return err
-			}
-			body, _ := json.Marshal(&sera.Reply{ID: req.ID, Watcher: "web9", Status: 0, Stdout: []byte("trust me\n"), Started: time.Now(), Ended: time.Now()})
-			sealed, err := crypto.SealReply(rand.Reader, impostor, f.client.Public(), sera.EncodePart(req.ID, 0, 1, body))
-			if err != nil {
-				return err
-			}
-			return f.tr.Send(ctx, req.ReplyTo, sealed)
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		// web9 is known to the client by its key, but the reply comes from an
+		// impostor that read the request (here: the test, with web9's key)
+		// and answers with its own key, claiming web9's name.
+		web9 := newIdentity(t)
+		impostor := newIdentity(t)
+		kw := &sera.KnownWatcher{Name: "web9", Key: web9.Public()}
+		ctx := context.Background()
+		answered := make(chan error, 1)
+		go func() {
+			answered <- func() error {
+				msgs, err := f.tr.Receive(ctx, transport.WatcherQueue(testPrefix, "web9"), 1, 5*time.Second, time.Minute)
+				if err != nil || len(msgs) != 1 {
+					return fmt.Errorf("no request: %v", err)
+				}
+				env, err := crypto.ParseEnvelope(msgs[0].Body)
+				if err != nil {
+					return err
+				}
+				payload, err := env.Open(web9)
+				if err != nil {
+					return err
+				}
+				req, err := sera.ParseRequest(payload)
+				if err != nil {
+					return err
+				}
+				body, _ := json.Marshal(&sera.Reply{ID: req.ID, Watcher: "web9", Status: 0, Stdout: []byte("trust me\n"), Started: time.Now(), Ended: time.Now()})
+				sealed, err := crypto.SealReply(rand.Reader, impostor, f.client.Public(), sera.EncodePart(req.ID, 0, 1, body))
+				if err != nil {
+					return err
+				}
+				return f.tr.Send(ctx, req.ReplyTo, sealed)
+			}()
 		}()
-	}()
-	out, err := f.newClient(nil).Do(ctx, []*sera.KnownWatcher{kw}, sera.Target{Names: []string{"web9"}}, []string{"ping"}, 700*time.Millisecond, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-answered; err != nil {
-		t.Fatal(err)
-	}
-	if len(out.Replies) != 0 || !slices.Equal(names(out.Missing), []string{"web9"}) {
-		t.Errorf("impostor's reply accepted: %+v", out)
-	}
-	// The impostor's reply was seen and dropped.
-	assertQueueEmpty(t, f.tr, f.clientQueue(f.client))
+		out, err := f.newClient(nil).Do(ctx, []*sera.KnownWatcher{kw}, sera.Target{Names: []string{"web9"}}, []string{"ping"}, 700*time.Millisecond, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-answered; err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Replies) != 0 || !slices.Equal(names(out.Missing), []string{"web9"}) {
+			t.Errorf("impostor's reply accepted: %+v", out)
+		}
+		// The impostor's reply was seen and dropped.
+		assertQueueEmpty(t, f.tr, f.clientQueue(f.client))
+	})
 }
 
 func TestClientReleasesForeignReplies(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	start(t, f.w)
-	ctx := context.Background()
-	// A reply for a request another process of this identity waits for.
-	otherID, err := sera.NewRequestID(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := json.Marshal(&sera.Reply{ID: otherID, Watcher: "web1", Started: time.Now(), Ended: time.Now()})
-	foreign, err := crypto.SealReply(rand.Reader, f.wid, f.client.Public(), sera.EncodePart(otherID, 0, 1, body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.tr.Send(ctx, f.clientQueue(f.client), foreign); err != nil {
-		t.Fatal(err)
-	}
-	out, err := f.newClient(nil).Do(ctx, []*sera.KnownWatcher{known(f.w)}, sera.Target{Names: []string{"web1"}}, []string{"ping"}, 10*time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(out.Replies) != 1 || out.Replies[0].Reply.ID != out.RequestID {
-		t.Fatalf("outcome %+v", out)
-	}
-	// The other process still gets its reply.
-	msgs, err := f.tr.Receive(ctx, f.clientQueue(f.client), 10, 3*time.Second, time.Minute)
-	if err != nil || len(msgs) != 1 || !bytes.Equal(msgs[0].Body, foreign) {
-		t.Fatalf("foreign reply not released: %d messages, %v", len(msgs), err)
-	}
+	// In fake time: the foreign reply comes back after its pause however
+	// slow the machine.
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		start(t, f.w)
+		ctx := context.Background()
+		// A reply for a request another process of this identity waits for.
+		otherID, err := sera.NewRequestID(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := json.Marshal(&sera.Reply{ID: otherID, Watcher: "web1", Started: time.Now(), Ended: time.Now()})
+		foreign, err := crypto.SealReply(rand.Reader, f.wid, f.client.Public(), sera.EncodePart(otherID, 0, 1, body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.tr.Send(ctx, f.clientQueue(f.client), foreign); err != nil {
+			t.Fatal(err)
+		}
+		out, err := f.newClient(nil).Do(ctx, []*sera.KnownWatcher{known(f.w)}, sera.Target{Names: []string{"web1"}}, []string{"ping"}, 10*time.Second, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Replies) != 1 || out.Replies[0].Reply.ID != out.RequestID {
+			t.Fatalf("outcome %+v", out)
+		}
+		// The other process still gets its reply.
+		msgs, err := f.tr.Receive(ctx, f.clientQueue(f.client), 10, 3*time.Second, time.Minute)
+		if err != nil || len(msgs) != 1 || !bytes.Equal(msgs[0].Body, foreign) {
+			t.Fatalf("foreign reply not released: %d messages, %v", len(msgs), err)
+		}
+	})
 }
 
 func TestClientDropsStaleForeignReplies(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sera-dev/sera"
@@ -68,26 +69,28 @@ func checkDeadline(t *testing.T, h *fakeHandler, t0, t1 time.Time, limit time.Du
 	}
 }
 
+// In fake time (inFakeTime) a command killed at its limit ran exactly its
+// limit: a watcher that let it run longer, or killed it sooner, fails
+// however busy the machine. Without a working limit the bubble has nothing
+// left to wait for and synctest fails the test: it does not hang.
 func TestExecTimeoutOfRequest(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	f.w.ExecTimeout = 20 * time.Second
-	req := f.request("block")
-	req.ExecTimeoutMS = 200
-	// Without a working limit the test fails, it does not hang.
-	time.AfterFunc(5*time.Second, f.h.Release)
-	t0 := time.Now()
-	m := f.deliver(f.w, f.sealed(req))
-	took := time.Since(t0)
-	if took < 200*time.Millisecond || took > 5*time.Second {
-		t.Errorf("the request took %s, want a little over its 200ms limit (the watcher's is 20s)", took)
-	}
-	checkDeadline(t, f.h, t0, t0.Add(took), 200*time.Millisecond)
-	r := f.checkTimedOut(t, m, []string{"block"}, "started\n",
-		"partial\nsera: the command ran longer than 200ms and was killed\n", "timed out after 200ms")
-	if r.Ended.Sub(r.Started) < 200*time.Millisecond || r.Ended.After(time.Now()) {
-		t.Errorf("reply started %s, ended %s: not the 200ms it ran", r.Started, r.Ended)
-	}
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		f.w.ExecTimeout = 20 * time.Second
+		req := f.request("block")
+		req.ExecTimeoutMS = 200
+		t0 := time.Now()
+		m := f.deliver(f.w, f.sealed(req))
+		if took := time.Since(t0); took != 200*time.Millisecond {
+			t.Errorf("the request took %s, want its 200ms limit (the watcher's is 20s)", took)
+		}
+		checkDeadline(t, f.h, t0, t0, 200*time.Millisecond)
+		r := f.checkTimedOut(t, m, []string{"block"}, "started\n",
+			"partial\nsera: the command ran longer than 200ms and was killed\n", "timed out after 200ms")
+		if d := r.Ended.Sub(r.Started); d != 200*time.Millisecond {
+			t.Errorf("reply started %s, ended %s: %s, not the 200ms it ran", r.Started, r.Ended, d)
+		}
+	})
 }
 
 func TestExecTimeoutOfWatcher(t *testing.T) {
@@ -102,19 +105,18 @@ func TestExecTimeoutOfWatcher(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := newFixture(t)
-			f.w.ExecTimeout = 300 * time.Millisecond
-			req := f.request("block")
-			req.ExecTimeoutMS = tc.asked
-			time.AfterFunc(5*time.Second, f.h.Release)
-			t0 := time.Now()
-			m := f.deliver(f.w, f.sealed(req))
-			took := time.Since(t0)
-			if took < 300*time.Millisecond || took > 5*time.Second {
-				t.Errorf("the request took %s, want a little over the watcher's 300ms", took)
-			}
-			checkDeadline(t, f.h, t0, t0.Add(took), 300*time.Millisecond)
-			f.checkTimedOut(t, m, []string{"block"}, "started\n", tc.stderr, "timed out after 300ms")
+			inFakeTime(t, func(t *testing.T, f *fixture) {
+				f.w.ExecTimeout = 300 * time.Millisecond
+				req := f.request("block")
+				req.ExecTimeoutMS = tc.asked
+				t0 := time.Now()
+				m := f.deliver(f.w, f.sealed(req))
+				if took := time.Since(t0); took != 300*time.Millisecond {
+					t.Errorf("the request took %s, want the watcher's 300ms", took)
+				}
+				checkDeadline(t, f.h, t0, t0, 300*time.Millisecond)
+				f.checkTimedOut(t, m, []string{"block"}, "started\n", tc.stderr, "timed out after 300ms")
+			})
 		})
 	}
 }
@@ -181,39 +183,39 @@ func TestExecTimeoutInTime(t *testing.T) {
 // only its limit does.
 func TestExecTimeoutSurvivesStop(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	stop, done := start(t, f.w)
-	req := f.request("block")
-	req.ExecTimeoutMS = 400
-	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(req)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-f.h.started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the command did not start")
-	}
-	t0 := time.Now()
-	stopped := make(chan error, 1)
-	go func() { stopped <- stop() }()
-	select {
-	case <-done:
-		t.Fatal("Run returned while the command ran: the stop cancelled it")
-	case <-time.After(150 * time.Millisecond):
-	}
-	if err := <-stopped; err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(t0); took > 5*time.Second {
-		t.Errorf("Run returned %s after the stop, the command's limit is 400ms", took)
-	}
-	got := drain(t, f.tr, f.client, 0)
-	if len(got.replies) != 1 || got.replies[0].Status != sera.StatusTimedOut || !strings.HasSuffix(string(got.replies[0].Stderr), "ran longer than 400ms and was killed\n") {
-		t.Errorf("replies %+v, want the command timed out after 400ms", got.replies)
-	}
-	if recs := f.a.Records(); len(recs) != 1 || recs[0].Exit == nil || *recs[0].Exit != sera.StatusTimedOut {
-		t.Errorf("audit %+v, want exit 124", recs)
-	}
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		stop, done := start(t, f.w)
+		req := f.request("block")
+		req.ExecTimeoutMS = 400
+		if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(req)); err != nil {
+			t.Fatal(err)
+		}
+		<-f.h.started
+		t0 := time.Now()
+		stopped := make(chan error, 1)
+		go func() { stopped <- stop() }()
+		// Everything that runs on the stop alone has run: Run must
+		// still be waiting for the command.
+		synctest.Wait()
+		select {
+		case <-done:
+			t.Fatal("Run returned while the command ran: the stop cancelled it")
+		default:
+		}
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(t0); took != 400*time.Millisecond {
+			t.Errorf("Run returned %s after the stop, want when the command's 400ms limit ended it", took)
+		}
+		got := drain(t, f.tr, f.client, 0)
+		if len(got.replies) != 1 || got.replies[0].Status != sera.StatusTimedOut || !strings.HasSuffix(string(got.replies[0].Stderr), "ran longer than 400ms and was killed\n") {
+			t.Errorf("replies %+v, want the command timed out after 400ms", got.replies)
+		}
+		if recs := f.a.Records(); len(recs) != 1 || recs[0].Exit == nil || *recs[0].Exit != sera.StatusTimedOut {
+			t.Errorf("audit %+v, want exit 124", recs)
+		}
+	})
 }
 
 // pollRecorder is an OnPoll hook that keeps every call and its time.
@@ -252,56 +254,47 @@ func (r *pollRecorder) all() []polled {
 	return slices.Clone(r.calls)
 }
 
+// While a command runs, the watcher reports itself busy when it starts and
+// then every PollWait (100 ms here, under 10 s), with the status it had
+// when the command started; after it, idle again.
 func TestExecFeedsWatchdog(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	var rec pollRecorder
-	f.w.OnPoll = rec.OnPoll
-	// Busy reports come every PollWait (100 ms here) when it is under
-	// 10 s.
-	start(t, f.w)
-	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(f.request("sleep"))); err != nil {
-		t.Fatal(err)
-	}
-	<-f.h.started
-	t0 := time.Now()
-	time.Sleep(700 * time.Millisecond)
-	busy := rec.busy("sleep")
-	if len(busy) < 4 {
-		t.Fatalf("OnPoll called %d times in the %s the command ran, want one every 100ms", len(busy), time.Since(t0))
-	}
-	last := t0
-	for i, c := range busy {
-		if !c.s.RunningSince.Equal(busy[0].s.RunningSince) || c.s.RunningSince.IsZero() || !c.s.PollOK || c.s.Received != 1 {
-			t.Errorf("busy status %d: %+v", i, c.s)
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		var rec pollRecorder
+		f.w.OnPoll = rec.OnPoll
+		start(t, f.w)
+		if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(f.request("sleep"))); err != nil {
+			t.Fatal(err)
 		}
-		if c.at.After(t0) {
-			if gap := c.at.Sub(last); gap > 400*time.Millisecond {
-				t.Errorf("busy report %d came %s after the one before", i, gap)
+		<-f.h.started
+		t0 := time.Now()
+		advance(700 * time.Millisecond)
+		busy := rec.busy("sleep")
+		for i, c := range busy {
+			if !c.s.RunningSince.Equal(t0) || !c.s.PollOK || c.s.Received != 1 {
+				t.Errorf("busy status %d: %+v", i, c.s)
 			}
-			last = c.at
 		}
-	}
-	if gap := time.Since(last); gap > 400*time.Millisecond {
-		t.Errorf("no busy report for the last %s", gap)
-	}
-	f.h.Release()
-	f.a.wait(t, 1)
-	// After the command, the poll loop reports again, idle.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+		if want := 8; len(busy) != want {
+			t.Fatalf("OnPoll called %d times in the 700ms the command ran, want %d: at its start and every 100ms", len(busy), want)
+		}
+		for i, c := range busy {
+			if at := c.at.Sub(t0); at != time.Duration(i)*100*time.Millisecond {
+				t.Errorf("busy report %d came %s after the command started, want %dms", i, at, i*100)
+			}
+		}
+		f.h.Release()
+		f.a.wait(t, 1)
+		// The watcher is back in its poll: it has reported idle.
+		synctest.Wait()
 		calls := rec.all()
-		if c := calls[len(calls)-1]; c.s.Running == "" && c.s.Accepted == 1 {
-			break
+		if c := calls[len(calls)-1]; c.s.Running != "" || c.s.Accepted != 1 {
+			t.Errorf("last report after the command: %+v, want idle with 1 accepted", c.s)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no idle report after the command: last %+v", calls[len(calls)-1].s)
+		if got := drain(t, f.tr, f.client, 0); len(got.replies) != 1 || got.replies[0].Status != 0 {
+			t.Errorf("replies %+v", got.replies)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := drain(t, f.tr, f.client, time.Second); len(got.replies) != 1 || got.replies[0].Status != 0 {
-		t.Errorf("replies %+v", got.replies)
-	}
+	})
 }
 
 // A command that ignores its context and returns long after its limit:
@@ -310,41 +303,52 @@ func TestExecFeedsWatchdog(t *testing.T) {
 // answered as timed out.
 func TestExecStuckStopsWatchdog(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	var rec pollRecorder
-	f.w.OnPoll = rec.OnPoll
-	const limit, grace = 100 * time.Millisecond, 200 * time.Millisecond
-	sera.SetExecGrace(f.w, grace)
-	start(t, f.w)
-	req := f.request("sleep")
-	req.ExecTimeoutMS = limit.Milliseconds()
-	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(req)); err != nil {
-		t.Fatal(err)
-	}
-	<-f.h.started
-	t0 := time.Now()
-	time.Sleep(time.Second)
-	busy := rec.busy("sleep")
-	if len(busy) < 2 {
-		t.Errorf("OnPoll called %d times while the command ran, want it fed until %s", len(busy), limit+grace)
-	}
-	for _, c := range busy {
-		if late := c.at.Sub(t0); late > limit+grace+150*time.Millisecond {
-			t.Errorf("OnPoll called %s after the command started, %s past its limit", late, late-limit)
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		var rec pollRecorder
+		f.w.OnPoll = rec.OnPoll
+		const limit, grace, every = 100 * time.Millisecond, 200 * time.Millisecond, 100 * time.Millisecond
+		sera.SetExecGrace(f.w, grace)
+		start(t, f.w)
+		req := f.request("sleep")
+		req.ExecTimeoutMS = limit.Milliseconds()
+		if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(req)); err != nil {
+			t.Fatal(err)
 		}
-	}
-	f.h.Release()
-	recs := f.a.wait(t, 1)
-	if recs[0].Exit == nil || *recs[0].Exit != sera.StatusTimedOut || recs[0].Reason != "timed out after 100ms" {
-		t.Errorf("audit %+v, want exit 124", recs[0])
-	}
-	got := drain(t, f.tr, f.client, time.Second)
-	if len(got.replies) != 1 {
-		t.Fatalf("%d replies", len(got.replies))
-	}
-	if r := got.replies[0]; r.Status != sera.StatusTimedOut || string(r.Stdout) != "slept\n" || string(r.Stderr) != "sera: the command ran longer than 100ms and was killed\n" {
-		t.Errorf("reply %d stdout %q stderr %q", r.Status, r.Stdout, r.Stderr)
-	}
+		<-f.h.started
+		t0 := time.Now()
+		advance(time.Second)
+		busy := rec.busy("sleep")
+		if len(busy) == 0 {
+			t.Fatal("OnPoll not called while the command ran")
+		}
+		// Fed every 100ms until limit+grace, then never again.
+		last := time.Duration(0)
+		for i, c := range busy {
+			at := c.at.Sub(t0)
+			if at > limit+grace {
+				t.Errorf("OnPoll called %s after the command started, %s past its limit", at, at-limit)
+			}
+			if i > 0 && at-last > every {
+				t.Errorf("busy report %d came %s after the one before", i, at-last)
+			}
+			last = at
+		}
+		if last <= limit+grace-every {
+			t.Errorf("last busy report %s after the command started, want it fed until %s", last, limit+grace)
+		}
+		f.h.Release()
+		recs := f.a.wait(t, 1)
+		if recs[0].Exit == nil || *recs[0].Exit != sera.StatusTimedOut || recs[0].Reason != "timed out after 100ms" {
+			t.Errorf("audit %+v, want exit 124", recs[0])
+		}
+		got := drain(t, f.tr, f.client, 0)
+		if len(got.replies) != 1 {
+			t.Fatalf("%d replies", len(got.replies))
+		}
+		if r := got.replies[0]; r.Status != sera.StatusTimedOut || string(r.Stdout) != "slept\n" || string(r.Stderr) != "sera: the command ran longer than 100ms and was killed\n" {
+			t.Errorf("reply %d stdout %q stderr %q", r.Status, r.Stdout, r.Stderr)
+		}
+	})
 }
 
 func TestExecTimeoutSetting(t *testing.T) {

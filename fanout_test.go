@@ -168,92 +168,94 @@ func TestRunMaxErrorsStopsSending(t *testing.T) {
 
 func TestRunMaxConcurrency(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	ws, kws := f.fleet(t, 5)
-	var log eventLog
-	done := make(chan error, 1)
-	var out *sera.Outcome
-	go func() {
-		var err error
-		out, err = f.newClient(nil).Run(context.Background(), &sera.Job{
-			Watchers: kws, Target: sera.Target{All: true}, Argv: []string{"sleep"},
-			Timeout: 30 * time.Second, MaxConcurrency: 2, OnEvent: log.add,
-		})
-		done <- err
-	}()
-	started := func() []string {
-		var out []string
-		for _, w := range ws {
-			if fakeOf(w.Handler).Count() > 0 {
-				out = append(out, w.Name)
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		ws, kws := f.fleet(t, 5)
+		var log eventLog
+		done := make(chan error, 1)
+		var out *sera.Outcome
+		go func() {
+			var err error
+			out, err = f.newClient(nil).Run(context.Background(), &sera.Job{
+				Watchers: kws, Target: sera.Target{All: true}, Argv: []string{"sleep"},
+				Timeout: 30 * time.Second, MaxConcurrency: 2, OnEvent: log.add,
+			})
+			done <- err
+		}()
+		started := func() []string {
+			var out []string
+			for _, w := range ws {
+				if fakeOf(w.Handler).Count() > 0 {
+					out = append(out, w.Name)
+				}
+			}
+			return out
+		}
+		// settled checks the hosts that run the command once the fleet has
+		// done all it does in a second of fake time: every poll of the
+		// fixture is 100ms or less, so a request sent in that time has run.
+		settled := func(n int) {
+			t.Helper()
+			advance(time.Second)
+			if got := started(); len(got) != n {
+				t.Fatalf("%d hosts run the command (%v), want %d", len(got), got, n)
 			}
 		}
-		return out
-	}
-	waitFor := func(n int) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for len(started()) < n && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
+		// Hosts are sent the request in order, two at a time; a host that
+		// answers makes room for the next.
+		settled(2)
+		equal(t, "first two", started(), []string{"h01", "h02"})
+		fakeOf(ws[0].Handler).Release()
+		settled(3)
+		fakeOf(ws[1].Handler).Release()
+		settled(4)
+		for _, w := range ws {
+			fakeOf(w.Handler).Release()
 		}
-		// Give a wrongly sent third request time to be run.
-		time.Sleep(300 * time.Millisecond)
-		if got := started(); len(got) != n {
-			t.Fatalf("%d hosts run the command (%v), want %d", len(got), got, n)
+		if err := <-done; err != nil {
+			t.Fatal(err)
 		}
-	}
-	// Hosts are sent the request in order, two at a time; a host that
-	// answers makes room for the next.
-	waitFor(2)
-	equal(t, "first two", started(), []string{"h01", "h02"})
-	fakeOf(ws[0].Handler).Release()
-	waitFor(3)
-	fakeOf(ws[1].Handler).Release()
-	waitFor(4)
-	for _, w := range ws {
-		fakeOf(w.Handler).Release()
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if len(out.Replies) != 5 || out.Failed() != 0 || len(out.Skipped) != 0 {
-		t.Fatalf("%d replies, %d failed, skipped %v", len(out.Replies), out.Failed(), names(out.Skipped))
-	}
-	if m := maxInFlight(log.all()); m != 2 {
-		t.Errorf("%d hosts in flight at most, want 2", m)
-	}
+		if len(out.Replies) != 5 || out.Failed() != 0 || len(out.Skipped) != 0 {
+			t.Fatalf("%d replies, %d failed, skipped %v", len(out.Replies), out.Failed(), names(out.Skipped))
+		}
+		if m := maxInFlight(log.all()); m != 2 {
+			t.Errorf("%d hosts in flight at most, want 2", m)
+		}
+	})
 }
 
 func TestRunTimeoutFreesSlot(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	_, kws := f.fleet(t, 3)
-	// h00 is known but its watcher does not run: it never answers.
-	dead := known(f.newWatcher("h00", "fleet"))
-	kws = append([]*sera.KnownWatcher{dead}, kws...)
-	var log eventLog
-	began := time.Now()
-	out, err := f.newClient(nil).Run(context.Background(), &sera.Job{
-		Watchers: kws, Target: sera.Target{All: true}, Argv: []string{"ping"},
-		Timeout: 700 * time.Millisecond, MaxConcurrency: 1, OnEvent: log.add,
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		_, kws := f.fleet(t, 3)
+		// h00 is known but its watcher does not run: it never answers.
+		dead := known(f.newWatcher("h00", "fleet"))
+		kws = append([]*sera.KnownWatcher{dead}, kws...)
+		var log eventLog
+		began := time.Now()
+		out, err := f.newClient(nil).Run(context.Background(), &sera.Job{
+			Watchers: kws, Target: sera.Target{All: true}, Argv: []string{"ping"},
+			Timeout: 700 * time.Millisecond, MaxConcurrency: 1, OnEvent: log.add,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// In fake time the live hosts answer at once: the job took the
+		// dead host's timeout, and little more.
+		if d := time.Since(began); d < 700*time.Millisecond || d > time.Second {
+			t.Errorf("done in %s, want the dead host's 700ms timeout", d)
+		}
+		equal(t, "missing", names(out.Missing), []string{"h00"})
+		equal(t, "replied", log.names(sera.EventReply), []string{"h01", "h02", "h03"})
+		equal(t, "timed out", log.names(sera.EventTimedOut), []string{"h00"})
+		if out.Failed() != 1 {
+			t.Errorf("%d failed, want 1", out.Failed())
+		}
+		// Each host's timeout counts from its own send: the live hosts sent
+		// after the dead one timed out still answered.
+		if m := maxInFlight(log.all()); m != 1 {
+			t.Errorf("%d in flight at most, want 1", m)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(began); d < 700*time.Millisecond {
-		t.Errorf("done in %s, before the dead host's timeout", d)
-	}
-	equal(t, "missing", names(out.Missing), []string{"h00"})
-	equal(t, "replied", log.names(sera.EventReply), []string{"h01", "h02", "h03"})
-	equal(t, "timed out", log.names(sera.EventTimedOut), []string{"h00"})
-	if out.Failed() != 1 {
-		t.Errorf("%d failed, want 1", out.Failed())
-	}
-	// Each host's timeout counts from its own send: the live hosts sent
-	// after the dead one timed out still answered.
-	if m := maxInFlight(log.all()); m != 1 {
-		t.Errorf("%d in flight at most, want 1", m)
-	}
 }
 
 // failSend fails sends to some queues.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sera-dev/sera"
@@ -837,162 +838,164 @@ func TestRunSetupErrors(t *testing.T) {
 
 func TestRunStopsWhenIdle(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	f.w.PollWait = 20 * time.Second
-	tr := &countingTransport{Transport: f.tr}
-	f.w.Transport = tr
-	stop, _ := start(t, f.w)
-	deadline := time.Now().Add(5 * time.Second)
-	for tr.receives.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond) // inside the long poll
-	t0 := time.Now()
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(t0); d > time.Second {
-		t.Errorf("Run took %s to return after cancel", d)
-	}
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		f.w.PollWait = 20 * time.Second
+		tr := &countingTransport{Transport: f.tr}
+		f.w.Transport = tr
+		stop, _ := start(t, f.w)
+		advance(time.Second) // well inside the long poll
+		if n := tr.receives.Load(); n != 1 {
+			t.Fatalf("%d receives, want 1 long poll", n)
+		}
+		t0 := time.Now()
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		// In fake time any wait on a timer would show.
+		if d := time.Since(t0); d != 0 {
+			t.Errorf("Run took %s to return after cancel, want at once", d)
+		}
+	})
 }
 
 func TestRunFinishesRunningCommand(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	stop, done := start(t, f.w)
-	ctx := context.Background()
-	slow := f.request("sleep")
-	if err := f.tr.Send(ctx, f.w.Queue(), f.sealed(slow)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-f.h.started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the command did not start")
-	}
-	// A request that arrives while the command runs, then the cancel.
-	next := f.sealed(f.request("ping"))
-	if err := f.tr.Send(ctx, f.w.Queue(), next); err != nil {
-		t.Fatal(err)
-	}
-	stopped := make(chan error, 1)
-	go func() { stopped <- stop() }()
-	select {
-	case <-done:
-		t.Fatal("Run returned while a command ran")
-	case <-time.After(50 * time.Millisecond):
-	}
-	f.h.Release()
-	if err := <-stopped; err != nil {
-		t.Fatal(err)
-	}
-	// Run has returned: the reply is already there.
-	got := drain(t, f.tr, f.client, 0)
-	if len(got.replies) != 1 || got.replies[0].ID != slow.ID || string(got.replies[0].Stdout) != "slept\n" {
-		t.Errorf("replies %+v, want the slow command's", got.replies)
-	}
-	if calls := f.h.Calls(); len(calls) != 1 {
-		t.Errorf("ran %q, want only the slow command", calls)
-	}
-	// The ping was not taken: it is still there, never received.
-	msgs, err := f.tr.Receive(ctx, f.w.Queue(), 10, 0, time.Minute)
-	if err != nil || len(msgs) != 1 || !bytes.Equal(msgs[0].Body, next) || msgs[0].Receives != 1 {
-		t.Errorf("queue after stop: %d messages, %v", len(msgs), err)
-	}
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		stop, done := start(t, f.w)
+		ctx := context.Background()
+		slow := f.request("sleep")
+		if err := f.tr.Send(ctx, f.w.Queue(), f.sealed(slow)); err != nil {
+			t.Fatal(err)
+		}
+		<-f.h.started
+		// A request that arrives while the command runs, then the cancel.
+		next := f.sealed(f.request("ping"))
+		if err := f.tr.Send(ctx, f.w.Queue(), next); err != nil {
+			t.Fatal(err)
+		}
+		stopped := make(chan error, 1)
+		go func() { stopped <- stop() }()
+		// All that runs on the cancel alone has run.
+		synctest.Wait()
+		select {
+		case <-done:
+			t.Fatal("Run returned while a command ran")
+		case <-stopped:
+			t.Fatal("Run returned while a command ran")
+		default:
+		}
+		f.h.Release()
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+		// Run has returned: the reply is already there.
+		got := drain(t, f.tr, f.client, 0)
+		if len(got.replies) != 1 || got.replies[0].ID != slow.ID || string(got.replies[0].Stdout) != "slept\n" {
+			t.Errorf("replies %+v, want the slow command's", got.replies)
+		}
+		if calls := f.h.Calls(); len(calls) != 1 {
+			t.Errorf("ran %q, want only the slow command", calls)
+		}
+		// The ping was not taken: it is still there, never received.
+		msgs, err := f.tr.Receive(ctx, f.w.Queue(), 10, 0, time.Minute)
+		if err != nil || len(msgs) != 1 || !bytes.Equal(msgs[0].Body, next) || msgs[0].Receives != 1 {
+			t.Errorf("queue after stop: %d messages, %v", len(msgs), err)
+		}
+	})
 }
 
 func TestRunBacksOff(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	tr := &countingTransport{Transport: f.tr}
-	tr.failReceives.Store(1 << 30)
-	f.w.Transport = tr
-	f.w.MinBackoff, f.w.MaxBackoff = 20*time.Millisecond, 40*time.Millisecond
-	var mu sync.Mutex
-	var polls, failed int
-	f.w.OnPoll = func(s sera.WatcherStatus) {
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		tr := &countingTransport{Transport: f.tr}
+		tr.failReceives.Store(1 << 30)
+		f.w.Transport = tr
+		const minB, maxB = 20 * time.Millisecond, 80 * time.Millisecond
+		f.w.MinBackoff, f.w.MaxBackoff = minB, maxB
+		var mu sync.Mutex
+		var polls, failed int
+		f.w.OnPoll = func(s sera.WatcherStatus) {
+			mu.Lock()
+			defer mu.Unlock()
+			polls++
+			if !s.PollOK {
+				failed++
+			}
+		}
+		if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(f.request("ping"))); err != nil {
+			t.Fatal(err)
+		}
+		stop, _ := start(t, f.w)
+		advance(time.Second)
+		// Each wait after a failure is between half and all of a backoff
+		// that doubles from MinBackoff up to MaxBackoff.
+		times := tr.ReceiveTimes()
+		if len(times) < 1000/80 || len(times) > 1+1000/10 {
+			t.Errorf("%d receives in 1s with a backoff of 20 to 80 ms", len(times))
+		}
+		backoff := minB
+		for i := 1; i < len(times); i++ {
+			if gap := times[i].Sub(times[i-1]); gap < backoff/2 || gap > backoff {
+				t.Errorf("receive %d came %s after the one before, want %s to %s", i, gap, backoff/2, backoff)
+			}
+			backoff = min(2*backoff, maxB)
+		}
+		if f.h.Count() != 0 {
+			t.Error("ran with the transport down")
+		}
+		// The transport recovers: the waiting request is served.
+		tr.failReceives.Store(0)
+		f.a.wait(t, 1)
+		if f.h.Count() != 1 {
+			t.Error("ping not served after the transport recovered")
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
 		mu.Lock()
 		defer mu.Unlock()
-		polls++
-		if !s.PollOK {
-			failed++
+		if failed != len(times) || polls <= failed {
+			t.Errorf("OnPoll saw %d polls, %d failed; want %d failed and then some", polls, failed, len(times))
 		}
-	}
-	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(f.request("ping"))); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := start(t, f.w)
-	const window = 400 * time.Millisecond
-	time.Sleep(window)
-	n := tr.receives.Load()
-	// Each wait is at least half the backoff: at most window/(Min/2)
-	// attempts, and far fewer once the backoff has grown.
-	if n < 3 || n > int64(window/(10*time.Millisecond))+1 {
-		t.Errorf("%d receives in %s with a backoff of 20 to 40 ms", n, window)
-	}
-	times := tr.ReceiveTimes()
-	for i := 1; i < len(times); i++ {
-		if gap := times[i].Sub(times[i-1]); gap < 10*time.Millisecond {
-			t.Errorf("receive %d came %s after the one before: spinning", i, gap)
-		}
-	}
-	if f.h.Count() != 0 {
-		t.Error("ran with the transport down")
-	}
-	// The transport recovers: the waiting request is served.
-	tr.failReceives.Store(0)
-	f.a.wait(t, 1)
-	if f.h.Count() != 1 {
-		t.Error("ping not served after the transport recovered")
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if failed < 3 || polls <= failed {
-		t.Errorf("OnPoll saw %d polls, %d failed", polls, failed)
-	}
+	})
 }
 
 func TestRunExtendsVisibility(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
-	tr := &countingTransport{Transport: f.tr}
-	f.w.Transport = tr
-	f.w.Visibility = 300 * time.Millisecond
-	start(t, f.w)
-	if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(f.request("sleep"))); err != nil {
-		t.Fatal(err)
-	}
-	<-f.h.started
-	t0 := time.Now()
-	deadline := t0.Add(10 * time.Second)
-	for tr.changeVis.Load() < 4 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if n := tr.changeVis.Load(); n < 4 {
-		t.Fatalf("visibility extended %d times in %s", n, time.Since(t0))
-	}
-	// Well past the first visibility timeout, no one else can take it.
-	if msgs, err := f.tr.Receive(context.Background(), f.w.Queue(), 10, 0, time.Minute); err != nil || len(msgs) != 0 {
-		t.Fatalf("a second receiver got %d messages while the command ran (%v)", len(msgs), err)
-	}
-	f.h.Release()
-	recs := f.a.wait(t, 1)
-	if recs[0].Decision != sera.DecisionAccepted || f.h.Count() != 1 {
-		t.Errorf("audit %+v", recs)
-	}
-	if got := drain(t, f.tr, f.client, time.Second); len(got.replies) != 1 {
-		t.Errorf("%d replies", len(got.replies))
-	}
-	assertQueueEmpty(t, f.tr, f.w.Queue())
-	// No extension after the command ended.
-	n := tr.changeVis.Load()
-	time.Sleep(250 * time.Millisecond)
-	if m := tr.changeVis.Load(); m != n {
-		t.Errorf("visibility still extended after the command: %d then %d", n, m)
-	}
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		tr := &countingTransport{Transport: f.tr}
+		f.w.Transport = tr
+		f.w.Visibility = 300 * time.Millisecond
+		start(t, f.w)
+		if err := f.tr.Send(context.Background(), f.w.Queue(), f.sealed(f.request("sleep"))); err != nil {
+			t.Fatal(err)
+		}
+		<-f.h.started
+		// Extended every third of the visibility timeout.
+		advance(450 * time.Millisecond)
+		if n := tr.changeVis.Load(); n != 4 {
+			t.Fatalf("visibility extended %d times in 450ms, want 4", n)
+		}
+		// Well past the first visibility timeout, no one else can take it.
+		if msgs, err := f.tr.Receive(context.Background(), f.w.Queue(), 10, 0, time.Minute); err != nil || len(msgs) != 0 {
+			t.Fatalf("a second receiver got %d messages while the command ran (%v)", len(msgs), err)
+		}
+		f.h.Release()
+		recs := f.a.wait(t, 1)
+		if recs[0].Decision != sera.DecisionAccepted || f.h.Count() != 1 {
+			t.Errorf("audit %+v", recs)
+		}
+		if got := drain(t, f.tr, f.client, time.Second); len(got.replies) != 1 {
+			t.Errorf("%d replies", len(got.replies))
+		}
+		assertQueueEmpty(t, f.tr, f.w.Queue())
+		// No extension after the command ended, however long one waits.
+		n := tr.changeVis.Load()
+		advance(time.Second)
+		if m := tr.changeVis.Load(); m != n {
+			t.Errorf("visibility still extended after the command: %d then %d", n, m)
+		}
+	})
 }
 
 func TestHandleReplyFailure(t *testing.T) {
@@ -1135,32 +1138,40 @@ func TestRefusalsNeverEchoArgv(t *testing.T) {
 // again every period even when no request arrives, and never while a
 // request is being handled.
 func TestWatcherHousekeeping(t *testing.T) {
-	f := newFixture(t)
-	w := f.newWatcher("web1")
-	w.Now = nil // the real clock: the loop's timing is what is tested
-	w.PollWait = time.Minute
-	w.HousekeepingEvery = 100 * time.Millisecond
-	var mu sync.Mutex
-	var calls []time.Time
-	w.Housekeeping = func(ctx context.Context) {
+	t.Parallel()
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		w := f.newWatcher("web1")
+		w.Now = nil // the loop's own clock: its timing is what is tested
+		w.PollWait = time.Minute
+		const every = 100 * time.Millisecond
+		w.HousekeepingEvery = every
+		var mu sync.Mutex
+		var calls []time.Time
+		w.Housekeeping = func(ctx context.Context) {
+			mu.Lock()
+			calls = append(calls, time.Now())
+			mu.Unlock()
+		}
+		begin := time.Now()
+		stop, _ := start(t, w)
+		advance(550 * time.Millisecond)
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
 		mu.Lock()
-		calls = append(calls, time.Now())
-		mu.Unlock()
-	}
-	begin := time.Now()
-	stop, _ := start(t, w)
-	time.Sleep(550 * time.Millisecond)
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(calls) < 3 {
-		t.Fatalf("housekeeping ran %d times in 550 ms with a 100 ms period (poll wait 1 min)", len(calls))
-	}
-	if first := calls[0].Sub(begin); first > 50*time.Millisecond {
-		t.Errorf("first housekeeping %s after start, want at once", first)
-	}
+		defer mu.Unlock()
+		if len(calls) < 5 {
+			t.Fatalf("housekeeping ran %d times in 550 ms with a 100 ms period (poll wait 1 min), want 5 or more", len(calls))
+		}
+		if first := calls[0].Sub(begin); first != 0 {
+			t.Errorf("first housekeeping %s after start, want at once", first)
+		}
+		for i := 1; i < len(calls); i++ {
+			if gap := calls[i].Sub(calls[i-1]); gap > every {
+				t.Errorf("housekeeping %d came %s after the one before, want at most %s", i, gap, every)
+			}
+		}
+	})
 }
 
 // flipLast changes the last character of s to a different one of the

@@ -55,6 +55,7 @@ const (
 type Spool struct {
 	dir     string
 	maxSize int
+	poll    bool
 }
 
 var _ transport.Transport = (*Spool)(nil)
@@ -71,6 +72,18 @@ func WithMaxMessageSize(n int) Option {
 			return fmt.Errorf("invalid max message size %d", n)
 		}
 		s.maxSize = n
+		return nil
+	}
+}
+
+// WithPolling makes a waiting Receive list the queue directory every
+// pollInterval instead of waiting for inotify to report a new message: for
+// a directory whose changes inotify does not see (NFS, a folder shared
+// with a virtual machine), and for tests under testing/synctest, whose
+// fake clock cannot advance while a goroutine waits on a file descriptor.
+func WithPolling() Option {
+	return func(s *Spool) error {
+		s.poll = true
 		return nil
 	}
 }
@@ -170,7 +183,7 @@ func (s *Spool) Receive(ctx context.Context, queue string, maxMsgs int, wait, vi
 	var timer *time.Timer
 	var arrived <-chan struct{}
 	interval := pollInterval
-	if wait > 0 {
+	if wait > 0 && !s.poll {
 		if w, err := watchDir(q); err == nil {
 			// Closing an inotify instance waits for the kernel (an RCU
 			// grace period, milliseconds): not on the way back to the
