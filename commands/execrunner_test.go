@@ -1,6 +1,7 @@
 package commands
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,22 +32,32 @@ func subreaper(t *testing.T) {
 }
 
 // reap collects this process's dead children in process group pgid until
-// none is left, for at most 5 s, and reports whether none is.
+// none is left, and reports whether that happened. Each Wait4 blocks until
+// a member dies; a member that lives on is killed after a minute, a guard
+// only, and reap then reports false.
 func reap(pgid int) bool {
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		var ws syscall.WaitStatus
-		pid, err := syscall.Wait4(-pgid, &ws, syscall.WNOHANG, nil)
-		switch {
-		case errors.Is(err, syscall.ECHILD):
-			return true
-		case err != nil && !errors.Is(err, syscall.EINTR):
-			return false
-		case pid == 0:
-			time.Sleep(10 * time.Millisecond)
+	done := make(chan bool, 1)
+	go func() {
+		for {
+			_, err := syscall.Wait4(-pgid, nil, 0, nil)
+			switch {
+			case errors.Is(err, syscall.ECHILD):
+				done <- true
+				return
+			case err != nil && !errors.Is(err, syscall.EINTR):
+				done <- false
+				return
+			}
 		}
+	}()
+	select {
+	case ok := <-done:
+		return ok
+	case <-time.After(time.Minute):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-done
+		return false
 	}
-	return false
 }
 
 // procPGID returns the process group of pid from /proc.
@@ -64,42 +76,94 @@ func procPGID(t *testing.T, pid int) int {
 	return pgid
 }
 
-// readPIDs waits for the fixture's "SHELL_PID CHILD_PID" file.
-func readPIDs(t *testing.T, path string) (shell, child int) {
+// pidFIFO makes a named pipe for a fixture to write its pids to, one line
+// written at once, as "echo $$ $! >FIFO" does.
+func pidFIFO(t *testing.T) string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		b, err := os.ReadFile(path)
-		if f := strings.Fields(string(b)); err == nil && len(f) == 2 && strings.HasSuffix(string(b), "\n") {
-			shell, _ = strconv.Atoi(f[0])
-			child, _ = strconv.Atoi(f[1])
-			return shell, child
+	p := filepath.Join(t.TempDir(), "pids")
+	if err := unix.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// readPIDs returns the n pids the fixture writes to the named pipe p once
+// it has done what the test waits for. The test holds a write end too, so
+// reads wait for the fixture instead of ending at once; the deadline is
+// only a guard against a fixture that never writes.
+func readPIDs(t *testing.T, p string, n int) []int {
+	t.Helper()
+	r, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	r.SetReadDeadline(time.Now().Add(time.Minute))
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil {
+		t.Fatalf("the fixture did not write its pids: %q, %v", line, err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(line) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("the fixture wrote %q", line)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the fixture did not write its pids: %q, %v", b, err)
-		}
-		time.Sleep(5 * time.Millisecond)
+		pids = append(pids, pid)
+	}
+	if len(pids) != n {
+		t.Fatalf("the fixture wrote %q, want %d pids", line, n)
+	}
+	return pids
+}
+
+// expiring is a context whose deadline passes when the test says, not at
+// a time: a program killed at its timeout has then surely done what the
+// test waited for first, however slowly it started.
+type expiring struct {
+	context.Context
+	done chan struct{}
+	once sync.Once
+}
+
+func newExpiring() *expiring {
+	return &expiring{Context: context.Background(), done: make(chan struct{})}
+}
+
+func (c *expiring) Done() <-chan struct{} { return c.done }
+
+func (c *expiring) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
 	}
 }
 
-type runResult struct {
-	out []byte
-	err error
-	at  time.Time
-}
+func (c *expiring) expire() { c.once.Do(func() { close(c.done) }) }
 
 func TestExecRunnerKillsProcessGroup(t *testing.T) {
 	subreaper(t)
-	pids := filepath.Join(t.TempDir(), "pids")
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	t0 := time.Now()
-	done := make(chan runResult, 1)
+	pids := pidFIFO(t)
+	ctx := newExpiring()
+	defer ctx.expire()
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
-		out, err := ExecRunner{}.Run(ctx, "/bin/sh", "-c", `sleep 300 & echo $$ $! > "$1"; echo before; sleep 300; echo after`, "sh", pids)
-		done <- runResult{out, err, time.Now()}
+		out, err := ExecRunner{}.Run(ctx, "/bin/sh", "-c", `sleep 300 & echo before; echo $$ $! > "$1"; sleep 300; echo after`, "sh", pids)
+		done <- result{out, err}
 	}()
-	shell, child := readPIDs(t, pids)
+	p := readPIDs(t, pids, 2)
+	shell, child := p[0], p[1]
 	pgid := procPGID(t, shell)
 	if pgid != shell || pgid == syscall.Getpgrp() {
 		// Never signal that group below: it may be this test's own.
@@ -110,15 +174,14 @@ func TestExecRunnerKillsProcessGroup(t *testing.T) {
 	if g := procPGID(t, child); g != pgid {
 		t.Errorf("the program's child is in process group %d, want %d", g, pgid)
 	}
-	var r runResult
+	// The timeout: the program has printed "before" and waits in sleep.
+	ctx.expire()
+	var r result
 	select {
 	case r = <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		syscall.Kill(-pgid, syscall.SIGKILL)
-		t.Fatal("Run did not return within 10 s of a 500ms timeout")
-	}
-	if took := r.at.Sub(t0); took > 5*time.Second {
-		t.Errorf("Run returned %s after it started, with a 500ms timeout", took)
+		t.Fatal("Run did not return within a minute of the timeout")
 	}
 	if !errors.Is(r.err, context.DeadlineExceeded) || !strings.Contains(r.err.Error(), "killed") || !strings.Contains(r.err.Error(), "timeout") {
 		t.Errorf("error %v, want one that says the program was killed at the timeout and wraps DeadlineExceeded", r.err)
@@ -126,6 +189,9 @@ func TestExecRunnerKillsProcessGroup(t *testing.T) {
 	if string(r.out) != "before\n" {
 		t.Errorf("stdout %q, want what it printed before it was killed", r.out)
 	}
+	// Killing the shell alone would leave its sleep alive, holding the
+	// output until Run gave up on it: what shows the group was killed is
+	// that no member of it lives.
 	if !reap(pgid) {
 		t.Errorf("process group %d still has live members", pgid)
 	}
@@ -136,37 +202,36 @@ func TestExecRunnerKillsProcessGroup(t *testing.T) {
 }
 
 // A process that left the group (setsid) and holds the output pipes is
-// not killed with it, but Run does not wait for it.
+// not killed with it, but Run does not wait for it: it returns
+// execWaitDelay after the kill, not when the process ends (in 300 s).
 func TestExecRunnerDoesNotWaitForEscapedProcess(t *testing.T) {
 	if _, err := exec.LookPath("setsid"); err != nil {
 		t.Skip("no setsid")
 	}
 	subreaper(t)
-	pids := filepath.Join(t.TempDir(), "pids")
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	t0 := time.Now()
-	done := make(chan runResult, 1)
+	pids := pidFIFO(t)
+	ctx := newExpiring()
+	defer ctx.expire()
+	done := make(chan error, 1)
 	go func() {
-		_, err := ExecRunner{}.Run(ctx, "/bin/sh", "-c", `setsid sleep 300 & echo $$ $! > "$1"; sleep 300`, "sh", pids)
-		done <- runResult{nil, err, time.Now()}
+		// The escaped shell writes its pid once it is in a session of
+		// its own, and then becomes the sleep that holds the output.
+		_, err := ExecRunner{}.Run(ctx, "/bin/sh", "-c", `setsid /bin/sh -c 'echo $$ > "$1"; exec sleep 300' sh "$1" & sleep 300`, "sh", pids)
+		done <- err
 	}()
-	_, escaped := readPIDs(t, pids)
+	escaped := readPIDs(t, pids, 1)[0]
 	t.Cleanup(func() {
 		syscall.Kill(escaped, syscall.SIGKILL)
 		reap(escaped)
 	})
-	var r runResult
+	ctx.expire()
 	select {
-	case r = <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return within 20 s: it waits for a process that holds its output")
-	}
-	if took := r.at.Sub(t0); took > 300*time.Millisecond+execWaitDelay+3*time.Second {
-		t.Errorf("Run returned after %s", took)
-	}
-	if !errors.Is(r.err, context.DeadlineExceeded) {
-		t.Errorf("error %v, want DeadlineExceeded", r.err)
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("error %v, want DeadlineExceeded", err)
+		}
+	case <-time.After(execWaitDelay + time.Minute):
+		t.Fatal("Run did not return a minute after its wait for the output: it waits for a process that holds its output")
 	}
 }
 
@@ -180,10 +245,22 @@ func TestExecRunnerErrors(t *testing.T) {
 	if out, err := (ExecRunner{}).Run(context.Background(), "/bin/sh", "-c", "echo fine"); err != nil || string(out) != "fine\n" {
 		t.Errorf("program: %q, %v", out, err)
 	}
-	// A cancel is not a timeout.
+	// A cancel is not a timeout. It comes once the program runs.
+	pids := pidFIFO(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(100*time.Millisecond, cancel)
-	_, err = ExecRunner{}.Run(ctx, "/bin/sh", "-c", "sleep 300")
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := ExecRunner{}.Run(ctx, "/bin/sh", "-c", `echo $$ > "$1"; exec sleep 300`, "sh", pids)
+		done <- err
+	}()
+	readPIDs(t, pids, 1)
+	cancel()
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return within a minute of the cancel")
+	}
 	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "killed") || strings.Contains(err.Error(), "timeout") {
 		t.Errorf("cancelled: %v", err)
 	}

@@ -18,11 +18,14 @@ import (
 	"github.com/sera-dev/sera/crypto"
 )
 
+// testHandler is a host on a clock that stands still, an hour after its
+// watcher started, so its uptime is the same however long a test takes.
 func testHandler(t *testing.T) *Handler {
 	t.Helper()
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 	return &Handler{Host: &Host{
 		Name: "web1", Version: "v1.2.3", Fingerprint: "abcdefghijklmnop",
-		Started:      time.Now().Add(-time.Hour),
+		Started: now.Add(-time.Hour), Now: func() time.Time { return now },
 		KnownClients: filepath.Join(t.TempDir(), "known_clients"),
 	}}
 }

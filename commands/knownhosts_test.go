@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 
 	"golang.org/x/crypto/ssh"
 
@@ -469,6 +470,13 @@ func TestBuildSyncSet(t *testing.T) {
 
 // known-hosts sync end to end over the spool transport: real watchers,
 // each with its own host root, the real client command.
+//
+// A fleet lives in a testing/synctest bubble (see inKHFleet): every timer
+// of its watchers, client and spool runs on the bubble's fake clock, which
+// moves only when all of them wait. A client's --timeout then fires for a
+// silent host however loaded the machine is, and never before a live one
+// has answered. The spools poll instead of waiting on inotify, as a
+// goroutine blocked on a file descriptor would keep the clock from moving.
 type khFleet struct {
 	t        *testing.T
 	dir      string
@@ -479,6 +487,15 @@ type khFleet struct {
 	stops    map[string]func()
 	// maxSize, if set, is the client transport's message size limit.
 	maxSize int
+}
+
+// inKHFleet runs test in a synctest bubble on a fleet made in it, with
+// watchers for running and none for silent.
+func inKHFleet(t *testing.T, running, silent []string, test func(t *testing.T, f *khFleet)) {
+	t.Helper()
+	synctest.Test(t, func(t *testing.T) {
+		test(t, newKHFleet(t, running, silent...))
+	})
 }
 
 func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
@@ -543,7 +560,7 @@ func (f *khFleet) startWatcher(name string, id *crypto.Identity, h *Host) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := spool.New(f.spool)
+	tr, err := spool.New(f.spool, spool.WithPolling())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -566,9 +583,9 @@ func (f *khFleet) sera(args ...string) (string, string, error) {
 	o := &Options{Stdout: &stdout, Stderr: &stderr, Env: sera.Env{Getenv: func(k string) string { return f.env[k] }, UserHome: f.dir, Hostname: "laptop"},
 		OpenTransport: func(context.Context, *sera.Config) (transport.Transport, error) {
 			if f.maxSize > 0 {
-				return spool.New(f.spool, spool.WithMaxMessageSize(f.maxSize))
+				return spool.New(f.spool, spool.WithPolling(), spool.WithMaxMessageSize(f.maxSize))
 			}
-			return spool.New(f.spool)
+			return spool.New(f.spool, spool.WithPolling())
 		}}
 	root := NewRoot(o)
 	root.SetArgs(args)
@@ -589,7 +606,10 @@ func (f *khFleet) files() map[string]string {
 }
 
 func TestKnownHostsSync(t *testing.T) {
-	f := newKHFleet(t, []string{"web1", "web2"}, "web3")
+	inKHFleet(t, []string{"web1", "web2"}, []string{"web3"}, testKnownHostsSync)
+}
+
+func testKnownHostsSync(t *testing.T, f *khFleet) {
 	// The client has a line of its own, and a stale key for web2.
 	staleWeb2 := khEd25519(t)
 	if err := os.MkdirAll(filepath.Join(f.dir, ".ssh"), 0o700); err != nil {
@@ -601,6 +621,7 @@ func TestKnownHostsSync(t *testing.T) {
 	}
 
 	// web3 is silent: web1 and web2 are synced, web3 reported, exit 1.
+	// The 1s is fake time, which does not pass while web1 and web2 work.
 	out, errOut, err := f.sera("known-hosts", "sync", "--timeout=1s")
 	if code, _ := ExitCode(err); code != 1 {
 		t.Fatalf("exit %d, want 1 (web3 silent)\n%s\n%s", code, out, errOut)
@@ -708,7 +729,10 @@ func maps2Equal(a, b map[string]string) bool {
 // Keys that do not fit one message are installed in parts, each whole
 // hosts: the result is the same as in one request.
 func TestKnownHostsSyncInParts(t *testing.T) {
-	f := newKHFleet(t, []string{"web1", "web2", "web3"})
+	inKHFleet(t, []string{"web1", "web2", "web3"}, nil, testKnownHostsSyncInParts)
+}
+
+func testKnownHostsSyncInParts(t *testing.T, f *khFleet) {
 	f.maxSize = 1300 // room for one host's two lines a request
 	out, errOut, err := f.sera("known-hosts", "sync", "--no-local")
 	if err != nil {
@@ -735,7 +759,10 @@ func TestKnownHostsSyncInParts(t *testing.T) {
 // The client creates ~/.ssh 0700 and the file 0600; bad flags are usage
 // errors before anything is sent.
 func TestKnownHostsSyncLocalFile(t *testing.T) {
-	f := newKHFleet(t, []string{"web1"})
+	inKHFleet(t, []string{"web1"}, nil, testKnownHostsSyncLocalFile)
+}
+
+func testKnownHostsSyncLocalFile(t *testing.T, f *khFleet) {
 	if out, errOut, err := f.sera("known-hosts", "sync"); err != nil {
 		t.Fatalf("%v\n%s\n%s", err, out, errOut)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sera-dev/sera"
@@ -39,12 +40,14 @@ func notifySocket(t *testing.T) <-chan string {
 	return ch
 }
 
+// next returns the next datagram. The deadline is only a guard against
+// one that never comes.
 func next(t *testing.T, ch <-chan string) string {
 	t.Helper()
 	select {
 	case m := <-ch:
 		return m
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("no notification")
 		return ""
 	}
@@ -77,12 +80,14 @@ func TestNotifier(t *testing.T) {
 	if m := next(t, ch); !strings.HasPrefix(m, "STOPPING=1\n") {
 		t.Errorf("stopping: %q", m)
 	}
-	// Once stopping, a last poll does not pretend to be alive.
+	// Once stopping, a last poll does not pretend to be alive. Each
+	// notification is queued on the socket before its call returns, and
+	// Starting sends whatever the state: had the poll sent anything, it
+	// would come before Starting's.
 	n.OnPoll(sera.WatcherStatus{LastPoll: at, PollOK: true})
-	select {
-	case m := <-ch:
+	n.Starting("marker")
+	if m := next(t, ch); m != "STATUS=connecting to queue marker" {
 		t.Errorf("after stopping: %q", m)
-	case <-time.After(100 * time.Millisecond):
 	}
 }
 
@@ -167,13 +172,16 @@ func TestAttachWithoutWatchdogKeepsTimings(t *testing.T) {
 
 // The watcher stops as soon as SIGTERM cancels its context and the process
 // exits right after: release must not return before STOPPING=1 is sent.
+// In a synctest bubble each notification takes a millisecond of the fake
+// clock, which moves only while release waits: a release that does not
+// wait returns before the stop's notification, every time.
 func TestAttachReleaseWaitsForStopping(t *testing.T) {
-	for range 50 {
+	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var sent []string
 		var mu sync.Mutex
 		n := &Notifier{Notify: func(state string) error {
-			time.Sleep(time.Millisecond) // a slow socket
+			time.Sleep(time.Millisecond) // a slow socket, on the fake clock
 			mu.Lock()
 			sent = append(sent, state)
 			mu.Unlock()
@@ -191,10 +199,10 @@ func TestAttachReleaseWaitsForStopping(t *testing.T) {
 		if !strings.HasPrefix(last, "STOPPING=1\n") {
 			t.Fatalf("release returned before STOPPING=1: sent %q", sent)
 		}
-	}
-	// Without a stop, release does not wait.
-	n := &Notifier{Notify: func(string) error { return nil }}
-	n.Attach(context.Background(), &sera.Watcher{Name: "web1", Transport: &recordingTransport{}})()
+		// Without a stop, release does not wait.
+		n = &Notifier{Notify: func(string) error { return nil }}
+		n.Attach(context.Background(), &sera.Watcher{Name: "web1", Transport: &recordingTransport{}})()
+	})
 }
 
 // While a command runs, the watcher keeps calling OnPoll with Running

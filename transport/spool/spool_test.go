@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,9 +185,16 @@ func TestMalformedHandle(t *testing.T) {
 
 // Environment of the child processes of TestMultiProcess.
 const (
-	childDir   = "SPOOL_TEST_CHILD_DIR"
-	childStart = "SPOOL_TEST_CHILD_START"
-	childOut   = "SPOOL_TEST_CHILD_OUT"
+	childDir = "SPOOL_TEST_CHILD_DIR"
+	childOut = "SPOOL_TEST_CHILD_OUT"
+)
+
+// A child of TestMultiProcess gets two pipes besides stdio: it closes the
+// write end of ready once it can start, and starts when start ends, which
+// is when the parent closes its write end for every child at once.
+const (
+	childStartFD = 3
+	childReadyFD = 4
 )
 
 func TestMain(m *testing.M) {
@@ -200,6 +208,21 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// pipe returns a pipe whose ends t closes when it ends, if nothing else
+// has.
+func pipe(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Close()
+		w.Close()
+	})
+	return r, w
+}
+
 // runChild receives from queue "q" with several goroutines, without
 // deleting, until the queue is empty, and writes every body it got to a
 // file, one per line.
@@ -209,17 +232,12 @@ func runChild() error {
 		return err
 	}
 	out := os.Getenv(childOut)
-	if err := os.WriteFile(out+".ready", nil, 0o600); err != nil {
+	if err := os.NewFile(childReadyFD, "ready").Close(); err != nil {
 		return err
 	}
 	// Start together with the other children, to race for every message.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if _, err := os.Stat(os.Getenv(childStart)); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return errors.New("start signal never came")
-		}
+	if _, err := io.Copy(io.Discard, os.NewFile(childStartFD, "start")); err != nil {
+		return fmt.Errorf("waiting for the start: %w", err)
 	}
 	var (
 		mu   sync.Mutex
@@ -261,37 +279,50 @@ func TestMultiProcess(t *testing.T) {
 	const n, children = 600, 3
 	dir, work := t.TempDir(), t.TempDir()
 	s := newSpool(t, dir)
-	for i := range n {
-		if err := s.Send(context.Background(), "q", fmt.Appendf(nil, "m%04d", i)); err != nil {
-			t.Fatal(err)
-		}
+	// Each Send syncs to disk; several at once share the waits.
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < n; i += 8 {
+				if err := s.Send(context.Background(), "q", fmt.Appendf(nil, "m%04d", i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
 	}
-	start := filepath.Join(work, "start")
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	startR, startW := pipe(t)
 	var cmds []*exec.Cmd
 	var outs []string
+	var readies []*os.File
 	for i := range children {
 		out := filepath.Join(work, fmt.Sprintf("child%d", i))
+		readyR, readyW := pipe(t)
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), childDir+"="+dir, childStart+"="+start, childOut+"="+out)
+		cmd.Env = append(os.Environ(), childDir+"="+dir, childOut+"="+out)
 		cmd.Stderr = os.Stderr
+		cmd.ExtraFiles = []*os.File{startR, readyW} // childStartFD, childReadyFD
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		cmds, outs = append(cmds, cmd), append(outs, out)
+		t.Cleanup(func() { cmd.Process.Kill() })
+		readyW.Close()
+		cmds, outs, readies = append(cmds, cmd), append(outs, out), append(readies, readyR)
 	}
-	for _, out := range outs {
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-			if _, err := os.Stat(out + ".ready"); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("child never got ready")
-			}
+	startR.Close()
+	// The child closes its end once ready, or by dying; the deadline
+	// only guards against one that hangs before it.
+	for _, r := range readies {
+		r.SetReadDeadline(time.Now().Add(time.Minute))
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			t.Fatalf("waiting for a child to get ready: %v", err)
 		}
 	}
-	if err := os.WriteFile(start, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	startW.Close()
 	for _, cmd := range cmds {
 		if err := cmd.Wait(); err != nil {
 			t.Fatalf("child: %v", err)

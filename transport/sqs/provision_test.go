@@ -429,8 +429,11 @@ func TestProvision(t *testing.T) {
 		if err := tr.Send(ctx, "sera-w-web2", []byte("poison")); err != nil {
 			t.Fatal(err)
 		}
+		// The message is on the queue before each Receive that should
+		// get it: their waits are guards. The sixth Receive moves it to
+		// the dead-letter queue instead of returning it.
 		for i := 1; i <= 5; i++ {
-			msgs, err := tr.Receive(ctx, "sera-w-web2", 1, 2*time.Second, time.Minute)
+			msgs, err := tr.Receive(ctx, "sera-w-web2", 1, 30*time.Second, time.Minute)
 			if err != nil || len(msgs) != 1 || msgs[0].Receives != i {
 				t.Fatalf("receive %d: %v %v", i, err, msgs)
 			}
@@ -441,7 +444,7 @@ func TestProvision(t *testing.T) {
 		if msgs, err := tr.Receive(ctx, "sera-w-web2", 1, time.Second, time.Minute); err != nil || len(msgs) != 0 {
 			t.Fatalf("a sixth receive: %v %d messages", err, len(msgs))
 		}
-		msgs, err := tr.Receive(ctx, "sera-dlq-web2", 1, 2*time.Second, time.Minute)
+		msgs, err := tr.Receive(ctx, "sera-dlq-web2", 1, 30*time.Second, time.Minute)
 		if err != nil || len(msgs) != 1 || string(msgs[0].Body) != "poison" {
 			t.Fatalf("dead-letter queue: %v %v", err, msgs)
 		}

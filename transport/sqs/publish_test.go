@@ -176,12 +176,15 @@ func TestPublish(t *testing.T) {
 }
 
 // receiveAll receives (and deletes) the messages on queue until n came,
-// and then for a second more, so that one too many is seen too.
+// and then once more, so that one too many is seen too. fauxqs puts a
+// published message on every queue it goes to before Publish returns, so
+// one too many would be there already: the last Receive needs no more
+// than SQS's shortest wait. The wait for each of the n is only a guard.
 func receiveAll(t *testing.T, ctx context.Context, tr *sqs.Transport, queue string, n int) []string {
 	t.Helper()
 	var out []string
 	for len(out) <= n {
-		wait := 5 * time.Second
+		wait := 30 * time.Second
 		if len(out) == n {
 			wait = time.Second
 		}
