@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,8 +19,9 @@ import (
 	"time"
 )
 
-// mustTimeout bounds MustExec and SSH: long enough for anything a test
-// host does, short enough that a hang fails before go test's own timeout.
+// mustTimeout bounds MustExec, SSH and every wait of this package: long
+// enough for anything a test host does on a loaded machine, short enough
+// that a hang fails before go test's own timeout. It is only a guard.
 const mustTimeout = 2 * time.Minute
 
 // Host is a running test host. Its methods may be called from several
@@ -94,7 +96,7 @@ func (h *Host) start(lower, bridge, veth string) error {
 	h.cmd, h.pid = cmd, cmd.Process.Pid
 
 	// The init writes "ready" after chroot and sshd start, or exits.
-	ready.SetReadDeadline(time.Now().Add(60 * time.Second))
+	ready.SetReadDeadline(time.Now().Add(mustTimeout))
 	if line, err := bufio.NewReader(ready).ReadString('\n'); line != "ready\n" {
 		return fmt.Errorf("init did not get ready: %v", err)
 	}
@@ -121,7 +123,7 @@ func (h *Host) start(lower, bridge, veth string) error {
 	if out, err := inside.CombinedOutput(); err != nil {
 		return fmt.Errorf("failed to configure eth0 in the host: %w: %s", err, out)
 	}
-	return waitTCP(h.Addr+":22", 30*time.Second)
+	return waitTCP(h.Addr+":22", mustTimeout)
 }
 
 // hostDirPrefix starts the name of every host's temporary directory,
@@ -321,6 +323,34 @@ func (p *Proc) Wait() error {
 // Output returns the command's combined output so far.
 func (p *Proc) Output() []byte { return p.out.Bytes() }
 
+// WaitOutput waits until the command's output matches re (a log line the
+// command writes when it has done something, say) and returns the match
+// and its submatches. Every write wakes it: it does not poll. It fails the
+// test if the command exits without writing a match, or after mustTimeout,
+// which is only a guard against a hang.
+func (p *Proc) WaitOutput(t testing.TB, re *regexp.Regexp) []string {
+	t.Helper()
+	guard := time.NewTimer(mustTimeout)
+	defer guard.Stop()
+	for {
+		out, changed := p.out.snapshot()
+		if m := re.FindStringSubmatch(string(out)); m != nil {
+			return m
+		}
+		select {
+		case <-changed:
+		case <-p.done:
+			// Wait returned, so the output is complete.
+			if m := re.FindStringSubmatch(string(p.out.Bytes())); m != nil {
+				return m
+			}
+			t.Fatalf("hosttest: %q exited (%v) without output matching %s; output:\n%s", p.Cmd.Args, p.err, re, p.out.Bytes())
+		case <-guard.C:
+			t.Fatalf("hosttest: no output of %q matches %s within %s; output:\n%s", p.Cmd.Args, re, mustTimeout, p.out.Bytes())
+		}
+	}
+}
+
 // Signal sends sig to the command inside the host (not to nsenter, which
 // would leave it running); its exit then ends Wait.
 func (p *Proc) Signal(sig syscall.Signal) error {
@@ -328,7 +358,7 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 	// namespace; it appears a moment after nsenter starts.
 	nsenter := p.Cmd.Process.Pid
 	children := fmt.Sprintf("/proc/%d/task/%d/children", nsenter, nsenter)
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	for deadline := time.Now().Add(mustTimeout); ; {
 		select {
 		case <-p.done:
 			return errors.New("hosttest: process has exited")
@@ -345,20 +375,38 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("failed to find the command under nsenter %d: %v", nsenter, err)
 		}
+		// Polling the kernel's process table: nothing tells us when
+		// nsenter has forked.
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and readers at once.
+// syncBuffer is a bytes.Buffer safe for a writer and readers at once,
+// which readers can wait on for the next write.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed at the next write; nil if no one waits
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 	return s.b.Write(p)
+}
+
+// snapshot returns the contents and a channel closed at the next write.
+func (s *syncBuffer) snapshot() ([]byte, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return bytes.Clone(s.b.Bytes()), s.changed
 }
 
 func (s *syncBuffer) Bytes() []byte {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // initEnv carries an initSpec, as JSON, to a re-executed test binary.
@@ -251,12 +250,17 @@ func hostInit(s initSpec) error {
 
 	// PID 1 must reap whatever gets orphaned in the host (daemons, the
 	// children of killed sessions), or they pile up as zombies.
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, syscall.SIGCHLD)
 	for {
 		var ws syscall.WaitStatus
 		pid, err := syscall.Wait4(-1, &ws, 0, nil)
 		switch {
 		case errors.Is(err, syscall.ECHILD):
-			time.Sleep(time.Second)
+			// No child now (sshd is gone): the next can only be an
+			// orphan handed to us, whose exit raises SIGCHLD. One that
+			// came before this wait is in the channel's buffer.
+			<-sigchld
 		case err == nil && pid == sshd.Pid:
 			fmt.Fprintf(os.Stderr, "hosttest-init: sshd exited (%v)\n", ws)
 		}

@@ -230,7 +230,8 @@ func ip(args ...string) error {
 	return nil
 }
 
-// waitTCP waits until addr accepts a TCP connection.
+// waitTCP waits until addr accepts a TCP connection: sshd, started by the
+// host's init, tells no one when it listens, so the port is polled.
 func waitTCP(addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -242,6 +243,7 @@ func waitTCP(addr string, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("failed to connect to %s within %v: %w", addr, timeout, err)
 		}
+		// Polling another process's state (sshd's listening socket).
 		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -23,7 +23,8 @@ type SSHOptions struct {
 // args there, returning the combined output. A refused login is an
 // *exec.ExitError (ssh exits 255). The client reads no ssh_config, no agent
 // and no default keys (-F /dev/null, IdentitiesOnly), never prompts
-// (BatchMode), accepts any host key and gives up connecting after 5 s.
+// (BatchMode), accepts any host key and gives up connecting after 30 s (a
+// guard: a refused login fails at once, a firewalled port only then).
 func (h *Host) SSH(t testing.TB, user, keyFile string, args ...string) ([]byte, error) {
 	t.Helper()
 	return h.SSHWith(t, SSHOptions{}, user, keyFile, args...)
@@ -43,7 +44,7 @@ func (h *Host) SSHWith(t testing.TB, o SSHOptions, user, keyFile string, args ..
 		"-o", "IdentitiesOnly=yes",
 		"-o", "IdentityAgent=none",
 		"-o", "BatchMode=yes",
-		"-o", "ConnectTimeout=5",
+		"-o", "ConnectTimeout=30",
 		"-o", "LogLevel=ERROR",
 		"-o", "ControlMaster=no",
 		"-o", "ControlPath=none",

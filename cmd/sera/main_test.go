@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sns"
@@ -35,6 +37,7 @@ func TestMain(m *testing.M) {
 // TestCLI runs the scripts of the CLI's own behaviour (arguments, files,
 // settings, exit statuses) that need no watcher.
 func TestCLI(t *testing.T) {
+	t.Parallel()
 	testscript.Run(t, testscript.Params{
 		Dir:   "testdata/cli",
 		Setup: setup(nil, false),
@@ -44,6 +47,7 @@ func TestCLI(t *testing.T) {
 
 // TestEndToEndSpool runs the client ↔ watcher scripts over the spool.
 func TestEndToEndSpool(t *testing.T) {
+	t.Parallel()
 	testscript.Run(t, testscript.Params{
 		Dir:   "testdata/e2e",
 		Setup: setup(nil, false),
@@ -60,6 +64,7 @@ func TestEndToEndSpool(t *testing.T) {
 // TestEndToEndSQS runs the same scripts over a real SQS server (fauxqs),
 // with queues created as provisioning would.
 func TestEndToEndSQS(t *testing.T) {
+	t.Parallel()
 	srv := sqstest.Start(t)
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/e2e",
@@ -179,6 +184,9 @@ func setup(extra map[string]string, ownPrefix bool) func(*testscript.Env) error 
 //
 //	setenvfile VAR FILE   set VAR to FILE's contents, trimmed
 //	mode PERM FILE        FILE's permission bits are PERM (octal)
+//	waitgrep PATTERN FILE wait until FILE, written by a background
+//	                      process (a watcher's audit log), matches the
+//	                      regular expression PATTERN
 //	mkqueues [WATCHER…]   create the queues the transport needs (SQS only):
 //	                      each watcher's, or with no argument the reply
 //	                      queue of the key in $SERA_HOME
@@ -201,6 +209,27 @@ func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error, mkt
 				ts.Fatalf("usage: setenvfile VAR FILE")
 			}
 			ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile(args[1])))
+		},
+		"waitgrep": func(ts *testscript.TestScript, neg bool, args []string) {
+			if neg || len(args) != 2 {
+				ts.Fatalf("usage: waitgrep PATTERN FILE")
+			}
+			re, err := regexp.Compile(args[0])
+			ts.Check(err)
+			file := ts.MkAbs(args[1])
+			// A guard only: the line is expected within milliseconds.
+			for deadline := time.Now().Add(2 * time.Minute); ; {
+				data, _ := os.ReadFile(file)
+				if re.Match(data) {
+					return
+				}
+				if time.Now().After(deadline) {
+					ts.Fatalf("no match for %q in %s after 2 minutes:\n%s", args[0], args[1], data)
+				}
+				// Polling another process's file: it tells no one
+				// when it has written.
+				time.Sleep(10 * time.Millisecond)
+			}
 		},
 		"mode": func(ts *testscript.TestScript, neg bool, args []string) {
 			if neg || len(args) != 2 {

@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
+
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/hosttest"
 	"github.com/sera-dev/sera/transport"
@@ -25,7 +28,8 @@ import (
 
 // fleet is a client in this machine's namespace and watchers in real
 // hosts (network namespaces over a Debian root, real sshd), talking over
-// a real SQS server that the hosts reach across the bridge.
+// a real SQS server that the hosts reach across the bridge. Every fleet
+// has its own network slot, server and hosts, so tests run in parallel.
 type fleet struct {
 	t       *testing.T
 	bin     string
@@ -37,6 +41,7 @@ type fleet struct {
 	gateway string // this machine's address on the hosts' network
 	// watchers are the hosts' watcher processes, to stop or restart.
 	watchers map[string]*hosttest.Proc
+	sqs      aws.Config // the SQS server's
 }
 
 var (
@@ -74,7 +79,7 @@ func newFleet(t *testing.T, names ...string) *fleet {
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	f := &fleet{t: t, bin: staticSera(t), dir: t.TempDir(), prefix: "rh" + hex.EncodeToString(rnd[:]), hosts: map[string]*hosttest.Host{},
-		gateway: net.Gateway, watchers: map[string]*hosttest.Proc{}}
+		gateway: net.Gateway, watchers: map[string]*hosttest.Proc{}, sqs: srv.Config}
 	port := srv.Endpoint[strings.LastIndex(srv.Endpoint, ":")+1:]
 	awsEnv := func(endpoint string) []string {
 		return []string{"AWS_ENDPOINT_URL=" + endpoint, "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test",
@@ -104,6 +109,28 @@ func newFleet(t *testing.T, names ...string) *fleet {
 		f.hosts[name] = h
 	}
 	return f
+}
+
+// endPolls ends the long poll a stopped watcher may have left open on the
+// SQS server: fauxqs goes on serving a poll whose client has gone, and
+// would hand it the next request, which then stays invisible for the
+// visibility timeout (30 s). Deleting the queue ends its polls at once;
+// it is then created again, empty, as before. (Real SQS would not let the
+// name be reused for 60 s; these tests run on fauxqs only.)
+func endPolls(t *testing.T, cfg aws.Config, queue string) {
+	t.Helper()
+	ctx := context.Background()
+	client := awssqs.NewFromConfig(cfg)
+	u, err := client.GetQueueUrl(ctx, &awssqs.GetQueueUrlInput{QueueName: &queue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DeleteQueue(ctx, &awssqs.DeleteQueueInput{QueueUrl: u.QueueUrl}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqs.CreateQueue(ctx, cfg, queue); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (f *fleet) identity() *crypto.Identity {
@@ -221,6 +248,7 @@ func (f *fleet) twice(h *hosttest.Host, want string, args ...string) string {
 // TestAccountsOnRealHosts is issue 3's proof: accounts, keys, groups and
 // sudo changed by sera on real hosts, checked by real SSH logins.
 func TestAccountsOnRealHosts(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, "h1", "h2")
 	h1, h2 := f.hosts["h1"], f.hosts["h2"]
 	key, pub := f.sshKey("alice")
@@ -292,6 +320,7 @@ func TestAccountsOnRealHosts(t *testing.T) {
 // TestAccountBadInputsOnRealHost: each bad input is refused with a clear
 // error and leaves the host exactly as it was.
 func TestAccountBadInputsOnRealHost(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, "h1")
 	h1 := f.hosts["h1"]
 	_, pub := f.sshKey("k")
