@@ -382,7 +382,7 @@ func newFixture(t *testing.T, opts ...fixtureOption) *fixture {
 // addClient adds id to known_clients as name with allow (FormatAllow form).
 func (f *fixture) addClient(id *crypto.Identity, name, allow string) {
 	f.t.Helper()
-	f.known.Clients = append(f.known.Clients, &sera.KnownClient{Key: id.Public(), Name: name, Allow: sera.ParseAllow(allow)})
+	f.known.Clients = append(f.known.Clients, &sera.KnownClient{Key: id.Public(), Name: name, Allow: mustParseAllow(f.t, allow)})
 	f.writeKnownClients()
 }
 
@@ -740,4 +740,14 @@ func frankenstein(t *testing.T, id *crypto.Identity) *crypto.Identity {
 func advance(d time.Duration) {
 	time.Sleep(d)
 	synctest.Wait()
+}
+
+// mustParseAllow is sera.ParseAllow for allow lists a test writes.
+func mustParseAllow(t testing.TB, allow string) []string {
+	t.Helper()
+	a, err := sera.ParseAllow(allow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,12 +24,20 @@ const AllowAll = "*"
 // PingCommand is the one command every known client may run.
 const PingCommand = "ping"
 
+// SelfGrant is the self-service grant: the key commands on the client's
+// own Unix account (its account= binding), and nothing else.
+const SelfGrant = "self"
+
+// SelfCommands are the commands SelfGrant covers.
+var SelfCommands = []string{"key add", "key remove", "key list", "key sync"}
+
 // KnownClient is one line of a watcher's known_clients file.
 type KnownClient struct {
 	Key  *crypto.PublicKey
 	Name string
-	// Allow lists the commands the client may run, as command paths
-	// ("user", "user add") or AllowAll. Ping is always allowed.
+	// Allow lists the client's grants in normal form (see ParseGrant):
+	// command paths ("user", "user add"), scoped paths ("key(alice|bob)"),
+	// SelfGrant or AllowAll. Ping is always allowed.
 	Allow []string
 	// Account is the Unix account this client belongs to (account=), for
 	// self-service grants; empty if it is bound to none.
@@ -39,14 +49,202 @@ type KnownClient struct {
 	Added time.Time
 }
 
-// Allows reports whether c may run command (a space-separated path such
-// as "user add"): the path itself, any of its parents, or AllowAll.
+// Grant is one entry of an allow list: a command path, optionally
+// narrowed to the subjects its scope names (accounts or groups, by name
+// or glob; ports or port ranges).
+type Grant struct {
+	// Path is a command path ("user", "key add"), AllowAll or SelfGrant.
+	Path string
+	// Scope is empty for a grant on every subject; else the names or
+	// path.Match globs (or ports, "N" or "N-M") it is narrowed to, sorted.
+	Scope []string
+}
+
+// maxScopeValues bounds one grant's scope, so a file cannot make every
+// check slow.
+const maxScopeValues = 64
+
+var (
+	pathWordRE = regexp.MustCompile(`^[a-z][-a-z]*$`)
+	// scopeNameRE is an account or group name (Debian's NAME_REGEX) or a
+	// glob of one.
+	scopeNameRE = regexp.MustCompile(`^[a-z*?\[][-a-z0-9_*?\[\]]*$`)
+	portRE      = regexp.MustCompile(`^[0-9]{1,5}(-[0-9]{1,5})?$`)
+)
+
+// ParseGrant reads one grant as the file and --allow spell it: "user",
+// "user.add", "key(alice|ext-*)", "allow(22|8000-8099)", "self" or "*".
+// Which commands take which kind of scope is the host commands' to say;
+// here a scope value must be a name, a glob of one, or a port range.
+func ParseGrant(s string) (Grant, error) {
+	p, scope, scoped := strings.Cut(s, "(")
+	p = strings.ReplaceAll(p, ".", " ")
+	g := Grant{Path: p}
+	if p == "" {
+		return g, fmt.Errorf("invalid grant %q: empty command", s)
+	}
+	if p != AllowAll {
+		for _, w := range strings.Split(p, " ") {
+			if !pathWordRE.MatchString(w) {
+				return g, fmt.Errorf("invalid grant %q: want a command such as user or user.add", s)
+			}
+		}
+	}
+	if !scoped {
+		return g, nil
+	}
+	if p == AllowAll || p == SelfGrant || p == PingCommand {
+		return g, fmt.Errorf("invalid grant %q: %s takes no scope", s, p)
+	}
+	scope, ok := strings.CutSuffix(scope, ")")
+	if !ok || scope == "" || strings.ContainsAny(scope, "()") {
+		return g, fmt.Errorf("invalid grant %q: want COMMAND(VALUE|VALUE…)", s)
+	}
+	for _, v := range strings.Split(scope, "|") {
+		switch {
+		case portRE.MatchString(v):
+			lo, hi, err := portRange(v)
+			canon := strconv.Itoa(lo)
+			if hi != lo || strings.Contains(v, "-") {
+				canon += "-" + strconv.Itoa(hi)
+			}
+			if err != nil || lo > hi || canon != v {
+				return g, fmt.Errorf("invalid grant %q: bad port range %q", s, v)
+			}
+		case scopeNameRE.MatchString(v) && len(v) <= 32:
+			if _, err := path.Match(v, ""); err != nil {
+				return g, fmt.Errorf("invalid grant %q: bad pattern %q", s, v)
+			}
+		default:
+			return g, fmt.Errorf("invalid grant %q: %q is not a name, a glob of names or a port range", s, v)
+		}
+		if !slices.Contains(g.Scope, v) {
+			g.Scope = append(g.Scope, v)
+		}
+	}
+	if len(g.Scope) > maxScopeValues {
+		return g, fmt.Errorf("invalid grant %q: more than %d values", s, maxScopeValues)
+	}
+	slices.Sort(g.Scope)
+	return g, nil
+}
+
+// portRange reads "N" or "N-M".
+func portRange(v string) (lo, hi int, err error) {
+	a, b, isRange := strings.Cut(v, "-")
+	if lo, err = strconv.Atoi(a); err != nil {
+		return 0, 0, err
+	}
+	hi = lo
+	if isRange {
+		if hi, err = strconv.Atoi(b); err != nil {
+			return 0, 0, err
+		}
+	}
+	if lo < 1 || hi > 65535 {
+		return 0, 0, errors.New("port out of range")
+	}
+	return lo, hi, nil
+}
+
+// String is the grant's normal form with spaces in the path, as Allow
+// holds it.
+func (g Grant) String() string {
+	if len(g.Scope) == 0 {
+		return g.Path
+	}
+	return g.Path + "(" + strings.Join(g.Scope, "|") + ")"
+}
+
+// CoversPath reports whether g's path is command or one of its parents
+// (AllowAll covers every command; SelfGrant the key commands).
+func (g Grant) CoversPath(command string) bool {
+	switch g.Path {
+	case AllowAll:
+		return true
+	case SelfGrant:
+		return slices.Contains(SelfCommands, command)
+	}
+	return g.Path == command || strings.HasPrefix(command, g.Path+" ")
+}
+
+// ScopeMatches reports whether subject (an account or group name, or a
+// port in decimal) is within g's scope. An unscoped grant matches every
+// subject.
+func (g Grant) ScopeMatches(subject string) bool {
+	if len(g.Scope) == 0 {
+		return true
+	}
+	for _, v := range g.Scope {
+		if portRE.MatchString(v) {
+			lo, hi, err := portRange(v)
+			p, perr := strconv.Atoi(subject)
+			if err == nil && perr == nil && strconv.Itoa(p) == subject && p >= lo && p <= hi {
+				return true
+			}
+			continue
+		}
+		if ok, _ := path.Match(v, subject); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Grants returns c's allow list parsed. Entries that do not parse (a file
+// ParseKnownClients did not read) grant nothing.
+func (c *KnownClient) Grants() []Grant {
+	var out []Grant
+	for _, a := range c.Allow {
+		g, err := ParseGrant(strings.ReplaceAll(a, " ", "."))
+		if err != nil {
+			continue
+		}
+		if g.Path == SelfGrant {
+			if c.Account == "" {
+				continue
+			}
+			g.Scope = []string{c.Account}
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// Allows reports whether c holds any grant on command (a space-separated
+// path such as "user add"), scoped or not. Ping is always allowed. It is
+// the first check; AllowsOn then checks the command's subjects.
 func (c *KnownClient) Allows(command string) bool {
 	if command == PingCommand {
 		return true
 	}
-	for _, a := range c.Allow {
-		if a == AllowAll || a == command || strings.HasPrefix(command, a+" ") {
+	for _, g := range c.Grants() {
+		if g.CoversPath(command) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsOn reports whether c may run command on subject: a grant on the
+// command whose scope matches it, or an unscoped one.
+func (c *KnownClient) AllowsOn(command, subject string) bool {
+	for _, g := range c.Grants() {
+		if g.CoversPath(command) && g.ScopeMatches(subject) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsAll reports whether c holds an unscoped grant on command: it may
+// run it on every subject.
+func (c *KnownClient) AllowsAll(command string) bool {
+	if command == PingCommand {
+		return true
+	}
+	for _, g := range c.Grants() {
+		if g.CoversPath(command) && len(g.Scope) == 0 {
 			return true
 		}
 	}
@@ -65,16 +263,20 @@ func FormatAllow(allow []string) string {
 
 // ParseAllow reads an allow list as FormatAllow writes it, in a normal
 // form: no duplicates, and no "ping", which every client may run anyway,
-// so that equal permissions compare equal.
-func ParseAllow(s string) []string {
+// so that equal permissions compare equal. An entry that is not a valid
+// grant is an error.
+func ParseAllow(s string) ([]string, error) {
 	var out []string
 	for _, a := range SplitList(s) {
-		a = strings.ReplaceAll(a, ".", " ")
-		if a != PingCommand && !slices.Contains(out, a) {
-			out = append(out, a)
+		g, err := ParseGrant(a)
+		if err != nil {
+			return nil, err
+		}
+		if n := g.String(); n != PingCommand && !slices.Contains(out, n) {
+			out = append(out, n)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // KnownClients is the contents of a known_clients file.
@@ -104,10 +306,15 @@ func ParseKnownClients(b []byte) (*KnownClients, error) {
 		}
 		c := &KnownClient{Key: key, Name: f[1]}
 		if len(f) >= 3 {
-			c.Allow = ParseAllow(f[2])
+			if c.Allow, err = ParseAllow(f[2]); err != nil {
+				return nil, fmt.Errorf("known_clients line %d: %w", i+1, err)
+			}
 		}
 		if err := c.parseAttrs(f[min(len(f), 3):]); err != nil {
 			return nil, fmt.Errorf("known_clients line %d: %w", i+1, err)
+		}
+		if slices.Contains(c.Allow, SelfGrant) && c.Account == "" {
+			return nil, fmt.Errorf("known_clients line %d: grant self needs account=USER", i+1)
 		}
 		if kc.ByKey(key) != nil {
 			return nil, fmt.Errorf("known_clients line %d: key of %s listed twice", i+1, f[1])

@@ -1,6 +1,7 @@
 package sera_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -160,9 +161,25 @@ func TestAllowFormat(t *testing.T) {
 		{"*", []string{"*"}, "*"},
 		{"user.add,user.add, key ,ping", []string{"user add", "key"}, "user.add,key"},
 		{",,", nil, ""},
+		{"key(bob|alice|bob),allow(443|22)", []string{"key(alice|bob)", "allow(22|443)"}, "key(alice|bob),allow(22|443)"},
+		{"key.add(ext-*),self", []string{"key add(ext-*)", "self"}, "key.add(ext-*),self"},
+	}
+	manyValues := "key("
+	for i := range 65 {
+		manyValues += fmt.Sprintf("a%d|", i)
+	}
+	manyValues += "b)"
+	for _, bad := range []string{"us*", "User", "key()", "key(alice", "key(Alice)", "key(al ice)", "*(x)", "self(bob)",
+		"ping(x)", "allow(0)", "allow(70000)", "allow(90-80)", "allow(022)", "key(a|(b))", "key(a[)", manyValues} {
+		if got, err := sera.ParseAllow(bad); err == nil {
+			t.Errorf("ParseAllow(%q) = %q, want an error", bad, got)
+		}
 	}
 	for _, tt := range tests {
-		got := sera.ParseAllow(tt.in)
+		got, err := sera.ParseAllow(tt.in)
+		if err != nil {
+			t.Errorf("ParseAllow(%q): %v", tt.in, err)
+		}
 		if !slices.Equal(got, tt.want) || sera.FormatAllow(got) != tt.out {
 			t.Errorf("ParseAllow(%q) = %q, formatted %q; want %q, %q", tt.in, got, sera.FormatAllow(got), tt.want, tt.out)
 		}

@@ -70,6 +70,14 @@ type Handler interface {
 	Run(ctx context.Context, call *Call) Result
 }
 
+// Authorizer is implemented by a Handler whose grants can be narrowed by
+// a command's arguments (scoped grants): Authorize, the end of rule 8,
+// runs after Resolve accepted argv and reports whether client may run it
+// on the subjects argv names. Nothing has run when it refuses.
+type Authorizer interface {
+	Authorize(client *KnownClient, argv []string) error
+}
+
 // Call is one accepted request handed to the Handler.
 type Call struct {
 	Argv      []string
@@ -380,6 +388,14 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 		// as it may quote a secret argument.
 		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(err.Error() + "\n")}, d.rec.Reason, now)
 		return d
+	}
+
+	if a, ok := w.Handler.(Authorizer); ok {
+		if err := a.Authorize(client, req.Argv); err != nil {
+			d.rec.Rule, d.rec.Reason = 8, err.Error()
+			d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now)
+			return d
+		}
 	}
 
 	d.rec.Decision = DecisionAccepted

@@ -571,12 +571,56 @@ func TestAllows(t *testing.T) {
 		{"key,group", "key add", true},
 		{"key,group", "user add", false},
 		{"ping", "user", false},
-		{"us*", "user add", false}, // no globs in allow lists
+		{"key(alice)", "key add", true}, // the subject is Authorize's
+		{"self", "key add", true},
+		{"self", "key", false},
+		{"self", "user add", false},
 	}
 	for _, tt := range tests {
-		c := &sera.KnownClient{Name: "c", Allow: sera.ParseAllow(tt.allow)}
+		c := &sera.KnownClient{Name: "c", Allow: mustParseAllow(t, tt.allow), Account: "bob"}
 		if got := c.Allows(tt.command); got != tt.ok {
 			t.Errorf("allow %q: Allows(%q) = %v, want %v", tt.allow, tt.command, got, tt.ok)
+		}
+	}
+	if _, err := sera.ParseAllow("us*"); err == nil {
+		t.Error("a glob in a command path parsed")
+	}
+	// self without an account grants nothing.
+	if c := (&sera.KnownClient{Name: "c", Allow: []string{sera.SelfGrant}}); c.Allows("key add") {
+		t.Error("self without account= allows key add")
+	}
+}
+
+func TestAllowsOn(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		allow, command, subject string
+		on, all                 bool
+	}{
+		{"key", "key add", "alice", true, true},
+		{"key(alice|bob)", "key add", "alice", true, false},
+		{"key(alice|bob)", "key add", "carol", false, false},
+		{"key(alice|bob)", "key add", "alice2", false, false},
+		{"key.add(ext-*)", "key add", "ext-joe", true, false},
+		{"key.add(ext-*)", "key remove", "ext-joe", false, false},
+		{"key.add(ext-*)", "key add", "extjoe", false, false},
+		{"key(alice),key", "key add", "zed", true, true},
+		{"self", "key sync", "bob", true, false},
+		{"self", "key sync", "alice", false, false},
+		{"allow(22|8000-8099)", "allow", "22", true, false},
+		{"allow(22|8000-8099)", "allow", "8050", true, false},
+		{"allow(22|8000-8099)", "allow", "8100", false, false},
+		{"allow(22|8000-8099)", "allow", "", false, false},
+		{"allow(22)", "allow", "022", false, false},
+		{"*", "allow", "1", true, true},
+	}
+	for _, tt := range tests {
+		c := &sera.KnownClient{Name: "c", Allow: mustParseAllow(t, tt.allow), Account: "bob"}
+		if got := c.AllowsOn(tt.command, tt.subject); got != tt.on {
+			t.Errorf("allow %q: AllowsOn(%q, %q) = %v, want %v", tt.allow, tt.command, tt.subject, got, tt.on)
+		}
+		if got := c.AllowsAll(tt.command); got != tt.all {
+			t.Errorf("allow %q: AllowsAll(%q) = %v, want %v", tt.allow, tt.command, got, tt.all)
 		}
 	}
 }

@@ -453,21 +453,6 @@ func redactWith(root *cobra.Command, argv []string) []string {
 	return out
 }
 
-// callerKey carries the client of a remote call to the host commands.
-type callerKey struct{}
-
-// callerMay reports whether whoever runs the command may also run command:
-// the remote client per its allow list; anyone with --local, who is root
-// on the host already. Commands use it where one permission could be
-// turned into another (group membership that carries sudo).
-func callerMay(ctx context.Context, command string) error {
-	c, ok := ctx.Value(callerKey{}).(*sera.KnownClient)
-	if !ok || c == nil || c.Allows(command) {
-		return nil
-	}
-	return fmt.Errorf("client %s may not run %q", c.Name, command)
-}
-
 // Run implements sera.Handler.
 func (h *Handler) Run(ctx context.Context, call *sera.Call) sera.Result {
 	ctx = context.WithValue(ctx, callerKey{}, call.Client)
