@@ -116,9 +116,15 @@ nothing.`,
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withAccounts(func(db *accountDB) error {
-			p, noChange, err := h.planGroupAdd(db, args[0], gid, c.Flags().Changed("gid"))
+			gidSet := c.Flags().Changed("gid")
+			p, noChange, err := h.planGroupAdd(db, args[0], gid, gidSet)
 			if err != nil {
 				return err
+			}
+			if len(p) > 0 {
+				if err := h.guardGroupAdd(ctx, db, args[0], gid, gidSet); err != nil {
+					return err
+				}
 			}
 			return p.execute(ctx, out, dryRun, noChange)
 		})
@@ -253,15 +259,21 @@ group are left as they are. A user's primary group is not changed.`
 	}
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		if add {
-			if err := mayGiveSudo(ctx, h, args[0]); err != nil {
-				return err
-			}
-		}
 		return h.withAccounts(func(db *accountDB) error {
 			p, noChange, err := h.planGroupMembers(db, add, args[0], args[1:])
 			if err != nil {
 				return err
+			}
+			if add {
+				for _, name := range args[1:] {
+					if u := db.user(name); u != nil {
+						a := db.current(u)
+						a.groups = append(a.groups, args[0])
+						if err := h.guardAccount(ctx, db, "add "+name+" to group "+args[0], a); err != nil {
+							return err
+						}
+					}
+				}
 			}
 			return p.execute(ctx, out, dryRun, noChange)
 		})
@@ -309,19 +321,31 @@ func (h *Host) planGroupMembers(db *accountDB, add bool, name string, users []st
 	return p, noChange, nil
 }
 
-// mayGiveSudo refuses to make a user a member of a group that sera has
-// granted sudo, unless the caller may grant sudo itself: otherwise a
-// client allowed only "group" could hand out root.
-func mayGiveSudo(ctx context.Context, h *Host, groups ...string) error {
-	for _, g := range groups {
-		if !h.sudoersPresent(g) {
-			continue
-		}
-		if err := callerMay(ctx, "sudo grant"); err != nil {
-			return fmt.Errorf("membership of %s carries sudo (%s), and %w; nothing was changed", g, sudoersPath(g), err)
+// guardGroupAdd refuses to create a group sudoers already grants (by
+// name, or by a gid the new group gets): its members would be root.
+func (h *Host) guardGroupAdd(ctx context.Context, db *accountDB, name string, gid int, gidSet bool) error {
+	if caller(ctx) == nil || callerMay(ctx, "sudo grant") == nil {
+		return nil
+	}
+	v, err := h.readSudoView()
+	if err != nil {
+		return guardSudo(ctx, "create group "+name, err.Error())
+	}
+	why := ""
+	if f, ok := v.groups[name]; ok {
+		why = "sudoers grants group " + name + " (" + f + ")"
+	} else if slices.Contains(rootGroups, name) {
+		why = name + " is a root-equivalent group name"
+	} else if f, ok := v.gids[gid]; gidSet && ok {
+		why = fmt.Sprintf("sudoers grants gid %d (%s)", gid, f)
+	} else if !gidSet {
+		for g, f := range v.gids {
+			if db.managedGID(g) && db.groupByGID(g) == nil {
+				why = fmt.Sprintf("groupadd picks the gid and sudoers grants the free gid %d (%s)", g, f)
+			}
 		}
 	}
-	return nil
+	return guardSudo(ctx, "create group "+name, why)
 }
 
 // dedupe drops repeated names, keeping the first of each.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -526,10 +527,31 @@ func (h *Host) withUserKeys(ctx context.Context, out io.Writer, dryRun bool, use
 	if err != nil {
 		return fmt.Errorf("%w; nothing was changed", err)
 	}
+	if addsKey(before, ak) {
+		if err := h.guardAccount(ctx, db, "add keys to "+user, db.current(u)); err != nil {
+			return err
+		}
+	}
 	var p plan
 	if h.lockedBySera(db, u) && disableNewKeys(before, ak) {
 		p.note(user + " is locked: the new keys are added disabled; 'sera user unlock " + user + "' enables them")
 	}
 	h.planKeys(&p, u, before, ak, strings.Join(did, "; "))
 	return p.execute(ctx, out, dryRun, "keys of "+user+": no change")
+}
+
+// addsKey reports whether after lets a key log in that before did not: a
+// new key, or one that was disabled and no longer is.
+func addsKey(before, after *authorizedKeys) bool {
+	for _, k := range after.managed {
+		if k.disabled {
+			continue
+		}
+		if old := findKey(before.managed, k); old == nil || old.disabled || !slices.Equal(old.options, k.options) {
+			if findKey(before.ownKeys(), k) == nil {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -2,6 +2,8 @@ package commands
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -22,7 +24,7 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 		{"user only: --set-groups with a sudo group", []string{"user"}, []string{"user", "add", "--set-groups=devs", "--update", "--", "bob"}, true},
 		{"group and sudo grant", []string{"group", "sudo grant"}, []string{"group", "members", "add", "devs", "bob"}, false},
 		{"everything", []string{sera.AllowAll}, []string{"group", "members", "add", "devs", "bob"}, false},
-		{"group only: a group without sudo", []string{"group"}, []string{"group", "members", "add", "ops", "bob"}, false},
+		{"group only: a group without sudo", []string{"group"}, []string{"group", "members", "add", "carol", "bob"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -37,7 +39,7 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 				}
 				return
 			}
-			if res.Status == 0 || !strings.Contains(string(res.Stderr), `membership of devs carries sudo`) ||
+			if res.Status == 0 || !strings.Contains(string(res.Stderr), `in group devs, which sudoers grants (/etc/sudoers.d/sera-devs)`) ||
 				!strings.Contains(string(res.Stderr), `client helpdesk may not run "sudo grant"`) {
 				t.Errorf("status %d, stderr %q; want a refusal naming the sudo drop-in", res.Status, res.Stderr)
 			}
@@ -53,4 +55,170 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 	if res := runGroupSudo(h, "group", "members", "add", "devs", "bob"); res.Status != 0 {
 		t.Errorf("--local: status %d, stderr %s", res.Status, res.Stderr)
 	}
+}
+
+// The escalation paths of issue 12, each tried by a client allowed
+// user, key and group but not sudo: refused, nothing ran, nothing
+// changed. The same requests from a client that may grant sudo go
+// through (to the point where the host's own checks decide).
+func TestNoPathFromAccountsToSudo(t *testing.T) {
+	key, _ := acctKey(t, "mallory@laptop")
+	tests := []struct {
+		name string
+		argv []string
+		why  string
+	}{
+		{"--gid of a group sudoers grants", []string{"user", "add", "--gid=1003", "--", "mallory2"}, "group dev, which sudoers grants"},
+		{"--update --gid on bob", []string{"user", "add", "--update", "--gid=1003", "--", "bob"}, "group dev, which sudoers grants"},
+		{"--groups ops", []string{"user", "add", "--groups=ops", "--", "eve"}, "group ops, which sudoers grants"},
+		{"--set-groups ops on bob", []string{"user", "add", "--update", "--set-groups=ops", "--", "bob"}, "group ops, which sudoers grants"},
+		{"key on alice (sudo group)", []string{"key", "add", "--", "alice", key}, "group sudo, which is root-equivalent"},
+		{"key sync on alice", []string{"key", "sync", "--", "alice", key}, "group sudo, which is root-equivalent"},
+		{"user add --key on alice", []string{"user", "add", "--update", "--key=" + key, "--", "alice"}, "root-equivalent"},
+		{"password hash of alice", []string{"user", "add", "--update", "--password-hash=" + acctShadowHash, "--", "alice"}, "root-equivalent"},
+		{"shell of alice", []string{"user", "add", "--update", "--shell=/bin/sh", "--", "alice"}, "root-equivalent"},
+		{"unlock alice", []string{"user", "unlock", "--", "alice"}, "root-equivalent"},
+		{"a user sudoers names", []string{"user", "add", "--key=" + key, "--", "mallory"}, "names user mallory"},
+		{"a uid sudoers names", []string{"user", "add", "--uid=1600", "--", "eve"}, "UID names uid 1600"},
+		{"a free uid sudoers names", []string{"user", "add", "--", "eve"}, "UID names the free uid 1600"},
+		{"a group sudoers names", []string{"group", "add", "--", "admins"}, "sudoers grants group admins"},
+		{"a gid sudoers names", []string{"group", "add", "--gid=1700", "--", "newg"}, "GID sudoers grants gid 1700"},
+		{"a free gid sudoers names", []string{"group", "add", "--", "newg"}, "GID sudoers grants the free gid 1700"},
+		{"a new user's free gid", []string{"user", "add", "--uid=1650", "--", "eve"}, "GID names the free gid 1700"},
+		{"members add to dev", []string{"group", "members", "add", "dev", "bob"}, "group dev, which sudoers grants"},
+		{"members add to ops", []string{"group", "members", "add", "ops", "bob"}, "group ops, which sudoers grants"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newAccountsFixture(t)
+			f.mkdir("etc/sudoers.d", 0o750, 0, 0)
+			f.writeFile("etc/sudoers", "Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n", 0o440, 0, 0)
+			f.writeFile("etc/sudoers.d/sera-dev", "%dev ALL=(ALL) NOPASSWD: ALL\n", 0o440, 0, 0)
+			extra := ""
+			why := tt.why
+			if w, ok := strings.CutPrefix(why, "UID "); ok {
+				extra, why = "#1600 ALL=(ALL) ALL\n", w
+			} else if w, ok := strings.CutPrefix(why, "GID "); ok {
+				extra, why = "User_Alias ADMINS2 = %#1700\nADMINS2 ALL=(ALL) ALL\n", w
+			}
+			f.writeFile("etc/sudoers.d/other", "%ops ALL=(ALL) /usr/bin/true\nmallory ALL=(ALL) NOPASSWD: ALL\n"+
+				"User_Alias ADMINS = %admins\nADMINS ALL=(ALL) ALL\n"+extra, 0o440, 0, 0)
+			before := f.snapshot()
+			narrow := &sera.KnownClient{Name: "helpdesk", Allow: []string{"user", "key", "group"}}
+			h := &Handler{Host: f.Host}
+			res := asWatcher(h, narrow, tt.argv...)
+			if res.Status == 0 || !strings.Contains(string(res.Stderr), why) || !strings.Contains(string(res.Stderr), `may not run "sudo grant"`) {
+				t.Fatalf("status %d, stderr %q; want a refusal saying %q", res.Status, res.Stderr, tt.why)
+			}
+			if calls := f.Runner.Calls(); len(calls) != 0 {
+				t.Errorf("ran %v", calls)
+			}
+			f.unchanged(before)
+			// With the sudo grant it is not this guard that stops it.
+			wide := &sera.KnownClient{Name: "admin", Allow: []string{"user", "key", "group", "sudo"}}
+			if res := asWatcher(h, wide, tt.argv...); strings.Contains(string(res.Stderr), "way to root") {
+				t.Errorf("with the sudo grant: %s", res.Stderr)
+			}
+		})
+	}
+}
+
+// Access that only shrinks, and accounts sudo does not reach, need no sudo.
+func TestAccountsWithoutSudoStayOpen(t *testing.T) {
+	key, _ := acctKey(t, "helpdesk")
+	f := newAccountsFixture(t)
+	f.mkdir("etc/sudoers.d", 0o750, 0, 0)
+	f.writeFile("etc/sudoers", "root ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL # admins\n@includedir /etc/sudoers.d\n", 0o440, 0, 0)
+	narrow := &sera.KnownClient{Name: "helpdesk", Allow: []string{"user", "key", "group"}}
+	h := &Handler{Host: f.Host}
+	for _, argv := range [][]string{
+		{"key", "add", "--", "bob", key},
+		{"user", "add", "--key=" + key, "--groups=dev", "--", "eve"},
+		{"user", "lock", "--", "alice"},
+		{"key", "list", "--", "alice"},
+		{"group", "members", "add", "dev", "bob"},
+		{"group", "add", "--", "web"},
+	} {
+		// The fixture has no gpasswd or groupadd: those fail after the
+		// guard, which is all this test is about.
+		if res := asWatcher(h, narrow, argv...); res.Status == -1 || strings.Contains(string(res.Stderr), "way to root") ||
+			res.Status != 0 && !strings.Contains(string(res.Stderr), "not a program the fake host has") {
+			t.Errorf("%v: status %d, stderr %s", argv, res.Status, res.Stderr)
+		}
+	}
+}
+
+func TestSudoersView(t *testing.T) {
+	h, _ := newGroupTestHost(t)
+	writeTestFile(t, h.Root, "etc/sudoers", "Defaults:alice !lecture\n"+
+		"alice ,bob\tweb1 , db1 = (ALL) ALL   # two users\n"+
+		"#1234 ALL = ALL\n%#1300 ALL=ALL\n"+
+		"User_Alias A = carol, %team : B = dave\nA ALL=ALL\n"+
+		"Host_Alias H = erin\nCmnd_Alias C = /bin/frank\n"+
+		"#includedir /etc/sudoers.d\n@include extra\n", 0o440)
+	writeTestFile(t, h.Root, "etc/sudoers.d/skip.me", "zed ALL=ALL\n", 0o440)
+	writeTestFile(t, h.Root, "etc/sudoers.d/skipme~", "zed ALL=ALL\n", 0o440)
+	writeTestFile(t, h.Root, "etc/extra", "gina ALL=\\\n ALL\n", 0o440)
+	v, err := h.readSudoView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"alice", "bob", "carol", "gina"} {
+		if _, ok := v.users[u]; !ok {
+			t.Errorf("user %s not seen", u)
+		}
+	}
+	for _, u := range []string{"web1", "db1", "dave", "erin", "frank", "zed"} {
+		if _, ok := v.users[u]; ok {
+			t.Errorf("%s taken for a user", u)
+		}
+	}
+	if _, ok := v.groups["team"]; !ok {
+		t.Error("group team (from an alias) not seen")
+	}
+	if _, ok := v.groups["ops"]; !ok {
+		t.Error("group ops (from a drop-in) not seen")
+	}
+	if _, ok := v.uids[1234]; !ok {
+		t.Error("uid 1234 not seen")
+	}
+	if _, ok := v.gids[1300]; !ok {
+		t.Error("gid 1300 not seen")
+	}
+	if v.everyone != "" {
+		t.Errorf("everyone: %s", v.everyone)
+	}
+	for _, rule := range []string{"ALL ALL=ALL\n", "%:AD ALL=ALL\n", "+ng ALL=ALL\n", "@include /etc/sudoers.%h\n"} {
+		writeTestFile(t, h.Root, "etc/sudoers", rule, 0o440)
+		if v, _ := h.readSudoView(); v.everyone == "" {
+			t.Errorf("%q: not every user", rule)
+		}
+	}
+	// An include loop ends, and counts as every user.
+	writeTestFile(t, h.Root, "etc/sudoers", "@include /etc/sudoers\n", 0o440)
+	if v, _ := h.readSudoView(); v.everyone == "" {
+		t.Error("include loop: not every user")
+	}
+}
+
+func FuzzSudoersView(f *testing.F) {
+	f.Add("alice ALL=(ALL) ALL\n%g ALL=ALL\nUser_Alias A = b, %c\n#1 ALL=ALL # x\n")
+	f.Add("@includedir /etc/sudoers.d\nDefaults:x y\n\\\n%#12 a=b")
+	root := f.TempDir()
+	h := &Host{Root: root}
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	f.Fuzz(func(t *testing.T, text string) {
+		v := &sudoView{users: map[string]string{}, uids: map[int]string{}, groups: map[string]string{}, gids: map[int]string{}}
+		v.parse(h, "/etc/sudoers", text, maxSudoersDepth) // no includes followed
+		// Whatever the text, a name it shows as a user spec's first field
+		// is seen (never under-approximated).
+		for _, line := range strings.Split(strings.ReplaceAll(text, "\\\n", " "), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 3 && f[1] == "ALL=ALL" && nameRE.MatchString(f[0]) && f[0] != "Defaults" && !strings.Contains(text, "User_Alias") {
+				if _, ok := v.users[f[0]]; !ok && v.everyone == "" {
+					t.Fatalf("%q: user %s not seen", text, f[0])
+				}
+			}
+		}
+	})
 }

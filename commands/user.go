@@ -123,14 +123,14 @@ only groups managed by sera (system groups such as sudo are kept, and said so).`
 	f.BoolVar(&o.update, "update", false, "change an existing user's attributes to these")
 	addDryRun(c, &o.dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		if err := mayGiveSudo(ctx, h, splitAll(append(slices.Clone(o.groups), o.setGroups...))...); err != nil {
-			return err
-		}
 		unlock, err := h.lockAccounts()
 		if err != nil {
 			return err
 		}
 		defer unlock()
+		if err := h.guardUserAdd(ctx, c, o, args[0]); err != nil {
+			return err
+		}
 		p, noChange, err := h.planUserAdd(c, o, args[0])
 		if err != nil {
 			return err
@@ -281,6 +281,54 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 	}
 	h.planKeys(&p, u, before, after, strings.Join(newKeys, "; "))
 	return p, "", nil
+}
+
+// guardUserAdd refuses a user add that reaches sudo: a change of any kind
+// to an account that can sudo, or one that leaves an account able to
+// (by --gid, --groups, --set-groups, or a name or uid sudoers names).
+func (h *Host) guardUserAdd(ctx context.Context, c *cobra.Command, o *userAddOptions, name string) error {
+	if caller(ctx) == nil {
+		return nil
+	}
+	changed := c.Flags().Changed
+	db, err := h.loadAccounts()
+	if err != nil {
+		return err
+	}
+	groups := splitAll(o.groups)
+	if changed("set-groups") {
+		groups = splitAll(o.setGroups)
+	}
+	u := db.user(name)
+	if u == nil {
+		a := account{name: name, uid: -1, gid: -1, groups: groups}
+		if changed("uid") {
+			a.uid = o.uid
+		}
+		if changed("gid") {
+			a.gid = o.gid
+		} else {
+			a.groups = append(a.groups, name) // useradd's group named like the user
+		}
+		return h.guardAccount(ctx, db, "create user "+name, a)
+	}
+	cur := db.current(u)
+	after := cur
+	after.groups = slices.Clone(cur.groups)
+	if changed("uid") {
+		after.uid = o.uid
+	}
+	if changed("gid") {
+		after.gid = o.gid
+	}
+	if changed("set-groups") {
+		after.groups = slices.DeleteFunc(after.groups, func(g string) bool {
+			ge := db.group(g)
+			return ge != nil && db.managedGID(ge.GID)
+		})
+	}
+	after.groups = append(after.groups, groups...)
+	return h.guardAccount(ctx, db, "change user "+name, cur, after)
 }
 
 func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, changed func(string) bool, groups []string, keys []*authKey) (plan, string, error) {
@@ -440,6 +488,13 @@ exactly what lock did.`,
 		u, err := db.manageableUser(args[0])
 		if err != nil {
 			return fmt.Errorf("%w; nothing was changed", err)
+		}
+		if !lock {
+			// Unlocking lets someone log in again: as an account that
+			// can sudo, that is a way to root.
+			if err := h.guardAccount(ctx, db, "unlock "+u.Name, db.current(u)); err != nil {
+				return err
+			}
 		}
 		var p plan
 		var noChange string
