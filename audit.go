@@ -14,18 +14,27 @@ const (
 	DecisionAccepted  = "accepted"
 	DecisionRejected  = "rejected"
 	DecisionDuplicate = "duplicate"
+	// DecisionRunning is written, and synced, before an accepted command
+	// runs; the accepted record with its exit status follows when it
+	// ends. A running record with no accepted one after it is a command
+	// the watcher did not see end (a crash).
+	DecisionRunning = "running"
 )
 
 // AuditRecord is one line of the audit log: one per request, accepted or
 // rejected. It never holds secrets: argv is redacted by the Handler, and a
 // rejected request's arguments are not logged at all.
 type AuditRecord struct {
-	Time       time.Time `json:"time"`
-	Client     string    `json:"client,omitempty"`
-	ClientName string    `json:"client_name,omitempty"`
-	RequestID  string    `json:"request_id,omitempty"`
-	Argv       []string  `json:"argv,omitempty"`
-	Decision   string    `json:"decision"`
+	Time time.Time `json:"time"`
+	// Client and ClientName are the sender once its signature verified
+	// (rule 4); ClaimedSender is the key fingerprint an envelope refused
+	// before that only claimed.
+	Client        string   `json:"client,omitempty"`
+	ClientName    string   `json:"client_name,omitempty"`
+	ClaimedSender string   `json:"claimed_sender,omitempty"`
+	RequestID     string   `json:"request_id,omitempty"`
+	Argv          []string `json:"argv,omitempty"`
+	Decision      string   `json:"decision"`
 	// Rule is the acceptance rule of DESIGN.md that rejected the request.
 	Rule   int    `json:"rule,omitempty"`
 	Reason string `json:"reason,omitempty"`

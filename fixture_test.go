@@ -63,6 +63,11 @@ func (c *fakeClock) Set(t time.Time) {
 type memAudit struct {
 	mu   sync.Mutex
 	recs []sera.AuditRecord
+	// running are the records written before a command runs, apart so
+	// that recs holds one record a request.
+	running []sera.AuditRecord
+	// fail, if set, is returned by Audit, which then records nothing.
+	fail error
 	// added is closed, and replaced, when a record is added.
 	added chan struct{}
 }
@@ -70,6 +75,13 @@ type memAudit struct {
 func (a *memAudit) Audit(r sera.AuditRecord) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.fail != nil {
+		return a.fail
+	}
+	if r.Decision == sera.DecisionRunning {
+		a.running = append(a.running, r)
+		return nil
+	}
 	a.recs = append(a.recs, r)
 	if a.added != nil {
 		close(a.added)

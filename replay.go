@@ -73,9 +73,29 @@ func (c *ReplayCache) Begin(client, id string, expires time.Time) (*ReplayEntry,
 	serr := f.Sync()
 	cerr := f.Close()
 	if err := errors.Join(werr, serr, cerr); err != nil {
+		// Not recorded, so not begun: a torn record would pass for an
+		// interrupted run and the request would never run.
+		os.Remove(p)
 		return nil, fmt.Errorf("failed to record request: %w", err)
 	}
-	return nil, syncDir(c.dir)
+	if err := syncDir(c.dir); err != nil {
+		os.Remove(p)
+		return nil, fmt.Errorf("failed to record request: %w", err)
+	}
+	return nil, nil
+}
+
+// Forget removes the record Begin made for a request that did not run
+// (it could not be audited), so a later delivery runs it.
+func (c *ReplayCache) Forget(client, id string) error {
+	p, err := c.path(client, id)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("failed to forget request: %w", err)
+	}
+	return syncDir(c.dir)
 }
 
 func (c *ReplayCache) read(p string) (*ReplayEntry, error) {

@@ -28,6 +28,11 @@ const (
 	// StatusTimedOut: the command ran past its execution timeout and was
 	// killed, as timeout(1) reports it.
 	StatusTimedOut = 124
+	// StatusDeferred: the watcher could not record or audit the request
+	// (its state disk is full, its audit log unwritable), so it did not
+	// run it; it leaves the request queued and runs it once it can, while
+	// the request is valid.
+	StatusDeferred = 123
 )
 
 // Execution timeouts. A command runs at most its request's exec_timeout_ms,
@@ -307,7 +312,9 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 	if err != nil {
 		return reject(1, "%v", err)
 	}
-	d.rec.Client = env.Sender.Fingerprint()
+	// Until rule 4 the sender is only claimed: anyone can write any key
+	// into an envelope, so it is recorded as claimed, with no name.
+	d.rec.ClaimedSender = env.Sender.Fingerprint()
 
 	// Rule 2: the sender is a known client.
 	client, err := w.Clients.Lookup(env.Sender)
@@ -317,7 +324,6 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 	if client == nil {
 		return reject(2, "unknown client")
 	}
-	d.rec.ClientName = client.Name
 
 	// Rules 3 and 4: our recipient entry opens, then the payload, and the
 	// signature verifies.
@@ -336,14 +342,30 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 	if want := transport.ClientQueue(w.Prefix, client.Key.Fingerprint()); req.ReplyTo != want {
 		return reject(4, "reply queue %q is not the sender's (%s)", req.ReplyTo, want)
 	}
+	d.rec.ClaimedSender, d.rec.Client, d.rec.ClientName = "", client.Key.Fingerprint(), client.Name
 
-	// From here the sender is authenticated, so a refusal is answered.
+	// From here the sender is authenticated, and every outcome is final:
+	// the id is recorded until it expires whatever the decision, so a
+	// request refused now (for its target, its time, its signer's trust)
+	// can never run later, and a redelivery gets the same answer.
+	prior, err := w.Replay.Begin(client.Key.Fingerprint(), req.ID, req.ExpiresAt)
+	if err != nil {
+		return w.deferred(ctx, d, client, req, "the watcher cannot record requests (its state disk may be full)", err, now)
+	}
+	if prior != nil {
+		return w.duplicate(ctx, d, client, req, prior, now)
+	}
 	refuse := func(rule int, format string, args ...any) decision {
 		d = reject(rule, format, args...)
-		if _, err := w.reply(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now); err != nil {
-			w.log().Warn("reply failed", "id", req.ID, "err", err)
-		}
+		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now)
 		return d
+	}
+
+	// Signed before this key was trusted (or given its grants): the
+	// request was never the act of a client the watcher knew.
+	if !client.Added.IsZero() && req.IssuedAt.Before(client.Added) {
+		return refuse(2, "signed at %s, before client %s was trusted with its grants (%s); if it was not, check the clocks",
+			req.IssuedAt.UTC().Format(time.RFC3339), client.Name, client.Added.Format(time.RFC3339))
 	}
 
 	// Rule 5: the signed target selects this watcher.
@@ -358,16 +380,8 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 		return refuse(6, "expired %s ago", now.Sub(req.ExpiresAt).Round(time.Second))
 	}
 
-	// Rule 7: never run an id twice; answer a duplicate with the stored
-	// reply.
-	prior, err := w.Replay.Begin(client.Key.Fingerprint(), req.ID, req.ExpiresAt)
-	if err != nil {
-		d.keep = true
-		return reject(7, "replay cache unavailable, not running (will retry): %v", err)
-	}
-	if prior != nil {
-		return w.duplicate(ctx, d, client, req, prior, now)
-	}
+	// Rule 7 (never run an id twice) was settled above, before rule 5,
+	// so that the refusals of rules 5 and 6 are final too.
 
 	// Rule 8: a command on the allowlist, permitted to this client, with
 	// arguments its own validation accepts.
@@ -400,6 +414,18 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 
 	d.rec.Decision = DecisionAccepted
 	d.rec.Argv = w.Handler.Redact(req.Argv)
+	// Nothing runs unaudited: the record that it is about to run is on
+	// disk before it does.
+	start := d.rec
+	start.Decision = DecisionRunning
+	if err := w.Audit.Audit(start); err != nil {
+		w.log().Error("audit log unwritable; not running the request", "id", req.ID, "err", err)
+		if ferr := w.Replay.Forget(client.Key.Fingerprint(), req.ID); ferr != nil {
+			w.log().Error("failed to forget the request in the replay cache; it will not run", "id", req.ID, "err", ferr)
+		}
+		d.rec.Decision, d.rec.Argv = DecisionRejected, nil
+		return w.deferred(ctx, d, client, req, "the watcher cannot write its audit log", err, now)
+	}
 	limit, asked := w.execLimit(req)
 	stop := w.keepHidden(ctx, m, command, limit)
 	res, timedOut := w.runLimited(ctx, &Call{Argv: req.Argv, Command: command, Client: client, RequestID: req.ID}, limit)
@@ -491,6 +517,21 @@ func (w *Watcher) finish(ctx context.Context, client *KnownClient, req *Request,
 		return false
 	}
 	return true
+}
+
+// deferred answers a request the watcher could not record or audit: it
+// did not run, the client is told why (not that it was refused), and the
+// message stays queued so that a delivery after the fault is fixed runs
+// it, once, while it is valid.
+func (w *Watcher) deferred(ctx context.Context, d decision, client *KnownClient, req *Request, what string, err error, now time.Time) decision {
+	d.rec.Rule, d.rec.Reason = 7, fmt.Sprintf("%s, not running (will retry): %v", what, err)
+	msg := fmt.Sprintf("%s (%v): not run; it stays queued and runs once the watcher can record it, if still before %s\n",
+		what, err, req.ExpiresAt.UTC().Format(time.RFC3339))
+	if _, rerr := w.reply(ctx, client, req, Result{Status: StatusDeferred, Stderr: []byte(msg)}, "", now); rerr != nil {
+		w.log().Warn("reply failed", "id", req.ID, "err", rerr)
+	}
+	d.keep = true
+	return d
 }
 
 func (w *Watcher) duplicate(ctx context.Context, d decision, client *KnownClient, req *Request, prior *ReplayEntry, now time.Time) decision {

@@ -126,8 +126,8 @@ func TestRule2UnknownSender(t *testing.T) {
 	stranger := newIdentity(t)
 	m := f.deliver(f.w, seal(t, stranger, f.requestFrom(stranger, "ping"), f.wid.Public()))
 	rec, _ := f.checkRefused(t, f.w, m, refusal{rule: 2, reason: []string{"unknown client"}, from: stranger})
-	if rec.Client != stranger.Public().Fingerprint() || rec.ClientName != "" {
-		t.Errorf("audit client %q (%q), want the stranger's fingerprint and no name", rec.Client, rec.ClientName)
+	if rec.ClaimedSender != stranger.Public().Fingerprint() || rec.Client != "" || rec.ClientName != "" {
+		t.Errorf("audit client %q (%q), claimed %q; want the stranger's fingerprint as claimed, and no name", rec.Client, rec.ClientName, rec.ClaimedSender)
 	}
 	assertQueueEmpty(t, f.tr, f.clientQueue(f.client))
 }
@@ -184,8 +184,10 @@ func TestRule4Payload(t *testing.T) {
 		})
 		m := f.deliver(f.w, body)
 		rec, _ := f.checkRefused(t, f.w, m, refusal{rule: 4, reason: []string{"signature does not verify"}})
-		if rec.ClientName != "alice" {
-			t.Errorf("audit client name %q, want alice (the claimed sender)", rec.ClientName)
+		// Not authenticated: the key is recorded as claimed, never as a
+		// known client's name.
+		if rec.ClientName != "" || rec.Client != "" || rec.ClaimedSender != f.client.Public().Fingerprint() {
+			t.Errorf("audit client %q name %q claimed %q, want only the claimed key", rec.Client, rec.ClientName, rec.ClaimedSender)
 		}
 	})
 	t.Run("frankenstein as itself", func(t *testing.T) {
@@ -346,9 +348,10 @@ func TestRule6Time(t *testing.T) {
 				return
 			}
 			f.checkRefused(t, f.w, m, refusal{rule: 6, reason: []string{tt.reason}, reply: true})
-			// A refused request is not remembered: it was never begun.
-			if prior, err := f.w.Replay.Begin(f.client.Public().Fingerprint(), req.ID, req.ExpiresAt); err != nil || prior != nil {
-				t.Errorf("replay cache holds the refused request: %+v, %v", prior, err)
+			// A refused request is final: remembered, with its refusal,
+			// until it expires.
+			if prior, err := f.w.Replay.Begin(f.client.Public().Fingerprint(), req.ID, req.ExpiresAt); err != nil || prior == nil || !prior.Done {
+				t.Errorf("replay cache does not hold the refused request: %+v, %v", prior, err)
 			}
 		})
 	}

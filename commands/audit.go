@@ -118,6 +118,10 @@ func formatAudit(r sera.AuditRecord) string {
 	if who == "" {
 		who = r.Client
 	}
+	if who == "" && r.ClaimedSender != "" {
+		// Refused before the signature verified: only a claim.
+		who = "claimed " + r.ClaimedSender
+	}
 	if who == "" {
 		who = "-"
 	}
