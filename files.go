@@ -123,3 +123,61 @@ func LockFile(path string) (unlock func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
+
+// ErrInsecureMode is returned by CheckStrictModes.
+var ErrInsecureMode = errors.New("insecure file mode or owner")
+
+// CheckStrictModes refuses, as sshd's StrictModes does, files that someone
+// other than root (or this process's user) could change: each path and
+// every directory above it must be owned by root or the current user and
+// not writable by group or others (a root-owned sticky directory such as
+// /tmp excepted). Missing paths pass: they will be created private. The
+// error names the file and the command that fixes it.
+func CheckStrictModes(paths ...string) error {
+	me := os.Geteuid()
+	for _, p := range paths {
+		p, err := filepath.Abs(p)
+		if err != nil {
+			return err
+		}
+		for dir, first := p, true; ; first = false {
+			if err := checkMode(dir, me, first); err != nil {
+				return err
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
+		}
+	}
+	return nil
+}
+
+func checkMode(p string, me int, leaf bool) error {
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("failed to check %s: %w", p, err)
+	}
+	link := fi.Mode()&fs.ModeSymlink != 0
+	if leaf && link {
+		return fmt.Errorf("%w: %s is a symbolic link; sera's files must be the files themselves", ErrInsecureMode, p)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if int(st.Uid) != 0 && int(st.Uid) != me {
+		return fmt.Errorf("%w: %s is owned by uid %d, so that user could change what this watcher trusts; run 'chown %d %s'", ErrInsecureMode, p, st.Uid, me, p)
+	}
+	if link {
+		return nil // a link's own mode means nothing; its owner does
+	}
+	perm := fi.Mode().Perm()
+	if perm&0o022 != 0 && !(fi.IsDir() && fi.Mode()&fs.ModeSticky != 0 && st.Uid == 0) {
+		return fmt.Errorf("%w: %s is writable by group or others (mode %04o), so they could change what this watcher trusts; run 'chmod go-w %s'", ErrInsecureMode, p, perm, p)
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sera-dev/sera"
@@ -182,5 +183,61 @@ func TestAuditLog(t *testing.T) {
 	}
 	if err := (&sera.AuditLog{Path: link}).Audit(sera.AuditRecord{Decision: "x"}); err == nil {
 		t.Error("audit log written through a symlink")
+	}
+}
+
+func TestCheckStrictModes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "known_clients")
+	if err := os.WriteFile(file, []byte("# none\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := sera.CheckStrictModes(file, filepath.Join(dir, "missing")); err != nil {
+		t.Fatalf("private files: %v", err)
+	}
+	for _, tt := range []struct {
+		path string
+		mode os.FileMode
+		want string
+	}{
+		{file, 0o620, "writable by group or others (mode 0620)"},
+		{file, 0o602, "run 'chmod go-w " + file + "'"},
+		{dir, 0o770, dir + " is writable by group or others"},
+	} {
+		if err := os.Chmod(tt.path, tt.mode); err != nil {
+			t.Fatal(err)
+		}
+		err := sera.CheckStrictModes(file)
+		if !errors.Is(err, sera.ErrInsecureMode) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("mode %o of %s: %v, want %q", tt.mode, tt.path, err, tt.want)
+		}
+		os.Chmod(tt.path, map[bool]os.FileMode{true: 0o700, false: 0o600}[tt.path == dir])
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := sera.CheckStrictModes(link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("symlink: %v", err)
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(file, 1234, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := sera.CheckStrictModes(file); err == nil || !strings.Contains(err.Error(), "owned by uid 1234") {
+			t.Errorf("owned by another user: %v", err)
+		}
+		os.Chown(file, 0, 0)
+	}
+	// ClientFile fails closed when the file becomes writable to others
+	// while the watcher runs.
+	kc := &sera.ClientFile{Path: file}
+	if _, err := kc.Lookup(newIdentity(t).Public()); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(file, 0o666)
+	if c, err := kc.Lookup(newIdentity(t).Public()); err == nil || c != nil {
+		t.Errorf("world-writable known_clients: %v, %v; want a refusal", c, err)
 	}
 }

@@ -567,6 +567,11 @@ func (f *ClientFile) Lookup(key *crypto.PublicKey) (*KnownClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to check known clients: %w", err)
 	}
+	// StrictModes on every request, not only at start: a file made
+	// writable to others while the watcher runs fails closed.
+	if err := CheckStrictModes(f.Path); err != nil {
+		return nil, err
+	}
 	if f.clients == nil && f.err == nil || stamp != f.stamp {
 		f.clients, f.err = ReadKnownClients(f.Path)
 		f.stamp = stamp

@@ -197,8 +197,8 @@ func TestClientsAddRecordsWhenAndWarnsOfRoot(t *testing.T) {
 	add := func(allow string) sera.Result {
 		return h.Run(context.Background(), &sera.Call{Argv: []string{"clients", "add", "--name=ops", "--allow=" + allow, "--", key}})
 	}
-	if res := add("*"); res.Status != 0 || !strings.Contains(string(res.Stdout), "warning: client ops is root-equivalent on this host (*)") {
-		t.Fatalf("status %d, stdout %q", res.Status, res.Stdout)
+	if res := add("*"); res.Status != 0 || !strings.Contains(string(res.Stderr), "warning: client ops is root-equivalent on this host (*)") {
+		t.Fatalf("status %d, stderr %q", res.Status, res.Stderr)
 	}
 	first, _ := os.ReadFile(h.Host.KnownClients)
 	if !strings.Contains(string(first), " ops * added=2026-11-23T12:00:00Z\n") {

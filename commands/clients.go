@@ -97,11 +97,11 @@ holds more than it does. See docs/security.md.`,
 		if err := mayDelegate(by, want, account); err != nil {
 			return fmt.Errorf("%w; nothing was changed", err)
 		}
-		return updateKnownClients(h.KnownClients, func(kc *sera.KnownClients) (string, error) {
+		warn := ""
+		err := updateKnownClients(h.KnownClients, func(kc *sera.KnownClients) (string, error) {
 			if other := kc.ByName(name); other != nil && !other.Key.Equal(key) {
 				return "", fmt.Errorf("the name %s is already used by another key (%s); remove it first", name, other.Key.Fingerprint())
 			}
-			warn := ""
 			if slices.ContainsFunc(want, rootEquivalent) {
 				warn = fmt.Sprintf("sera: warning: client %s is root-equivalent on this host (%s)\n", name, strings.Join(rootGrants(want), ","))
 			}
@@ -114,11 +114,15 @@ holds more than it does. See docs/security.md.`,
 					return "", fmt.Errorf("client %s holds grants the caller lacks: %w", cur.Name, err)
 				}
 				cur.Name, cur.Allow, cur.Account, cur.Added = name, want, account, added
-				return warn + fmt.Sprintf("client %s (%s) updated, allow %s\n", name, key.Fingerprint(), allowString(want)), nil
+				return fmt.Sprintf("client %s (%s) updated, allow %s\n", name, key.Fingerprint(), allowString(want)), nil
 			}
 			kc.Clients = append(kc.Clients, &sera.KnownClient{Key: key, Name: name, Allow: want, Account: account, Added: added})
-			return warn + fmt.Sprintf("client %s (%s) added, allow %s\n", name, key.Fingerprint(), allowString(want)), nil
+			return fmt.Sprintf("client %s (%s) added, allow %s\n", name, key.Fingerprint(), allowString(want)), nil
 		}, out)
+		if err == nil {
+			io.WriteString(errOut, warn)
+		}
+		return err
 	})
 }
 

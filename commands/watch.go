@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,6 +53,17 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	if err != nil {
 		return err
 	}
+	state := cfg.Get(sera.KeyState)
+	// StrictModes, as sshd's: whoever can write these decides what this
+	// watcher runs as root.
+	strict := []string{cfg.Home, cfg.KeyFile(), cfg.EnvFile, cfg.KnownClientsFile(), state,
+		filepath.Join(state, "replay"), filepath.Join(state, "audit.log")}
+	if spoolDir := cfg.Get(sera.KeySpool); strings.HasPrefix(spoolDir, filepath.Clean(state)+"/") {
+		strict = append(strict, spoolDir)
+	}
+	if err := sera.CheckStrictModes(strict...); err != nil {
+		return fmt.Errorf("refusing to start: %w", err)
+	}
 	id, err := loadIdentity(cfg)
 	if err != nil {
 		return err
@@ -60,7 +72,6 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	if err := sera.CheckName(name); err != nil {
 		return fmt.Errorf("invalid %s (set it with 'sera config set %s=…'): %w", sera.KeyName, sera.KeyName, err)
 	}
-	state := cfg.Get(sera.KeyState)
 	if err := sera.MkdirPrivate(state); err != nil {
 		return err
 	}
