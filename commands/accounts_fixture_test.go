@@ -467,6 +467,31 @@ func (r *accountsRunner) Reset() {
 	r.calls = nil
 }
 
+// RunInput implements InputRunner: chpasswd --encrypted, reading
+// "user:hash" lines as the real one does (the call is recorded without its
+// input, as argv is all another user could see).
+func (r *accountsRunner) RunInput(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
+	if len(argv) != 2 || argv[0] != "chpasswd" || argv[1] != "--encrypted" {
+		return r.Run(ctx, argv...)
+	}
+	r.mu.Lock()
+	r.calls = append(r.calls, slices.Clone(argv))
+	r.mu.Unlock()
+	for _, line := range strings.Split(strings.TrimSuffix(string(stdin), "\n"), "\n") {
+		user, hash, ok := strings.Cut(line, ":")
+		if !ok {
+			return nil, &acctExit{code: 1, msg: "chpasswd: line 1: missing new password"}
+		}
+		r.mu.Lock()
+		err := r.usermod([]string{"--password", hash, "--", user})
+		r.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
 // Run implements Runner.
 func (r *accountsRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	r.mu.Lock()

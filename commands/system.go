@@ -40,7 +40,19 @@ const execWaitDelay = 5 * time.Second
 
 // Run implements Runner. A failure's error carries the program's stderr;
 // one that was killed because ctx ended wraps ctx.Err().
-func (ExecRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
+func (r ExecRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
+	return r.RunInput(ctx, nil, argv...)
+}
+
+// InputRunner is a Runner that can feed a program's standard input: the
+// way secrets (password hashes) reach a program, as argv is readable by
+// every user in /proc/PID/cmdline while it runs.
+type InputRunner interface {
+	RunInput(ctx context.Context, stdin []byte, argv ...string) (stdout []byte, err error)
+}
+
+// RunInput implements InputRunner: Run with stdin.
+func (ExecRunner) RunInput(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("failed to run: empty command")
 	}
@@ -59,6 +71,9 @@ func (ExecRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	cmd.WaitDelay = execWaitDelay
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if cerr := ctx.Err(); cerr != nil {
@@ -179,6 +194,17 @@ func (h *Host) path(p string) string {
 		return p
 	}
 	return filepath.Join(h.Root, p)
+}
+
+// setPasswordHash sets user's password hash with chpasswd -e, the hash
+// on its standard input, never on argv.
+func (h *Host) setPasswordHash(ctx context.Context, user, hash string) error {
+	r, ok := h.runner().(InputRunner)
+	if !ok {
+		return errors.New("failed to set the password: this host's runner cannot pass it on standard input")
+	}
+	_, err := r.RunInput(ctx, []byte(user+":"+hash+"\n"), "chpasswd", "--encrypted")
+	return err
 }
 
 func (h *Host) runner() Runner {

@@ -206,11 +206,9 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 		diffs = append(diffs, fmt.Sprintf("comment %q (want %q)", u.Comment, o.comment))
 		argv = append(argv, "--comment", o.comment)
 	}
-	secretArgs := 0
-	if changed("password-hash") && strings.TrimPrefix(db.shadow[name].Hash, "!") != o.passwordHash {
+	setHash := changed("password-hash") && strings.TrimPrefix(db.shadow[name].Hash, "!") != o.passwordHash
+	if setHash {
 		diffs = append(diffs, "password hash")
-		argv = append(argv, "--password", o.passwordHash)
-		secretArgs = len(argv) - 1
 	}
 	member := db.groupsOf(name)
 	var kept []string
@@ -265,9 +263,6 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 	if len(argv) > 0 {
 		full := append(append([]string{"usermod"}, argv...), "--", name)
 		desc := quoteArgs(full)
-		if secretArgs > 0 {
-			desc[secretArgs+1] = "'***'"
-		}
 		p.add(strings.Join(desc, " "), func(ctx context.Context) error {
 			_, err := h.runner().Run(ctx, full...)
 			return err
@@ -275,6 +270,11 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 		if len(kept) > 0 {
 			p.note("kept system groups " + strings.Join(kept, ",") + " (not managed by sera)")
 		}
+	}
+	if setHash {
+		p.add("chpasswd --encrypted (the hash of "+name+" on its standard input)", func(ctx context.Context) error {
+			return h.setPasswordHash(ctx, name, o.passwordHash)
+		})
 	}
 	if h.lockedBySera(db, u) && disableNewKeys(before, after) {
 		p.note(name + " is locked: the new keys are added disabled; 'sera user unlock " + name + "' enables them")
@@ -356,18 +356,17 @@ func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, change
 	if changed("comment") {
 		argv = append(argv, "--comment", o.comment)
 	}
-	desc := quoteArgs(argv)
-	if changed("password-hash") {
-		argv = append(argv, "--password", o.passwordHash)
-		desc = append(desc, "--password", "'***'")
-	}
 	argv = append(argv, "--", name)
-	desc = append(desc, "--", name)
 	var p plan
-	p.add(strings.Join(desc, " "), func(ctx context.Context) error {
+	p.add(strings.Join(quoteArgs(argv), " "), func(ctx context.Context) error {
 		_, err := h.runner().Run(ctx, argv...)
 		return err
 	})
+	if changed("password-hash") {
+		p.add("chpasswd --encrypted (the hash of "+name+" on its standard input)", func(ctx context.Context) error {
+			return h.setPasswordHash(ctx, name, o.passwordHash)
+		})
+	}
 	if len(keys) > 0 {
 		var what []string
 		ak := &authorizedKeys{}

@@ -68,10 +68,10 @@ func TestUserAddNew(t *testing.T) {
 		},
 		{
 			name:  "every attribute",
-			flags: []string{"--uid=1500", "--gid=1003", "--groups=ops,dev", "--shell=/bin/bash", "--comment=Carol Example", "--password-hash=" + hash, "--key=" + k1, "--key=" + k2},
+			flags: []string{"--uid=1500", "--gid=1003", "--groups=ops,dev", "--shell=/bin/bash", "--comment=Carol Example", "--key=" + k1, "--key=" + k2},
 			useradd: []string{"--uid", "1500", "--gid", "1003", "--groups", "ops,dev", "--shell", "/bin/bash",
-				"--comment", "Carol Example", "--password", hash},
-			shown:    "useradd --create-home --uid 1500 --gid 1003 --groups ops,dev --shell /bin/bash --comment 'Carol Example' --password '***' -- carol",
+				"--comment", "Carol Example"},
+			shown:    "useradd --create-home --uid 1500 --gid 1003 --groups ops,dev --shell /bin/bash --comment 'Carol Example' -- carol",
 			keyLines: []string{k1, k2},
 			wantUID:  1500, wantGID: 1003, wantGroup: []string{"ops", "dev"},
 		},
@@ -220,8 +220,8 @@ func TestUserAddExisting(t *testing.T) {
 		{
 			name: "password hash", flags: []string{"--password-hash=" + hash2},
 			diff:    "password hash",
-			usermod: []string{"usermod", "--password", hash2, "--", "alice"},
-			shown:   []string{"done: usermod --password '***' -- alice"},
+			usermod: []string{"chpasswd", "--encrypted"},
+			shown:   []string{"done: chpasswd --encrypted (the hash of alice on its standard input)"},
 			check: func(t *testing.T, f *accountsFixture) {
 				if sh := f.shadow("alice"); sh.Hash != hash2 {
 					t.Errorf("hash %q", sh.Hash)
@@ -323,14 +323,15 @@ func TestUserPasswordHashIsSecret(t *testing.T) {
 		f := newAccountsFixture(t)
 		argv := []string{"user", "add", "--password-hash=" + hash, "--", "carol"}
 		out := f.ok(append(argv[:2:2], append([]string{"--dry-run"}, argv[2:]...)...)...)
-		if out != "would: useradd --create-home --password '***' -- carol\n" || strings.Contains(out, hash) {
+		if out != "would: useradd --create-home -- carol\nwould: chpasswd --encrypted (the hash of carol on its standard input)\n" || strings.Contains(out, hash) {
 			t.Errorf("dry run printed %q", out)
 		}
 		out = f.ok(argv...)
-		if out != "done: useradd --create-home --password '***' -- carol\n" {
+		if out != "done: useradd --create-home -- carol\ndone: chpasswd --encrypted (the hash of carol on its standard input)\n" {
 			t.Errorf("printed %q", out)
 		}
-		acctCalls(t, f, []string{"useradd", "--create-home", "--password", hash, "--", "carol"})
+		// The hash is on no program's argv (readable in /proc by anyone).
+		acctCalls(t, f, []string{"useradd", "--create-home", "--", "carol"}, []string{"chpasswd", "--encrypted"})
 		if sh := f.shadow("carol"); sh.Hash != hash {
 			t.Errorf("carol's hash is %q, want the one given", sh.Hash)
 		}
@@ -340,7 +341,7 @@ func TestUserPasswordHashIsSecret(t *testing.T) {
 		f.Runner.fail = func(argv []string) error { return &acctExit{code: 1, msg: "useradd: cannot lock /etc/passwd"} }
 		snap := f.snapshot()
 		stderr := f.fail("user", "add", "--password-hash", hash, "--", "carol")
-		acctContains(t, "the error", stderr, "failed to useradd --create-home --password '***' -- carol", "cannot lock /etc/passwd", "nothing was changed")
+		acctContains(t, "the error", stderr, "failed to useradd --create-home -- carol", "cannot lock /etc/passwd", "nothing was changed")
 		if strings.Contains(stderr, hash) {
 			t.Errorf("the error shows the hash: %s", stderr)
 		}
