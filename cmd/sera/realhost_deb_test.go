@@ -863,8 +863,10 @@ func testDebUnderSystemd(t *testing.T, debs []string) {
 
 	// Every request is in journald, with its fields, under the unit.
 	entries := c.must("journalctl", "-u", "sera", "-o", "json", "--no-pager", "MESSAGE_ID=14ac04408b7a4036a34422e9c39b9ce5")
-	if n := strings.Count(entries, "\n"); n != len(steps)+3 {
-		t.Errorf("%d audit entries in the journal, want %d:\n%s", n, len(steps)+3, entries)
+	// Two a request: "running", written before the command runs, and
+	// "accepted" with its exit status.
+	if n, r := strings.Count(entries, "\n"), strings.Count(entries, `"SERA_DECISION":"running"`); n != 2*(len(steps)+3) || r != len(steps)+3 {
+		t.Errorf("%d audit entries in the journal (%d running), want %d:\n%s", n, r, 2*(len(steps)+3), entries)
 	}
 	if !strings.Contains(entries, `"SERA_ARGV":"[\"user\",\"add\",\"--\",\"alice\"`) && !strings.Contains(entries, `"SERA_ARGV":"[\"user\",\"add\"`) {
 		t.Errorf("journal entries lack user add:\n%s", entries)
