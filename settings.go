@@ -35,6 +35,9 @@ const (
 	KeyIPURL        = "SERA_IP_URL"
 	KeyAllowDefault = "SERA_ALLOW_DEFAULT"
 	KeyAllowMax     = "SERA_ALLOW_MAX"
+	// KeyDomain is the DNS domain of the fleet: known-hosts sync trusts
+	// NAME.DOMAIN for each watcher, as the admin's word.
+	KeyDomain = "SERA_DOMAIN"
 	// SNS fan-out: how a client delivers a request for a group or --all,
 	// and the AWS account of the topics it publishes to.
 	KeyFanout  = "SERA_FANOUT"
@@ -87,6 +90,7 @@ var Settings = []SettingDef{
 	{Key: KeyIPURL, Help: "client: HTTPS URL that answers with your public address, for 'allow' and 'disallow' without one", check: checkHTTPSURL},
 	{Key: KeyAllowDefault, Help: "watcher: how long an 'allow' opening lasts without --for (capped at SERA_ALLOW_MAX)", check: checkAllowLifetime},
 	{Key: KeyAllowMax, Help: "watcher: the longest --for 'allow' accepts (at most 720h)", check: checkAllowLifetime},
+	{Key: KeyDomain, Help: "client: the fleet's DNS domain; 'known-hosts sync' trusts NAME.DOMAIN for each watcher (the names hosts report are not trusted)", check: checkDomain},
 	{Key: KeyFanout, Help: "client: how a request for a group or --all is delivered: sns publishes once to the group's topic, direct sends to each watcher's queue", check: oneOf("direct", "sns")},
 	{Key: KeyAccount, Help: "AWS account ID of the SNS topics (for SERA_FANOUT=sns)", check: checkAccount},
 }
@@ -216,6 +220,7 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	def(KeyIPURL, DefaultIPURL)
 	def(KeyAllowDefault, "1h")
 	def(KeyAllowMax, "24h")
+	def(KeyDomain, "")
 	def(KeyFanout, "direct")
 	def(KeyAccount, "")
 	for _, d := range Settings {
@@ -355,6 +360,16 @@ func checkAllowLifetime(s string) error {
 }
 
 // checkAccount accepts an AWS account ID: 12 digits.
+var domainRE = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// checkDomain accepts a lower-case DNS domain (or nothing).
+func checkDomain(s string) error {
+	if s != "" && (len(s) > 200 || !domainRE.MatchString(s)) {
+		return fmt.Errorf("%q is not a DNS domain: lower-case labels separated by dots, e.g. example.com", s)
+	}
+	return nil
+}
+
 func checkAccount(s string) error {
 	if len(s) != 12 || strings.Trim(s, "0123456789") != "" {
 		return fmt.Errorf("%q is not an AWS account ID: use its 12 digits", s)

@@ -657,10 +657,14 @@ of /etc/ssh/ssh_known_hosts) and in this machine's ~/.ssh/known_hosts, so
 that ssh between them and from here checks host keys with no prompt, and
 a re-keyed host is trusted with its new keys only.
 
-Each host is entered under its watcher name, with the names and addresses
-it reports (hostname, non-loopback addresses) and the addresses known_watchers
-gives it. A name or address reported by two hosts, or a reported name that
-is another watcher's, is left out and reported.
+Each host is entered under its watcher name, with the addresses known_watchers
+gives it (--addr of 'sera watchers add') and, if SERA_DOMAIN is set,
+NAME.DOMAIN: names from the admin only. The names and addresses a host
+reports about itself (hostname, non-loopback addresses) are shown but not
+trusted — one compromised host could otherwise be entered everywhere under
+any name (github.com, a bastion); give the ones you trust with 'sera watchers
+add NAME PUBKEY --addr …'. A name known_watchers gives two hosts, or that is
+another watcher's, is left out and reported.
 
 A host that does not answer is reported, and its entries are left as each
 host (and ~/.ssh/known_hosts) has them: its keys are neither refreshed nor
@@ -711,13 +715,19 @@ type syncHost struct {
 
 // parseHostKeyReport reads a watcher's 'hostkey list --json' output. The
 // keys must all be good; a bad reported name is only left out.
-func parseHostKeyReport(w *sera.KnownWatcher, stdout []byte) (*syncHost, []string, error) {
+func parseHostKeyReport(w *sera.KnownWatcher, stdout []byte, domain string) (*syncHost, []string, error) {
 	name, err := parseHostName(w.Name)
 	if err != nil || strings.Contains(name, ".") {
 		return nil, nil, fmt.Errorf("watcher name %q is not a host name, so its keys cannot be entered under it", w.Name)
 	}
 	h := &syncHost{watcher: w, name: name}
 	var warnings []string
+	if domain != "" {
+		// The admin's domain (SERA_DOMAIN): NAME.DOMAIN is the admin's word.
+		if n, err := parseHostName(name + "." + domain); err == nil {
+			h.admin = append(h.admin, n)
+		}
+	}
 	for _, a := range w.Addrs {
 		if n, err := parseHostName(a); err == nil {
 			h.admin = append(h.admin, n)
@@ -787,13 +797,9 @@ func buildSyncSet(hosts []*syncHost, watcherNames []string) ([]*khHost, []string
 		return false
 	})
 	adminBy := map[string][]string{}
-	claimBy := map[string][]string{}
 	for _, h := range hosts {
 		for _, a := range h.admin {
 			adminBy[a] = append(adminBy[a], h.name)
-		}
-		for _, a := range h.claimed {
-			claimBy[a] = append(claimBy[a], h.name)
 		}
 	}
 	var entries []*khHost
@@ -813,6 +819,12 @@ func buildSyncSet(hosts []*syncHost, watcherNames []string) ([]*khHost, []string
 			}
 			aliases = append(aliases, a)
 		}
+		// What a host says about itself is never trusted by itself: a
+		// compromised host would otherwise be entered fleet-wide under
+		// any name it likes (github.com, a bastion). Names the admin did
+		// not give it are shown, and the admin accepts them explicitly
+		// by giving them in known_watchers.
+		var untrusted []string
 		for _, a := range h.claimed {
 			switch {
 			case slices.Contains(aliases, a):
@@ -820,11 +832,13 @@ func buildSyncSet(hosts []*syncHost, watcherNames []string) ([]*khHost, []string
 				warnings = append(warnings, fmt.Sprintf("%s: reports the name %s, which is another watcher's: left out", h.name, a))
 			case len(adminBy[a]) > 0:
 				warnings = append(warnings, fmt.Sprintf("%s: reports %s, which known_watchers gives to %s: left out", h.name, a, strings.Join(adminBy[a], ", ")))
-			case len(claimBy[a]) > 1:
-				warnings = append(warnings, fmt.Sprintf("%s: %s is reported by %s: left out of all of them", h.name, a, strings.Join(claimBy[a], ", ")))
 			default:
-				aliases = append(aliases, a)
+				untrusted = append(untrusted, a)
 			}
+		}
+		if len(untrusted) > 0 {
+			warnings = append(warnings, fmt.Sprintf("%s: also reports %s: not trusted, as a host's word about itself is not enough; to trust them, give them with 'sera watchers add %s PUBKEY --addr NAME' (as now, plus these)",
+				h.name, strings.Join(untrusted, ", "), h.watcher.Name))
 		}
 		e, err := newKHHost(h.name, aliases, h.keys)
 		if err != nil { // cannot happen: parseHostKeyReport refused two keys of a type
@@ -908,7 +922,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 			noKeys = append(noKeys, failure{w.Name, fmt.Sprintf("'hostkey list' exited %d: %s", r.Status, firstLine(r.Stderr))})
 			continue
 		}
-		h, warnings, err := parseHostKeyReport(w, r.Stdout)
+		h, warnings, err := parseHostKeyReport(w, r.Stdout, cfg.Get(sera.KeyDomain))
 		for _, wn := range warnings {
 			fmt.Fprintf(stderr, "sera: warning: %s\n", wn)
 		}

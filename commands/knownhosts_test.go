@@ -401,7 +401,7 @@ func khReport(t *testing.T, host string, names, addrs []string, keys ...ssh.Publ
 func TestParseHostKeyReport(t *testing.T) {
 	ed, ec := khEd25519(t), khECDSA(t)
 	w := &sera.KnownWatcher{Name: "Web2", Addrs: []string{"192.0.2.7", "bad_addr"}}
-	h, warn, err := parseHostKeyReport(w, khReport(t, "web2", []string{"web2", "web2.example", "*"}, []string{"10.0.0.2"}, ed, ec, ed))
+	h, warn, err := parseHostKeyReport(w, khReport(t, "web2", []string{"web2", "web2.example", "*"}, []string{"10.0.0.2"}, ed, ec, ed), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,9 +425,14 @@ func TestParseHostKeyReport(t *testing.T) {
 		"two of type": {ok, khReport(t, "web2", nil, nil, ed, khEd25519(t)), "two ssh-ed25519 keys"},
 		"bad name":    {&sera.KnownWatcher{Name: "web_2"}, khReport(t, "web_2", nil, nil, ed), "not a host name"},
 	} {
-		if _, _, err := parseHostKeyReport(tc.w, tc.out); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, _, err := parseHostKeyReport(tc.w, tc.out, ""); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}
+	}
+	// SERA_DOMAIN is the admin's word: NAME.DOMAIN is given, like an addr.
+	h, _, err = parseHostKeyReport(ok, khReport(t, "web2", nil, nil, ed), "example.net")
+	if err != nil || !slices.Equal(h.admin, []string{"web2.example.net"}) {
+		t.Errorf("with a domain: %+v, %v", h, err)
 	}
 }
 
@@ -449,13 +454,18 @@ func TestBuildSyncSet(t *testing.T) {
 	for _, e := range entries {
 		got = append(got, strings.Join(e.names(), ","))
 	}
-	want := []string{"web1,10.0.0.1,10.0.0.9", "web2,web2.example", "web3,10.0.0.3", "web4"}
+	// Only the admin's names: what a host reports about itself is shown,
+	// never trusted by itself.
+	want := []string{"web1,10.0.0.1,10.0.0.9", "web2", "web3", "web4"}
 	if !slices.Equal(got, want) {
 		t.Errorf("entries %q, want %q", got, want)
 	}
 	all := strings.Join(warn, "\n")
 	for _, w := range []string{
-		"172.17.0.1 is reported by web2, web1: left out of all of them",
+		"web2: also reports web2.example, 172.17.0.1: not trusted",
+		"'sera watchers add web2 PUBKEY --addr NAME'",
+		"web1: also reports 172.17.0.1: not trusted",
+		"web3: also reports 10.0.0.3: not trusted",
 		"web2: reports the name web3, which is another watcher's",
 		"web2: reports 10.0.0.9, which known_watchers gives to web1",
 		"known_watchers gives 10.0.0.5 to web3, web4",
@@ -504,6 +514,9 @@ func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 	f := &khFleet{t: t, dir: dir, spool: filepath.Join(dir, "spool"), hosts: map[string]*hkRoot{}, stops: map[string]func(){}}
 	f.env = map[string]string{
 		"SERA_HOME": filepath.Join(dir, "client"), "SERA_STATE": filepath.Join(dir, "client", "state"),
+		// The admin's names for the hosts: NAME.example, and each host's
+		// address in known_watchers (what hosts report is not trusted).
+		"SERA_DOMAIN": "example",
 		"SERA_TRANSPORT": "spool", "SERA_SPOOL": f.spool, "SERA_PREFIX": "kh",
 	}
 	if out, _, err := f.sera("keygen"); err != nil {
@@ -533,7 +546,7 @@ func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 		if err != nil {
 			t.Fatal(err)
 		}
-		kw.Watchers = append(kw.Watchers, &sera.KnownWatcher{Name: n, Key: id.Public()})
+		kw.Watchers = append(kw.Watchers, &sera.KnownWatcher{Name: n, Key: id.Public(), Addrs: []string{addrOf[n]}})
 		r := newHostkeyRoot(t, n)
 		f.hosts[n] = r
 		if slices.Contains(running, n) {
@@ -790,4 +803,39 @@ func testKnownHostsSyncLocalFile(t *testing.T, f *khFleet) {
 			t.Errorf("%q: %v, want a usage error", args, err)
 		}
 	}
+}
+
+// A compromised host reports itself as github.com and a bastion's address:
+// none of it is entered anywhere; only the admin's names are.
+func TestKnownHostsSyncTrustsOnlyTheAdminsNames(t *testing.T) {
+	inKHFleet(t, []string{"web1", "web2"}, nil, func(t *testing.T, f *khFleet) {
+		hostHostname = func(h *Host) (string, error) {
+			if h.Name == "web2" {
+				return "github.com", nil
+			}
+			return h.Name + ".example", nil
+		}
+		real := hostAddrs
+		hostAddrs = func(h *Host) ([]netip.Addr, error) {
+			if h.Name == "web2" {
+				return []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("203.0.113.9")}, nil
+			}
+			return real(h)
+		}
+		_, errOut, err := f.sera("known-hosts", "sync", "--timeout=1s")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, errOut)
+		}
+		if !strings.Contains(errOut, "web2: also reports github.com, 203.0.113.9: not trusted") {
+			t.Errorf("stderr does not show the untrusted names:\n%s", errOut)
+		}
+		for n, content := range f.files() {
+			if strings.Contains(content, "github.com") || strings.Contains(content, "203.0.113.9") {
+				t.Errorf("%s trusts a name web2 gave itself:\n%s", n, content)
+			}
+			if !strings.Contains(content, "web2,web2.example,10.0.0.2 ") {
+				t.Errorf("%s lacks web2 under the admin's names:\n%s", n, content)
+			}
+		}
+	})
 }

@@ -358,12 +358,19 @@ func testDebOnNamespaceHost(t *testing.T, debs []string) {
 	}
 
 	// The audit record reached journald with its fields...
+	// Two entries: "running", written before the command ran, then
+	// "accepted" with its exit status.
 	var entry map[string]string
-	select {
-	case b := <-journal:
-		entry = journalFields(b)
-	case <-time.After(time.Minute): // a guard
-		t.Fatal("no audit entry reached journald")
+	for _, want := range []string{"running", "accepted"} {
+		select {
+		case b := <-journal:
+			entry = journalFields(b)
+		case <-time.After(time.Minute): // a guard
+			t.Fatal("no audit entry reached journald")
+		}
+		if entry["SERA_DECISION"] != want {
+			t.Fatalf("journal entry %q, want decision %s", entry, want)
+		}
 	}
 	fp := f.identity().Public().Fingerprint()
 	for k, want := range map[string]string{"SERA_DECISION": "accepted", "SERA_ARGV": `["ping"]`, "SERA_EXIT": "0",
@@ -379,7 +386,7 @@ func testDebOnNamespaceHost(t *testing.T, debs []string) {
 	if got := h.MustExec(t, "sera", "audit"); !strings.Contains(got, "accepted") || !strings.Contains(got, "ping  exit 0") || !strings.Contains(got, entry["SERA_REQUEST_ID"]) {
 		t.Errorf("sera audit:\n%s", got)
 	}
-	if got := h.MustExec(t, "sera", "audit", "--since", "1h", "--json"); strings.Count(got, "\n") != 1 || !strings.Contains(got, `"argv":["ping"]`) {
+	if got := h.MustExec(t, "sera", "audit", "--since", "1h", "--json"); strings.Count(got, "\n") != 2 || !strings.Contains(got, `"decision":"running"`) || !strings.Contains(got, `"argv":["ping"]`) {
 		t.Errorf("sera audit --json:\n%s", got)
 	}
 
