@@ -20,6 +20,14 @@ import (
 // process of the identity deletes it: no client waits that long.
 const staleReply = time.Hour
 
+// maxForeignReceives is how often a reply part for a request this process
+// does not wait for may be received before it is deleted: whoever sent
+// it, it cannot circulate for ever and jam the queue. The count is the
+// queue's own (SQS's ApproximateReceiveCount), not the message's word;
+// with a second's pause between releases it is several minutes of a
+// process of this identity waiting, more than SERA_TIMEOUT allows.
+const maxForeignReceives = 200
+
 // Client sends requests to watchers and collects their replies.
 type Client struct {
 	Identity  *crypto.Identity
@@ -27,6 +35,11 @@ type Client struct {
 	Prefix    string
 	// TTL is the request lifetime (SERA_REQUEST_TTL).
 	TTL time.Duration
+	// Watchers, if set, are every watcher this identity trusts
+	// (known_watchers): a reply part sealed by any other key is deleted
+	// on sight, whoever it claims to answer. Nil trusts only the job's
+	// own watchers.
+	Watchers *KnownWatchers
 	// Optional.
 	Now  func() time.Time
 	Rand io.Reader
@@ -520,6 +533,12 @@ func (r *run) take(ctx context.Context, m *transport.Message) {
 	}
 	fp := sr.From.Fingerprint()
 	f, ours := r.inflight[fp]
+	if !ours && !r.trusts(sr.From) {
+		// Anyone who knows this identity's public key can seal a part
+		// to it: only a known watcher's may stay on the queue.
+		drop("not from a known watcher")
+		return
+	}
 	if p.id == r.id && !ours {
 		// A second copy (a duplicate delivery answered again), a reply
 		// after its watcher timed out, or from a watcher this request
@@ -535,6 +554,10 @@ func (r *run) take(ctx context.Context, m *transport.Message) {
 		key := fmt.Sprintf("%s/%s/%d", p.id, fp, p.part)
 		if isStale(p, c.now()) {
 			drop("stale")
+			return
+		}
+		if m.Receives > maxForeignReceives {
+			drop(fmt.Sprintf("unclaimed after %d receives", m.Receives))
 			return
 		}
 		delay := time.Duration(0)
@@ -573,6 +596,16 @@ func (r *run) take(ctx context.Context, m *transport.Message) {
 	}
 	r.out.Replies = append(r.out.Replies, HostReply{Watcher: f.w, Reply: reply})
 	r.emit(Event{Kind: EventReply, Watcher: f.w, Reply: reply})
+}
+
+// trusts reports whether key is a watcher this identity accepts replies
+// from: one of Client.Watchers, or of the job's if it has none.
+func (r *run) trusts(key *crypto.PublicKey) bool {
+	if r.c.Watchers != nil {
+		return r.c.Watchers.ByKey(key) != nil
+	}
+	_, ok := r.inflight[key.Fingerprint()]
+	return ok || slices.ContainsFunc(r.job.Watchers, func(w *KnownWatcher) bool { return w.Key.Equal(key) })
 }
 
 // isStale reports whether an unclaimed single-part reply ended so long ago

@@ -314,3 +314,69 @@ func TestClientTooLarge(t *testing.T) {
 		t.Error("Do with no watchers did not fail")
 	}
 }
+
+// Anyone who can write to a client's reply queue must not be able to
+// block it: parts sealed by keys outside known_watchers are deleted on
+// sight, and a part for an id nobody waits for stops circulating after a
+// bounded number of receives, counted by the queue.
+func TestReplyQueueCannotBeJammed(t *testing.T) {
+	t.Parallel()
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		start(t, f.w)
+		ctx := context.Background()
+		q := f.clientQueue(f.client)
+		stranger := newIdentity(t)
+		for range 3000 {
+			id, _ := sera.NewRequestID(rand.Reader)
+			body, _ := json.Marshal(&sera.Reply{ID: id, Watcher: "web1", Started: time.Now(), Ended: time.Now()})
+			junk, err := crypto.SealReply(rand.Reader, stranger, f.client.Public(), sera.EncodePart(id, 0, 1, body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.tr.Send(ctx, q, junk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A known watcher's part for an id no process waits for, already
+		// received as often as the bound allows.
+		otherID, _ := sera.NewRequestID(rand.Reader)
+		body, _ := json.Marshal(&sera.Reply{ID: otherID, Watcher: "web1", Started: time.Now(), Ended: time.Now()})
+		orphan, _ := crypto.SealReply(rand.Reader, f.wid, f.client.Public(), sera.EncodePart(otherID, 0, 1, body))
+		if err := f.tr.Send(ctx, q, orphan); err != nil {
+			t.Fatal(err)
+		}
+		c := f.newClient(nil)
+		c.Watchers = &sera.KnownWatchers{Watchers: []*sera.KnownWatcher{known(f.w)}}
+		for i := range 3 {
+			out, err := c.Do(ctx, []*sera.KnownWatcher{known(f.w)}, sera.Target{Names: []string{"web1"}}, []string{"ping"}, 10*time.Second, nil)
+			if err != nil || len(out.Replies) != 1 {
+				t.Fatalf("ping %d behind 3,000 junk parts: %+v, %v", i, out, err)
+			}
+		}
+		// Only the known watcher's orphan may be left, released for a
+		// process that might wait for it; the junk is gone.
+		msgs, err := f.tr.Receive(ctx, q, 10, 3*time.Second, time.Minute) // after its pause
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) != 1 || !bytes.Equal(msgs[0].Body, orphan) {
+			t.Fatalf("%d messages left on the reply queue, want only the orphan", len(msgs))
+		}
+		// Received past the bound, the orphan goes too.
+		for msgs[0].Receives <= 200 {
+			if err := f.tr.ChangeVisibility(ctx, q, msgs[0], 0); err != nil {
+				t.Fatal(err)
+			}
+			if msgs, err = f.tr.Receive(ctx, q, 1, time.Second, time.Minute); err != nil || len(msgs) != 1 {
+				t.Fatalf("receive: %d, %v", len(msgs), err)
+			}
+		}
+		if err := f.tr.ChangeVisibility(ctx, q, msgs[0], 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Do(ctx, []*sera.KnownWatcher{known(f.w)}, sera.Target{Names: []string{"web1"}}, []string{"ping"}, 10*time.Second, nil); err != nil {
+			t.Fatal(err)
+		}
+		assertQueueEmpty(t, f.tr, q)
+	})
+}

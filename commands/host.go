@@ -316,9 +316,15 @@ func (o *Options) newClient(ctx context.Context, cfg *sera.Config, timeout time.
 	if timeout <= 0 {
 		timeout = cfg.Duration(sera.KeyTimeout)
 	}
+	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+	if err != nil {
+		tr.Close()
+		return nil, 0, nil, err
+	}
 	client = &sera.Client{
 		Identity: id, Transport: tr, Prefix: cfg.Get(sera.KeyPrefix),
 		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand,
+		Watchers: kw,
 	}
 	return client, timeout, func() { tr.Close() }, nil
 }

@@ -516,7 +516,7 @@ func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 		"SERA_HOME": filepath.Join(dir, "client"), "SERA_STATE": filepath.Join(dir, "client", "state"),
 		// The admin's names for the hosts: NAME.example, and each host's
 		// address in known_watchers (what hosts report is not trusted).
-		"SERA_DOMAIN": "example",
+		"SERA_DOMAIN":    "example",
 		"SERA_TRANSPORT": "spool", "SERA_SPOOL": f.spool, "SERA_PREFIX": "kh",
 	}
 	if out, _, err := f.sera("keygen"); err != nil {
