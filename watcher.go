@@ -284,6 +284,9 @@ func (w *Watcher) Handle(ctx context.Context, m *transport.Message) {
 		w.log().Error("audit failed", "err", err)
 	}
 	attrs := []any{"decision", d.rec.Decision, "client", d.rec.Client, "id", d.rec.RequestID}
+	if d.rec.ClaimedSender != "" {
+		attrs = append(attrs, "claimed_sender", d.rec.ClaimedSender)
+	}
 	if d.rec.Reason != "" {
 		attrs = append(attrs, "rule", d.rec.Rule, "reason", d.rec.Reason)
 	}

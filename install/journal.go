@@ -76,6 +76,7 @@ func JournalFields(r sera.AuditRecord) map[string]string {
 	}
 	set("SERA_CLIENT", r.Client)
 	set("SERA_CLIENT_NAME", r.ClientName)
+	set("SERA_CLAIMED_SENDER", r.ClaimedSender)
 	set("SERA_REQUEST_ID", r.RequestID)
 	if len(r.Argv) > 0 {
 		b, _ := json.Marshal(r.Argv)
@@ -97,6 +98,9 @@ func JournalMessage(r sera.AuditRecord) string {
 	who := r.Client
 	if r.ClientName != "" {
 		who = r.ClientName + " (" + r.Client + ")"
+	}
+	if who == "" && r.ClaimedSender != "" {
+		who = "a sender claiming key " + r.ClaimedSender
 	}
 	if who == "" {
 		who = "unidentified sender"

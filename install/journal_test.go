@@ -31,7 +31,7 @@ func TestAuditToJournalAndFile(t *testing.T) {
 	at := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 	recs := []sera.AuditRecord{
 		{Time: at, Client: "fp1", ClientName: "admin", RequestID: "id1", Argv: []string{"user", "add", "alice", "--comment", "A B"}, Decision: sera.DecisionAccepted, Exit: &exit},
-		{Time: at, Client: "fp2", Decision: sera.DecisionRejected, Rule: 2, Reason: "unknown client"},
+		{Time: at, ClaimedSender: "fp2", Decision: sera.DecisionRejected, Rule: 2, Reason: "unknown client"},
 	}
 	for _, r := range recs {
 		if err := a.Audit(r); err != nil {
@@ -44,9 +44,9 @@ func TestAuditToJournalAndFile(t *testing.T) {
 			"SERA_CLIENT": "fp1", "SERA_CLIENT_NAME": "admin", "SERA_REQUEST_ID": "id1",
 			"SERA_ARGV": `["user","add","alice","--comment","A B"]`, "SERA_DECISION": "accepted", "SERA_EXIT": "0",
 		}},
-		{"audit: rejected: fp2 (rule 2: unknown client)", journal.PriNotice, map[string]string{
+		{"audit: rejected: a sender claiming key fp2 (rule 2: unknown client)", journal.PriNotice, map[string]string{
 			"SYSLOG_IDENTIFIER": "sera", "MESSAGE_ID": AuditMessageID,
-			"SERA_CLIENT": "fp2", "SERA_DECISION": "rejected", "SERA_RULE": "2", "SERA_REASON": "unknown client",
+			"SERA_CLAIMED_SENDER": "fp2", "SERA_DECISION": "rejected", "SERA_RULE": "2", "SERA_REASON": "unknown client",
 		}},
 	}
 	if len(got) != len(want) {
