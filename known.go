@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/sera-dev/sera/crypto"
 )
@@ -27,6 +29,14 @@ type KnownClient struct {
 	// Allow lists the commands the client may run, as command paths
 	// ("user", "user add") or AllowAll. Ping is always allowed.
 	Allow []string
+	// Account is the Unix account this client belongs to (account=), for
+	// self-service grants; empty if it is bound to none.
+	Account string
+	// Added is when this key was last trusted or its grants changed
+	// (added=), in UTC to the second; zero in files written before it
+	// existed. A request issued before it was signed by a key the watcher
+	// did not trust with these grants, and never runs.
+	Added time.Time
 }
 
 // Allows reports whether c may run command (a space-separated path such
@@ -73,7 +83,7 @@ type KnownClients struct {
 }
 
 // ParseKnownClients parses a known_clients file: one client a line,
-// "PUBKEY NAME [ALLOW]", '#' comments.
+// "PUBKEY NAME [ALLOW [account=USER] [added=RFC3339]]", '#' comments.
 func ParseKnownClients(b []byte) (*KnownClients, error) {
 	kc := &KnownClients{}
 	for i, line := range strings.Split(string(b), "\n") {
@@ -82,8 +92,8 @@ func ParseKnownClients(b []byte) (*KnownClients, error) {
 			continue
 		}
 		f := strings.Fields(line)
-		if len(f) < 2 || len(f) > 3 {
-			return nil, fmt.Errorf("known_clients line %d: want PUBKEY NAME [ALLOW]", i+1)
+		if len(f) < 2 {
+			return nil, fmt.Errorf("known_clients line %d: want PUBKEY NAME [ALLOW [account=USER] [added=TIME]]", i+1)
 		}
 		key, err := crypto.ParsePublicKey(f[0])
 		if err != nil {
@@ -93,8 +103,11 @@ func ParseKnownClients(b []byte) (*KnownClients, error) {
 			return nil, fmt.Errorf("known_clients line %d: %w", i+1, err)
 		}
 		c := &KnownClient{Key: key, Name: f[1]}
-		if len(f) == 3 {
+		if len(f) >= 3 {
 			c.Allow = ParseAllow(f[2])
+		}
+		if err := c.parseAttrs(f[min(len(f), 3):]); err != nil {
+			return nil, fmt.Errorf("known_clients line %d: %w", i+1, err)
 		}
 		if kc.ByKey(key) != nil {
 			return nil, fmt.Errorf("known_clients line %d: key of %s listed twice", i+1, f[1])
@@ -107,16 +120,58 @@ func ParseKnownClients(b []byte) (*KnownClients, error) {
 	return kc, nil
 }
 
+// parseAttrs reads the key=value fields after ALLOW; each may be given
+// once, and an unknown one is an error rather than a grant silently lost.
+func (c *KnownClient) parseAttrs(fields []string) error {
+	seen := map[string]bool{}
+	for _, f := range fields {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || v == "" {
+			return fmt.Errorf("want key=value after the allow list, not %q", f)
+		}
+		if seen[k] {
+			return fmt.Errorf("%s= given twice", k)
+		}
+		seen[k] = true
+		switch k {
+		case "account":
+			if !accountRE.MatchString(v) || len(v) > 32 || v == "root" {
+				return fmt.Errorf("invalid account=%q: a regular user name (Debian's NAME_REGEX), not root", v)
+			}
+			c.Account = v
+		case "added":
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return fmt.Errorf("invalid added=%q: want an RFC 3339 time", v)
+			}
+			c.Added = t.UTC()
+		default:
+			return fmt.Errorf("unknown field %q", f)
+		}
+	}
+	return nil
+}
+
+// accountRE is Debian's NAME_REGEX for user names.
+var accountRE = regexp.MustCompile(`^[a-z][-a-z0-9_]*$`)
+
 // Bytes formats the file.
 func (kc *KnownClients) Bytes() []byte {
 	var b bytes.Buffer
-	b.WriteString("# sera known_clients: PUBKEY NAME ALLOW (commands, comma-separated; * for all; ping always)\n")
+	b.WriteString("# sera known_clients: PUBKEY NAME ALLOW [account=USER] [added=TIME] (commands, comma-separated; * for all; ping always)\n")
 	for _, c := range kc.Clients {
 		allow := FormatAllow(c.Allow)
 		if allow == "" {
 			allow = PingCommand
 		}
-		fmt.Fprintf(&b, "%s %s %s\n", c.Key, c.Name, allow)
+		fmt.Fprintf(&b, "%s %s %s", c.Key, c.Name, allow)
+		if c.Account != "" {
+			fmt.Fprintf(&b, " account=%s", c.Account)
+		}
+		if !c.Added.IsZero() {
+			fmt.Fprintf(&b, " added=%s", c.Added.UTC().Format(time.RFC3339))
+		}
+		b.WriteByte('\n')
 	}
 	return b.Bytes()
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
@@ -13,7 +14,7 @@ import (
 
 func equalClients(a, b *sera.KnownClients) bool {
 	return slices.EqualFunc(a.Clients, b.Clients, func(x, y *sera.KnownClient) bool {
-		return x.Key.Equal(y.Key) && x.Name == y.Name && slices.Equal(x.Allow, y.Allow)
+		return x.Key.Equal(y.Key) && x.Name == y.Name && slices.Equal(x.Allow, y.Allow) && x.Account == y.Account && x.Added.Equal(y.Added)
 	})
 }
 
@@ -25,11 +26,12 @@ func equalWatchers(a, b *sera.KnownWatchers) bool {
 
 func TestKnownClientsParse(t *testing.T) {
 	t.Parallel()
-	a, b, c := newIdentity(t).Public(), newIdentity(t).Public(), newIdentity(t).Public()
+	a, b, c, d := newIdentity(t).Public(), newIdentity(t).Public(), newIdentity(t).Public(), newIdentity(t).Public()
 	file := "# comment\n\n" +
 		a.String() + " alice *\n" +
 		"  " + b.String() + "\tbob   user,key.add,ping,user  \r\n" +
-		c.String() + " carol\n"
+		c.String() + " carol\n" +
+		d.String() + " dave key added=2026-12-07T10:00:00+01:00 account=dave\n"
 	kc, err := sera.ParseKnownClients([]byte(file))
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +40,7 @@ func TestKnownClientsParse(t *testing.T) {
 		{Key: a, Name: "alice", Allow: []string{"*"}},
 		{Key: b, Name: "bob", Allow: []string{"user", "key add"}},
 		{Key: c, Name: "carol"},
+		{Key: d, Name: "dave", Allow: []string{"key"}, Account: "dave", Added: time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)},
 	}}
 	if !equalClients(kc, want) {
 		t.Fatalf("parsed %+v", kc.Clients)
@@ -51,7 +54,8 @@ func TestKnownClientsParse(t *testing.T) {
 	if err != nil || !equalClients(kc, kc2) || string(kc2.Bytes()) != string(out) {
 		t.Errorf("round trip: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), c.String()+" carol ping\n") || !strings.Contains(string(out), " bob user,key.add\n") {
+	if !strings.Contains(string(out), c.String()+" carol ping\n") || !strings.Contains(string(out), " bob user,key.add\n") ||
+		!strings.Contains(string(out), " dave key account=dave added=2026-12-07T09:00:00Z\n") {
 		t.Errorf("formatted as\n%s", out)
 	}
 }
@@ -64,7 +68,13 @@ func TestKnownClientsReject(t *testing.T) {
 		name, file, err string
 	}{
 		{"key only", ka + "\n", "want PUBKEY NAME"},
-		{"too many fields", ka + " alice * extra\n", "want PUBKEY NAME"},
+		{"extra field", ka + " alice * extra\n", "want key=value after the allow list"},
+		{"unknown attribute", ka + " alice * uid=0\n", `unknown field "uid=0"`},
+		{"empty attribute", ka + " alice * account=\n", "want key=value"},
+		{"attribute twice", ka + " alice * account=bob account=carol\n", "account= given twice"},
+		{"root account", ka + " alice * account=root\n", "invalid account"},
+		{"bad account", ka + " alice * account=Bob\n", "invalid account"},
+		{"bad added", ka + " alice * added=yesterday\n", "invalid added"},
 		{"bad key", "sera1notakey alice\n", "line 1"},
 		{"truncated key", ka[:len(ka)-1] + " alice\n", "not a sera public key"},
 		{"upper-case key", strings.ToUpper(ka) + " alice\n", "not a sera public key"},
