@@ -45,7 +45,7 @@ func TestKnownClientsParse(t *testing.T) {
 	if !equalClients(kc, want) {
 		t.Fatalf("parsed %+v", kc.Clients)
 	}
-	if kc.ByKey(b).Name != "bob" || kc.ByName("carol").Key != kc.Clients[2].Key || kc.ByKey(newIdentity(t).Public()) != nil || kc.ByName("dave") != nil {
+	if kc.ByKey(b).Name != "bob" || kc.ByName("carol").Key != kc.Clients[2].Key || kc.ByKey(newIdentity(t).Public()) != nil || kc.ByName("erin") != nil {
 		t.Error("ByKey/ByName")
 	}
 	// Bytes round-trips, and is stable.
