@@ -875,7 +875,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	client, timeout, closeClient, err := o.newClient(ctx, cfg, s.timeout)
+	client, timeout, closeClient, err := o.newClient(ctx, cfg, kw, s.timeout)
 	if err != nil {
 		return err
 	}
