@@ -388,7 +388,7 @@ func TestKnownHostsOutsideWarnings(t *testing.T) {
 	}
 }
 
-func khReport(t *testing.T, host string, names, addrs []string, keys ...ssh.PublicKey) []byte {
+func khReport(t testing.TB, host string, names, addrs []string, keys ...ssh.PublicKey) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	for _, k := range keys {
@@ -989,4 +989,59 @@ func testKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T, f *khFleet) {
 	if !maps2Equal(f.files(), files) {
 		t.Errorf("a sync after --accept changed files")
 	}
+}
+
+// What a watcher answers to 'hostkey list' is the host's word: however it
+// is made, it parses or is refused, never panics, and the entry built from
+// it carries only the watcher's name and the names the admin gave it;
+// what the host reported is kept apart, and trusted only when accepted.
+func FuzzParseHostKeyReport(f *testing.F) {
+	ed := khEd25519(f)
+	f.Add(khReport(f, "web2", []string{"web2", "github.com"}, []string{"10.0.0.2", "203.0.113.9"}, ed), false)
+	f.Add(khReport(f, "web2", []string{"web1", "WEB2.example.com", "*", "|1|x|y"}, []string{"10.0.0.1", "::ffff:1.2.3.4", "fe80::1%eth0"}, ed, khECDSA(f)), true)
+	f.Add([]byte(`{"type":"ssh-ed25519","key":"`+keyText(ed)+`","names":["a","a"],"addrs":[]}`+"\n{"), false)
+	f.Add([]byte("null\n[]\n\"x\""), true)
+	const domain = "example.com"
+	w := &sera.KnownWatcher{Name: "web2", Addrs: []string{"10.0.0.2", "web2.lan"}}
+	all := []*sera.KnownWatcher{{Name: "web1", Addrs: []string{"10.0.0.1"}}, w}
+	f.Fuzz(func(t *testing.T, out []byte, accept bool) {
+		h, _, err := parseHostKeyReport(w, domain, out)
+		if err != nil {
+			return
+		}
+		if len(h.keys) == 0 || h.name != "web2" || !slices.Equal(h.admin, []string{"10.0.0.2", "web2.lan", "web2.example.com"}) {
+			t.Fatalf("report %+v", h)
+		}
+		types := map[string]bool{}
+		for _, k := range h.keys {
+			if checkHostKey(k) != nil || types[k.Type()] {
+				t.Fatalf("key %s accepted", k.Type())
+			}
+			types[k.Type()] = true
+		}
+		for _, n := range h.reported {
+			if c, err := parseHostName(n); err != nil || c != n || n == h.name || slices.Contains(h.admin, n) {
+				t.Fatalf("reported name %q: %v", n, err)
+			}
+		}
+		var acc []string
+		if accept {
+			acc = []string{"web2"}
+		}
+		set := buildSyncSet([]*syncHost{h}, all, domain, acc)
+		if len(set.entries) != 1 {
+			t.Fatalf("%d entries", len(set.entries))
+		}
+		for _, n := range set.entries[0].names() {
+			switch {
+			case n == "web2", slices.Contains(h.admin, n):
+			case !accept:
+				t.Fatalf("a name the host reported, %q, is trusted without --accept", n)
+			case n == "web1" || n == "10.0.0.1" || n == "web1.example.com":
+				t.Fatalf("web1's name %q is trusted for web2", n)
+			case !slices.Contains(set.accepted["web2"], n):
+				t.Fatalf("%q is trusted but not reported as accepted", n)
+			}
+		}
+	})
 }
