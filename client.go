@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -16,17 +17,24 @@ import (
 	"github.com/sera-dev/sera/transport"
 )
 
-// staleReply is how old an unclaimed reply may get before any client
-// process of the identity deletes it: no client waits that long.
-const staleReply = time.Hour
-
-// maxForeignReceives is how often a reply part for a request this process
-// does not wait for may be received before it is deleted: whoever sent
-// it, it cannot circulate for ever and jam the queue. The count is the
-// queue's own (SQS's ApproximateReceiveCount), not the message's word;
-// with a second's pause between releases it is several minutes of a
-// process of this identity waiting, more than SERA_TIMEOUT allows.
-const maxForeignReceives = 200
+// A reply part for a request this process does not wait for may be
+// another process's of the same identity, so it is handed back to the
+// queue; but anyone who can write to the queue can also send parts nobody
+// waits for, and handed back for ever they would crowd out every later
+// reply. So a part is handed back only while the queue's own record of it
+// (never its body, which its sender chose) is within these bounds, and
+// then deleted. A process waiting for a part receives it within a few
+// deliveries and seconds; the bounds are far from that.
+const (
+	// foreignMaxReceives: a part received this often, by any process,
+	// is nobody's.
+	foreignMaxReceives = 20
+	// foreignMaxAge: a part the queue took this long ago is nobody's.
+	foreignMaxAge = 10 * time.Minute
+	// foreignMaxPause is the longest a process hides a part it has
+	// handed back before (see run.release).
+	foreignMaxPause = 16 * time.Second
+)
 
 // Client sends requests to watchers and collects their replies.
 type Client struct {
@@ -35,11 +43,11 @@ type Client struct {
 	Prefix    string
 	// TTL is the request lifetime (SERA_REQUEST_TTL).
 	TTL time.Duration
-	// Watchers, if set, are every watcher this identity trusts
-	// (known_watchers): a reply part sealed by any other key is deleted
-	// on sight, whoever it claims to answer. Nil trusts only the job's
-	// own watchers.
-	Watchers *KnownWatchers
+	// Known are the watchers of this identity (its known_watchers). A
+	// reply part sealed by any other key is deleted on sight: no process
+	// of the identity can be waiting for it. Nil trusts the watchers of
+	// the job only, so other processes lose replies from the rest.
+	Known *KnownWatchers
 	// Optional.
 	Now  func() time.Time
 	Rand io.Reader
@@ -217,8 +225,14 @@ func (c *Client) Run(ctx context.Context, job *Job) (*Outcome, error) {
 		}
 		seen[fp] = true
 	}
+	trusted := maps.Clone(seen)
+	if c.Known != nil {
+		for _, w := range c.Known.Watchers {
+			trusted[w.Key.Fingerprint()] = true
+		}
+	}
 	r := &run{c: c, job: job, id: id, out: &Outcome{RequestID: id, SendErrors: map[string]error{}},
-		inflight: map[string]*flight{}, partial: map[string]*assembly{}, foreign: map[string]bool{}}
+		inflight: map[string]*flight{}, partial: map[string]*assembly{}, foreign: map[string]int{}, trusted: trusted}
 	err = r.loop(ctx)
 	r.finishDeletes()
 	return r.out, err
@@ -234,7 +248,12 @@ type run struct {
 	inflight map[string]*flight // by fingerprint
 	failed   int
 	partial  map[string]*assembly
-	foreign  map[string]bool
+	// foreign counts how often this run handed back each part for
+	// another request, by request id, watcher and part.
+	foreign map[string]int
+	// trusted are the fingerprints of the watchers replies may come
+	// from: the job's and Client.Known's.
+	trusted map[string]bool
 
 	deletes  chan *transport.Message
 	deleting sync.WaitGroup
@@ -505,20 +524,27 @@ type assembly struct {
 }
 
 // take handles one message from the reply queue: a verified part of a
-// reply to this job is kept, a reply to another request of this identity
-// released for the process that waits for it, anything else deleted.
+// reply to this job is kept, a part of a reply to another request of this
+// identity handed back for the process that waits for it (see release),
+// anything else deleted: what does not parse or open, what a key outside
+// the identity's watchers sealed, and parts of this job's request nobody
+// waits for any more.
 func (r *run) take(ctx context.Context, m *transport.Message) {
 	c := r.c
-	q := c.Queue()
 	drop := func(why string) {
-		c.log().Debug("reply dropped", "why", why)
-		if err := c.Transport.Delete(ctx, q, m); err != nil {
-			c.log().Debug("delete failed", "err", err)
-		}
+		c.log().Debug("reply dropped", "why", why, "receives", m.Receives)
+		r.deleteLater(ctx, m)
 	}
 	sr, err := crypto.ParseReply(m.Body)
 	if err != nil {
 		drop("malformed: " + err.Error())
+		return
+	}
+	fp := sr.From.Fingerprint()
+	if !r.trusted[fp] {
+		// Before opening it: anyone may seal a box to this identity, and
+		// no process of it waits for a key it does not know.
+		drop("sealed by a key outside known_watchers")
 		return
 	}
 	plain, err := sr.Open(c.Identity)
@@ -531,14 +557,7 @@ func (r *run) take(ctx context.Context, m *transport.Message) {
 		drop(err.Error())
 		return
 	}
-	fp := sr.From.Fingerprint()
 	f, ours := r.inflight[fp]
-	if !ours && !r.trusts(sr.From) {
-		// Anyone who knows this identity's public key can seal a part
-		// to it: only a known watcher's may stay on the queue.
-		drop("not from a known watcher")
-		return
-	}
 	if p.id == r.id && !ours {
 		// A second copy (a duplicate delivery answered again), a reply
 		// after its watcher timed out, or from a watcher this request
@@ -548,26 +567,7 @@ func (r *run) take(ctx context.Context, m *transport.Message) {
 		return
 	}
 	if p.id != r.id {
-		// Another process of this identity may be waiting for it: make
-		// it visible again at once, or after a pause if we have seen it
-		// before, so two processes do not spin on it.
-		key := fmt.Sprintf("%s/%s/%d", p.id, fp, p.part)
-		if isStale(p, c.now()) {
-			drop("stale")
-			return
-		}
-		if m.Receives > maxForeignReceives {
-			drop(fmt.Sprintf("unclaimed after %d receives", m.Receives))
-			return
-		}
-		delay := time.Duration(0)
-		if r.foreign[key] {
-			delay = time.Second
-		}
-		r.foreign[key] = true
-		if err := c.Transport.ChangeVisibility(ctx, q, m, delay); err != nil {
-			c.log().Debug("release failed", "err", err)
-		}
+		r.release(ctx, m, fmt.Sprintf("%s/%s/%d", p.id, fp, p.part), drop)
 		return
 	}
 	// Verified and ours: the message has served its purpose.
@@ -598,22 +598,30 @@ func (r *run) take(ctx context.Context, m *transport.Message) {
 	r.emit(Event{Kind: EventReply, Watcher: f.w, Reply: reply})
 }
 
-// trusts reports whether key is a watcher this identity accepts replies
-// from: one of Client.Watchers, or of the job's if it has none.
-func (r *run) trusts(key *crypto.PublicKey) bool {
-	if r.c.Watchers != nil {
-		return r.c.Watchers.ByKey(key) != nil
+// release hands back a part of a reply to another request, which another
+// process of this identity may be waiting for, unless the queue's record of
+// it says nobody is: received foreignMaxReceives times, or taken by the
+// queue more than foreignMaxAge ago. The first time this run sees the part
+// it is visible again at once, for the process that waits; each time after,
+// this run hides it a little longer (1 s, 2 s, … foreignMaxPause), so a
+// queue full of such parts does not keep this run from its own replies.
+func (r *run) release(ctx context.Context, m *transport.Message, key string, drop func(string)) {
+	c := r.c
+	if m.Receives >= foreignMaxReceives {
+		drop(fmt.Sprintf("for another request, received %d times", m.Receives))
+		return
 	}
-	_, ok := r.inflight[key.Fingerprint()]
-	return ok || slices.ContainsFunc(r.job.Watchers, func(w *KnownWatcher) bool { return w.Key.Equal(key) })
-}
-
-// isStale reports whether an unclaimed single-part reply ended so long ago
-// that no client can still be waiting for it.
-func isStale(p *replyPart, now time.Time) bool {
-	if p.parts != 1 {
-		return false
+	if !m.Sent.IsZero() && c.now().Sub(m.Sent) > foreignMaxAge {
+		drop(fmt.Sprintf("for another request, queued %s ago", c.now().Sub(m.Sent).Round(time.Second)))
+		return
 	}
-	r, err := ParseReplyBody(p.data)
-	return err == nil && now.Sub(r.Ended) > staleReply
+	seen := r.foreign[key]
+	r.foreign[key] = seen + 1
+	delay := time.Duration(0)
+	if seen > 0 {
+		delay = min(time.Second<<min(seen-1, 10), foreignMaxPause)
+	}
+	if err := c.Transport.ChangeVisibility(ctx, c.Queue(), m, delay); err != nil {
+		c.log().Debug("release failed", "err", err)
+	}
 }

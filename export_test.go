@@ -20,3 +20,10 @@ func EncodePart(id string, part, parts int, data []byte) []byte {
 
 // SplitReply cuts an encoded reply into parts of at most size bytes.
 func SplitReply(body []byte, size int) ([][]byte, error) { return splitReply(body, size) }
+
+// The bounds on reply parts for requests a client process does not wait
+// for.
+const (
+	ForeignMaxReceives = foreignMaxReceives
+	ForeignMaxAge      = foreignMaxAge
+)

@@ -35,13 +35,14 @@ const (
 	KeyIPURL        = "SERA_IP_URL"
 	KeyAllowDefault = "SERA_ALLOW_DEFAULT"
 	KeyAllowMax     = "SERA_ALLOW_MAX"
-	// KeyDomain is the DNS domain of the fleet: known-hosts sync trusts
-	// NAME.DOMAIN for each watcher, as the admin's word.
-	KeyDomain = "SERA_DOMAIN"
 	// SNS fan-out: how a client delivers a request for a group or --all,
 	// and the AWS account of the topics it publishes to.
 	KeyFanout  = "SERA_FANOUT"
 	KeyAccount = "SERA_ACCOUNT"
+	// KeyDomain is the DNS domain of the watchers' hosts, set by the
+	// admin: 'known-hosts sync' trusts each watcher's host keys for
+	// NAME.DOMAIN too.
+	KeyDomain = "SERA_DOMAIN"
 )
 
 // Defaults of the 'sera allow' settings.
@@ -90,9 +91,9 @@ var Settings = []SettingDef{
 	{Key: KeyIPURL, Help: "client: HTTPS URL that answers with your public address, for 'allow' and 'disallow' without one", check: checkHTTPSURL},
 	{Key: KeyAllowDefault, Help: "watcher: how long an 'allow' opening lasts without --for (capped at SERA_ALLOW_MAX)", check: checkAllowLifetime},
 	{Key: KeyAllowMax, Help: "watcher: the longest --for 'allow' accepts (at most 720h)", check: checkAllowLifetime},
-	{Key: KeyDomain, Help: "client: the fleet's DNS domain; 'known-hosts sync' trusts NAME.DOMAIN for each watcher (the names hosts report are not trusted)", check: checkDomain},
 	{Key: KeyFanout, Help: "client: how a request for a group or --all is delivered: sns publishes once to the group's topic, direct sends to each watcher's queue", check: oneOf("direct", "sns")},
 	{Key: KeyAccount, Help: "AWS account ID of the SNS topics (for SERA_FANOUT=sns)", check: checkAccount},
+	{Key: KeyDomain, Help: "client: DNS domain of the watchers' hosts; 'known-hosts sync' trusts each watcher's host keys for NAME.DOMAIN too", check: checkDomain},
 }
 
 // LookupSetting returns the definition of key.
@@ -223,6 +224,7 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	def(KeyDomain, "")
 	def(KeyFanout, "direct")
 	def(KeyAccount, "")
+	def(KeyDomain, "")
 	for _, d := range Settings {
 		v := c.values[d.Key]
 		if d.check != nil && v.Value != "" {
@@ -360,22 +362,37 @@ func checkAllowLifetime(s string) error {
 }
 
 // checkAccount accepts an AWS account ID: 12 digits.
-var domainRE = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
-// checkDomain accepts a lower-case DNS domain (or nothing).
-func checkDomain(s string) error {
-	if s != "" && (len(s) > 200 || !domainRE.MatchString(s)) {
-		return fmt.Errorf("%q is not a DNS domain: lower-case labels separated by dots, e.g. example.com", s)
-	}
-	return nil
-}
-
 func checkAccount(s string) error {
 	if len(s) != 12 || strings.Trim(s, "0123456789") != "" {
 		return fmt.Errorf("%q is not an AWS account ID: use its 12 digits", s)
 	}
 	return nil
 }
+
+// MaxDomainLen leaves room in a 253-character host name for a watcher name
+// (MaxNameLen) and the dot before SERA_DOMAIN.
+const MaxDomainLen = 253 - MaxNameLen - 1
+
+// checkDomain accepts a DNS domain as a host name's suffix: dot-separated
+// RFC 1123 labels, no leading or trailing dot, no wildcard, a last label
+// that is not all digits (so NAME.DOMAIN is never an IP address).
+func checkDomain(s string) error {
+	if len(s) > MaxDomainLen {
+		return fmt.Errorf("%q is longer than %d characters", s, MaxDomainLen)
+	}
+	labels := strings.Split(s, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' || !domainLabelRE.MatchString(l) {
+			return fmt.Errorf("%q is not a DNS domain: use letters, digits and '-' in dot-separated labels, with no leading or trailing dot (e.g. example.com)", s)
+		}
+	}
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return fmt.Errorf("%q is not a DNS domain: its last label is all digits", s)
+	}
+	return nil
+}
+
+var domainLabelRE = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
 
 // checkHTTPSURL accepts only an https URL with a host: the answer decides
 // which address a firewall opens to, so it must not be forged on the way.

@@ -98,6 +98,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 			sera.KeyTimeout:   {"60s", sera.SourceDefault},
 			sera.KeyFanout:    {"direct", sera.SourceDefault},
 			sera.KeyAccount:   {"", sera.SourceDefault},
+			sera.KeyDomain:    {"", sera.SourceDefault},
 		}},
 		// As root, SERA_HOME from the environment keeps the test away
 		// from /etc/sera; the state default is still the system one.
@@ -216,6 +217,19 @@ func TestCheckSetting(t *testing.T) {
 		{"SERA_ACCOUNT", "12345678901x", false},
 		{"SERA_ACCOUNT", "1234-5678-9012", false},
 		{"SERA_ACCOUNT", " 123456789012", false},
+		{"SERA_DOMAIN", "example.com", true},
+		{"SERA_DOMAIN", "corp.Example.org", true},
+		{"SERA_DOMAIN", "internal", true},
+		{"SERA_DOMAIN", "x-1.io", true},
+		{"SERA_DOMAIN", ".example.com", false},
+		{"SERA_DOMAIN", "example.com.", false},
+		{"SERA_DOMAIN", "*.example.com", false},
+		{"SERA_DOMAIN", "ex ample.com", false},
+		{"SERA_DOMAIN", "example..com", false},
+		{"SERA_DOMAIN", "-x.com", false},
+		{"SERA_DOMAIN", "10.0.0", false},
+		{"SERA_DOMAIN", "a_b.com", false},
+		{"SERA_DOMAIN", strings.Repeat("a.", 95) + "com", false},
 		{"SERA_HOME", "/etc/sera", false}, // only from the environment
 		{"SERA_NOPE", "x", false},
 		{"sera_prefix", "x", false},

@@ -219,7 +219,7 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	client, _, closeClient, err := o.newClient(ctx, cfg, job.Timeout)
+	client, _, closeClient, err := o.newClient(ctx, cfg, kw, job.Timeout)
 	if err != nil {
 		return err
 	}
@@ -303,8 +303,9 @@ func singleOutcome(stderr io.Writer, out *sera.Outcome, timeout time.Duration) e
 }
 
 // newClient opens the transport and builds the client of remote calls;
-// closeClient releases the transport. A timeout of 0 is SERA_TIMEOUT.
-func (o *Options) newClient(ctx context.Context, cfg *sera.Config, timeout time.Duration) (client *sera.Client, wait time.Duration, closeClient func(), err error) {
+// closeClient releases the transport. A timeout of 0 is SERA_TIMEOUT. kw
+// are the known watchers: replies sealed by any other key are deleted.
+func (o *Options) newClient(ctx context.Context, cfg *sera.Config, kw *sera.KnownWatchers, timeout time.Duration) (client *sera.Client, wait time.Duration, closeClient func(), err error) {
 	id, err := loadIdentity(cfg)
 	if err != nil {
 		return nil, 0, nil, err
@@ -316,15 +317,9 @@ func (o *Options) newClient(ctx context.Context, cfg *sera.Config, timeout time.
 	if timeout <= 0 {
 		timeout = cfg.Duration(sera.KeyTimeout)
 	}
-	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
-	if err != nil {
-		tr.Close()
-		return nil, 0, nil, err
-	}
 	client = &sera.Client{
 		Identity: id, Transport: tr, Prefix: cfg.Get(sera.KeyPrefix),
-		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand,
-		Watchers: kw,
+		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand, Known: kw,
 	}
 	return client, timeout, func() { tr.Close() }, nil
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -635,6 +636,8 @@ type knownHostsSync struct {
 	dryRun  bool
 	noLocal bool
 	file    string
+	accept  []string
+	asJSON  bool
 }
 
 func newKnownHostsCmd(o *Options) *cobra.Command {
@@ -649,7 +652,7 @@ func newKnownHostsCmd(o *Options) *cobra.Command {
 func newKnownHostsSyncCmd(o *Options) *cobra.Command {
 	s := &knownHostsSync{o: o}
 	c := &cobra.Command{
-		Use:   "sync [--to HOST… | --group GROUP… | --all]",
+		Use:   "sync [--to HOST… | --group GROUP… | --all] [--accept HOST…]",
 		Short: "Make every watcher trust every watcher's current SSH host keys",
 		Long: `Collect the SSH host keys of the targeted watchers ('hostkey list') and
 install the whole set on every one of them ('hostkey set', in sera's block
@@ -657,14 +660,15 @@ of /etc/ssh/ssh_known_hosts) and in this machine's ~/.ssh/known_hosts, so
 that ssh between them and from here checks host keys with no prompt, and
 a re-keyed host is trusted with its new keys only.
 
-Each host is entered under its watcher name, with the addresses known_watchers
-gives it (--addr of 'sera watchers add') and, if SERA_DOMAIN is set,
-NAME.DOMAIN: names from the admin only. The names and addresses a host
-reports about itself (hostname, non-loopback addresses) are shown but not
-trusted — one compromised host could otherwise be entered everywhere under
-any name (github.com, a bastion); give the ones you trust with 'sera watchers
-add NAME PUBKEY --addr …'. A name known_watchers gives two hosts, or that is
-another watcher's, is left out and reported.
+Each host's keys are trusted only for the names you gave it: its watcher
+name, the addresses known_watchers gives it (addrs=, 'sera watchers add
+--addr'), and NAME.DOMAIN when SERA_DOMAIN is set. Whatever else a host
+says it is called (its hostname, its addresses) is shown and not trusted:
+a host that could name itself would take over any name, fleet-wide.
+--accept HOST trusts, once you have checked them, the names HOST reports
+now, and records them in its addrs= in known_watchers, so that later syncs
+keep them. A name is one host's only: one that is another watcher's name
+or known_watchers gives another host is never a host's alias.
 
 A host that does not answer is reported, and its entries are left as each
 host (and ~/.ssh/known_hosts) has them: its keys are neither refreshed nor
@@ -674,11 +678,19 @@ Two requests in all, each sent to every host at once: one to collect, one
 to install (split into a few if the keys do not fit one message).`,
 		Example: `  sera known-hosts sync
   sera known-hosts sync --to 'web*' --dry-run
-  sera known-hosts sync --group web`,
+  sera known-hosts sync --group web
+  sera known-hosts sync --accept web1      # trust the names web1 reports, from now on
+  sera known-hosts sync --json | jq -r 'select(.untrusted != []) | .watcher'`,
 		Args: usageArgs(cobra.NoArgs),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			if s.noLocal && s.file != "" {
 				return usageErr("--file and --no-local exclude each other")
+			}
+			s.accept = splitAll(s.accept)
+			for _, a := range s.accept {
+				if err := sera.CheckName(a); err != nil {
+					return usageErr("invalid --accept: %v", err)
+				}
 			}
 			return nil
 		},
@@ -689,6 +701,8 @@ to install (split into a few if the keys do not fit one message).`,
 	f.DurationVar(&s.timeout, "timeout", 0, "how long to wait for each round of replies (default SERA_TIMEOUT, 60s)")
 	f.StringVar(&s.file, "file", "", "this machine's known_hosts file (default ~/.ssh/known_hosts)")
 	f.BoolVar(&s.noLocal, "no-local", false, "leave this machine's known_hosts file alone")
+	f.StringSliceVar(&s.accept, "accept", nil, "trust the names this watcher reports, and record them in known_watchers (repeatable)")
+	f.BoolVar(&s.asJSON, "json", false, "print one JSON object per watcher: the names trusted, the names reported and not trusted, the outcome")
 	addDryRun(c, &s.dryRun)
 	return c
 }
@@ -707,34 +721,61 @@ type reportedKey struct {
 // syncHost is what one watcher reported.
 type syncHost struct {
 	watcher *sera.KnownWatcher
-	name    string   // the watcher's name, as a host name
-	claimed []string // the names and addresses the host reported
-	admin   []string // the addresses known_watchers gives it
-	keys    []ssh.PublicKey
+	name    string // the watcher's name, as a host name
+	// admin are the names the admin gave the host: the addresses
+	// known_watchers gives it and NAME.DOMAIN.
+	admin []string
+	// reported are the names and addresses the host reported, other
+	// than its name and admin's: not trusted unless accepted.
+	reported []string
+	keys     []ssh.PublicKey
+}
+
+// adminNames are the names the admin gives watcher w, whose host name is
+// name: the addresses known_watchers gives it, and NAME.DOMAIN.
+func adminNames(w *sera.KnownWatcher, name, domain string) (names, warnings []string) {
+	for _, a := range w.Addrs {
+		n, err := parseHostName(a)
+		if err != nil {
+			warnings = append(warnings, fmt.Sprintf("%s: known_watchers address left out: %v", w.Name, err))
+			continue
+		}
+		if n != name && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	if domain != "" {
+		n, err := parseHostName(name + "." + domain)
+		if err != nil {
+			warnings = append(warnings, fmt.Sprintf("%s: %s.%s left out: %v", w.Name, name, domain, err))
+		} else if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names, warnings
+}
+
+// watcherHostName is a watcher's name as a host name, or an error when its
+// keys cannot be entered under it.
+func watcherHostName(w *sera.KnownWatcher) (string, error) {
+	name, err := parseHostName(w.Name)
+	if err != nil || strings.Contains(name, ".") {
+		return "", fmt.Errorf("watcher name %q is not a host name, so its keys cannot be entered under it", w.Name)
+	}
+	return name, nil
 }
 
 // parseHostKeyReport reads a watcher's 'hostkey list --json' output. The
-// keys must all be good; a bad reported name is only left out.
-func parseHostKeyReport(w *sera.KnownWatcher, stdout []byte, domain string) (*syncHost, []string, error) {
-	name, err := parseHostName(w.Name)
-	if err != nil || strings.Contains(name, ".") {
-		return nil, nil, fmt.Errorf("watcher name %q is not a host name, so its keys cannot be entered under it", w.Name)
+// keys must all be good; a bad reported name is only left out. What the
+// host says it is called is kept apart from the names the admin gave it
+// (domain is SERA_DOMAIN).
+func parseHostKeyReport(w *sera.KnownWatcher, domain string, stdout []byte) (*syncHost, []string, error) {
+	name, err := watcherHostName(w)
+	if err != nil {
+		return nil, nil, err
 	}
-	h := &syncHost{watcher: w, name: name}
-	var warnings []string
-	if domain != "" {
-		// The admin's domain (SERA_DOMAIN): NAME.DOMAIN is the admin's word.
-		if n, err := parseHostName(name + "." + domain); err == nil {
-			h.admin = append(h.admin, n)
-		}
-	}
-	for _, a := range w.Addrs {
-		if n, err := parseHostName(a); err == nil {
-			h.admin = append(h.admin, n)
-		} else {
-			warnings = append(warnings, fmt.Sprintf("%s: known_watchers address left out: %v", w.Name, err))
-		}
-	}
+	admin, warnings := adminNames(w, name, domain)
+	h := &syncHost{watcher: w, name: name, admin: admin}
 	dec := json.NewDecoder(bytes.NewReader(stdout))
 	for {
 		var r reportedKey
@@ -762,26 +803,55 @@ func parseHostKeyReport(w *sera.KnownWatcher, stdout []byte, domain string) (*sy
 				warnings = append(warnings, fmt.Sprintf("%s: reported name left out: %v", w.Name, err))
 				continue
 			}
-			if c != name && !slices.Contains(h.claimed, c) {
-				h.claimed = append(h.claimed, c)
+			if c != name && !slices.Contains(h.admin, c) && !slices.Contains(h.reported, c) {
+				h.reported = append(h.reported, c)
 			}
 		}
 	}
 	if len(h.keys) == 0 {
 		return nil, nil, errors.New("reported no host keys")
 	}
+	sortHostNames(h.reported)
 	return h, warnings, nil
 }
 
+// syncSet is what a sync installs, and what it does not trust.
+type syncSet struct {
+	entries  []*khHost
+	warnings []string
+	// untrusted are, by watcher name, the names a host reported that
+	// were not given it and not accepted; accepted, those accepted now.
+	untrusted, accepted map[string][]string
+}
+
 // buildSyncSet makes the entries to install from what the hosts reported.
-// watcherNames are every known watcher's name: no host may claim one of
-// them but its own. An alias known_watchers gives one host is that host's;
-// one that several hosts report is nobody's.
-func buildSyncSet(hosts []*syncHost, watcherNames []string) ([]*khHost, []string) {
-	var warnings []string
-	others := map[string]bool{}
-	for _, n := range watcherNames {
-		others[strings.ToLower(n)] = true
+// all are every known watcher, domain is SERA_DOMAIN and accept the
+// watchers whose reported names the admin accepts now. A host's entry
+// carries its name and the names the admin gave it, and the names it
+// reported only if accepted. A name belongs to at most one host, and the
+// admin's assignment wins: another watcher's name, or a name the admin
+// gave another watcher (selected in this sync or not), is never a host's
+// alias; a name the admin gave several watchers, or that several accepted
+// hosts report, is left out of all of them.
+func buildSyncSet(hosts []*syncHost, all []*sera.KnownWatcher, domain string, accept []string) *syncSet {
+	set := &syncSet{untrusted: map[string][]string{}, accepted: map[string][]string{}}
+	warn := func(format string, args ...any) { set.warnings = append(set.warnings, fmt.Sprintf(format, args...)) }
+	// Whose every name is: the watchers' own names, and what the admin
+	// gave each, over all known watchers.
+	nameOf := map[string]string{}
+	adminBy := map[string][]string{}
+	for _, w := range all {
+		name, err := watcherHostName(w)
+		if err != nil {
+			continue
+		}
+		nameOf[name] = w.Name
+		admin, _ := adminNames(w, name, domain)
+		for _, a := range admin {
+			if !slices.Contains(adminBy[a], name) {
+				adminBy[a] = append(adminBy[a], name)
+			}
+		}
 	}
 	// Watcher names that differ only in case are one host name: neither
 	// can be entered under it.
@@ -791,64 +861,56 @@ func buildSyncSet(hosts []*syncHost, watcherNames []string) ([]*khHost, []string
 	}
 	hosts = slices.DeleteFunc(slices.Clone(hosts), func(h *syncHost) bool {
 		if len(byName[h.name]) > 1 {
-			warnings = append(warnings, fmt.Sprintf("watchers %s are all the host name %s: left out", strings.Join(byName[h.name], ", "), h.name))
+			warn("watchers %s are all the host name %s: left out", strings.Join(byName[h.name], ", "), h.name)
 			return true
 		}
 		return false
 	})
-	adminBy := map[string][]string{}
+	claimBy := map[string][]string{}
 	for _, h := range hosts {
-		for _, a := range h.admin {
-			adminBy[a] = append(adminBy[a], h.name)
+		if slices.Contains(accept, h.watcher.Name) {
+			for _, a := range h.reported {
+				claimBy[a] = append(claimBy[a], h.name)
+			}
 		}
 	}
-	var entries []*khHost
 	for _, h := range hosts {
 		var aliases []string
 		for _, a := range h.admin {
-			if a == h.name {
-				continue
-			}
-			if others[a] {
-				warnings = append(warnings, fmt.Sprintf("%s: known_watchers address %s is another watcher's name: left out", h.name, a))
-				continue
-			}
-			if len(adminBy[a]) > 1 {
-				warnings = append(warnings, fmt.Sprintf("%s: known_watchers gives %s to %s: left out of all of them", h.name, a, strings.Join(adminBy[a], ", ")))
-				continue
-			}
-			aliases = append(aliases, a)
-		}
-		// What a host says about itself is never trusted by itself: a
-		// compromised host would otherwise be entered fleet-wide under
-		// any name it likes (github.com, a bastion). Names the admin did
-		// not give it are shown, and the admin accepts them explicitly
-		// by giving them in known_watchers.
-		var untrusted []string
-		for _, a := range h.claimed {
 			switch {
-			case slices.Contains(aliases, a):
-			case others[a]:
-				warnings = append(warnings, fmt.Sprintf("%s: reports the name %s, which is another watcher's: left out", h.name, a))
-			case len(adminBy[a]) > 0:
-				warnings = append(warnings, fmt.Sprintf("%s: reports %s, which known_watchers gives to %s: left out", h.name, a, strings.Join(adminBy[a], ", ")))
+			case nameOf[a] != "" && a != h.name:
+				warn("%s: %s, a name known_watchers or SERA_DOMAIN gives it, is another watcher's name: left out", h.name, a)
+			case len(adminBy[a]) > 1:
+				warn("%s: known_watchers and SERA_DOMAIN give %s to %s: left out of all of them", h.name, a, strings.Join(adminBy[a], ", "))
 			default:
-				untrusted = append(untrusted, a)
+				aliases = append(aliases, a)
 			}
 		}
-		if len(untrusted) > 0 {
-			warnings = append(warnings, fmt.Sprintf("%s: also reports %s: not trusted, as a host's word about itself is not enough; to trust them, give them with 'sera watchers add %s PUBKEY --addr NAME' (as now, plus these)",
-				h.name, strings.Join(untrusted, ", "), h.watcher.Name))
+		for _, a := range h.reported {
+			switch {
+			case !slices.Contains(accept, h.watcher.Name):
+				set.untrusted[h.watcher.Name] = append(set.untrusted[h.watcher.Name], a)
+			case nameOf[a] != "":
+				warn("%s: reports the name %s, which is another watcher's: not accepted", h.name, a)
+			case len(adminBy[a]) > 0:
+				warn("%s: reports %s, which known_watchers gives to %s: not accepted", h.name, a, strings.Join(adminBy[a], ", "))
+			case len(claimBy[a]) > 1:
+				warn("%s: %s is reported by %s: accepted for none of them", h.name, a, strings.Join(claimBy[a], ", "))
+			default:
+				aliases = append(aliases, a)
+				set.accepted[h.watcher.Name] = append(set.accepted[h.watcher.Name], a)
+			}
 		}
 		e, err := newKHHost(h.name, aliases, h.keys)
 		if err != nil { // cannot happen: parseHostKeyReport refused two keys of a type
-			warnings = append(warnings, fmt.Sprintf("%s: %v: left out", h.name, err))
+			warn("%s: %v: left out", h.name, err)
 			continue
 		}
-		entries = append(entries, e)
+		set.entries = append(set.entries, e)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].name < entries[j].name })
-	return entries, khDedupe(warnings)
+	sort.Slice(set.entries, func(i, j int) bool { return set.entries[i].name < set.entries[j].name })
+	set.warnings = khDedupe(set.warnings)
+	return set
 }
 
 func khDedupe(s []string) []string {
@@ -866,14 +928,37 @@ type failure struct {
 	name, why string
 }
 
+// syncReport is one line of 'known-hosts sync --json': one watcher.
+type syncReport struct {
+	Watcher string `json:"watcher"`
+	// Names are the names its keys are trusted for, Keys its keys
+	// ("TYPE SHA256:…"), both empty when no keys were collected.
+	Names []string `json:"names"`
+	Keys  []string `json:"keys"`
+	// Untrusted are names it reported that are not trusted; Accepted,
+	// those --accept trusted in this run.
+	Untrusted []string `json:"untrusted"`
+	Accepted  []string `json:"accepted"`
+	// Installed is whether every part of the set was installed on it.
+	Installed bool `json:"installed"`
+	// Error says why not, or why no keys were collected.
+	Error string `json:"error,omitempty"`
+}
+
 func (s *knownHostsSync) run(c *cobra.Command) error {
 	o := s.o
 	ctx := c.Context()
 	stdout, stderr := c.OutOrStdout(), c.ErrOrStderr()
+	hostOut := stdout
+	if s.asJSON {
+		// stdout holds the JSON lines only.
+		hostOut = io.Discard
+	}
 	cfg, err := o.config()
 	if err != nil {
 		return err
 	}
+	domain := strings.ToLower(cfg.Get(sera.KeyDomain))
 	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
 	if err != nil {
 		return err
@@ -885,11 +970,16 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	if selected, _, err = s.target.resolve(kw); err != nil {
 		return err
 	}
+	for _, a := range s.accept {
+		if !slices.ContainsFunc(selected, func(w *sera.KnownWatcher) bool { return w.Name == a }) {
+			return usageErr("--accept %s: not one of the watchers this sync targets", a)
+		}
+	}
 	local, err := s.localFile()
 	if err != nil {
 		return err
 	}
-	client, timeout, closeClient, err := o.newClient(ctx, cfg, s.timeout)
+	client, timeout, closeClient, err := o.newClient(ctx, cfg, kw, s.timeout)
 	if err != nil {
 		return err
 	}
@@ -922,7 +1012,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 			noKeys = append(noKeys, failure{w.Name, fmt.Sprintf("'hostkey list' exited %d: %s", r.Status, firstLine(r.Stderr))})
 			continue
 		}
-		h, warnings, err := parseHostKeyReport(w, r.Stdout, cfg.Get(sera.KeyDomain))
+		h, warnings, err := parseHostKeyReport(w, domain, r.Stdout)
 		for _, wn := range warnings {
 			fmt.Fprintf(stderr, "sera: warning: %s\n", wn)
 		}
@@ -932,12 +1022,9 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 		}
 		reported = append(reported, h)
 	}
-	var names []string
-	for _, w := range kw.Watchers {
-		names = append(names, w.Name)
-	}
-	entries, warnings := buildSyncSet(reported, names)
-	for _, wn := range warnings {
+	set := buildSyncSet(reported, kw.Watchers, domain, s.accept)
+	entries := set.entries
+	for _, wn := range set.warnings {
 		fmt.Fprintf(stderr, "sera: warning: %s\n", wn)
 	}
 	for _, h := range reported {
@@ -945,12 +1032,30 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 			noKeys = append(noKeys, failure{h.watcher.Name, "its keys were left out (see the warning above)"})
 		}
 	}
+	for _, h := range reported {
+		if u := set.untrusted[h.watcher.Name]; len(u) > 0 {
+			fmt.Fprintf(stderr, "sera: %s also reports %s: not trusted (not its watcher name, known_watchers addrs= or SERA_DOMAIN name); once checked, accept them with 'sera known-hosts sync --accept %s'\n",
+				h.watcher.Name, strings.Join(u, ", "), h.watcher.Name)
+		}
+	}
+	for _, a := range s.accept {
+		if slices.ContainsFunc(reported, func(h *syncHost) bool { return h.watcher.Name == a }) && len(set.accepted[a]) == 0 {
+			fmt.Fprintf(stderr, "sera: --accept %s: it reports no name to accept\n", a)
+		}
+	}
 	for _, f := range noKeys {
 		fmt.Fprintf(stderr, "sera: %s: no keys collected (%s); its entries are left as each host has them\n", f.name, f.why)
 	}
 	if len(entries) == 0 {
 		fmt.Fprintf(stderr, "sera: known-hosts sync: no host keys collected from any of %d hosts; nothing installed\n", len(selected))
+		s.printJSON(stdout, selected, set, noKeys, nil, false)
 		return &ExitError{Code: ExitFailure}
+	}
+	// Accepted names become the admin's, in known_watchers, before they
+	// are installed anywhere: what a host is trusted for is always
+	// there to read.
+	if err := s.recordAccepted(cfg, set.accepted, stderr); err != nil {
+		return err
 	}
 
 	// 2. Install on every host that answered: one request, or a few for
@@ -969,7 +1074,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 				argv = append(argv, e.lines()...)
 			}
 			out, err = client.Do(ctx, replied, namesTarget(replied), argv, timeout, func(r sera.HostReply) {
-				prefixLines(stdout, r.Watcher.Name, r.Reply.Stdout)
+				prefixLines(hostOut, r.Watcher.Name, r.Reply.Stdout)
 				prefixLines(stderr, r.Watcher.Name, r.Reply.Stderr)
 			})
 			if err != nil {
@@ -1015,11 +1120,12 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	if local != nil {
 		var buf bytes.Buffer
 		localErr = s.installLocal(ctx, cfg, local, entries, &buf, stderr)
-		prefixLines(stdout, "local", buf.Bytes())
+		prefixLines(hostOut, "local", buf.Bytes())
 		if localErr != nil {
 			fmt.Fprintf(stderr, "sera: local: %v\n", localErr)
 		}
 	}
+	s.printJSON(stdout, selected, set, noKeys, notInstalled, true)
 
 	would := ""
 	if s.dryRun {
@@ -1045,8 +1151,72 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 		fmt.Fprintf(stderr, "sera: %s\n", summary)
 		return &ExitError{Code: ExitFailure}
 	}
+	if s.asJSON {
+		_, err = fmt.Fprintf(stderr, "sera: %s\n", summary)
+		return err
+	}
 	_, err = fmt.Fprintln(stdout, summary)
 	return err
+}
+
+// recordAccepted adds the names --accept trusted to each watcher's
+// addrs= in known_watchers (nothing with --dry-run). A watcher whose key
+// changed in the file since the sync read it is refused.
+func (s *knownHostsSync) recordAccepted(cfg *sera.Config, accepted map[string][]string, out io.Writer) error {
+	if len(accepted) == 0 {
+		return nil
+	}
+	names := slices.Sorted(maps.Keys(accepted))
+	if s.dryRun {
+		for _, n := range names {
+			fmt.Fprintf(out, "sera: %s: would accept %s (dry run: known_watchers not changed)\n", n, strings.Join(accepted[n], ", "))
+		}
+		return nil
+	}
+	return updateFile(cfg.KnownWatchersFile(), sera.ReadKnownWatchers, func(kw *sera.KnownWatchers) (string, error) {
+		var msg strings.Builder
+		for _, n := range names {
+			w := kw.ByName(n)
+			if w == nil {
+				return "", fmt.Errorf("watcher %s left known_watchers while syncing; nothing was changed", n)
+			}
+			for _, a := range accepted[n] {
+				if !slices.ContainsFunc(w.Addrs, func(x string) bool { return strings.EqualFold(x, a) }) {
+					w.Addrs = append(w.Addrs, a)
+				}
+			}
+			fmt.Fprintf(&msg, "sera: %s: accepted %s: added to its addrs= in known_watchers\n", n, strings.Join(accepted[n], ", "))
+		}
+		return msg.String(), nil
+	}, out)
+}
+
+// printJSON prints, with --json, one syncReport per selected watcher.
+func (s *knownHostsSync) printJSON(out io.Writer, selected []*sera.KnownWatcher, set *syncSet, noKeys, notInstalled []failure, tried bool) {
+	if !s.asJSON {
+		return
+	}
+	why := map[string]string{}
+	for _, f := range append(slices.Clone(noKeys), notInstalled...) {
+		if _, ok := why[f.name]; !ok {
+			why[f.name] = f.why
+		}
+	}
+	enc := json.NewEncoder(out)
+	for _, w := range selected {
+		r := syncReport{Watcher: w.Name, Names: []string{}, Keys: []string{},
+			Untrusted: khNonNil(set.untrusted[w.Name]), Accepted: khNonNil(set.accepted[w.Name]), Error: why[w.Name]}
+		if name, err := watcherHostName(w); err == nil {
+			if e := slices.IndexFunc(set.entries, func(e *khHost) bool { return e.name == name }); e >= 0 {
+				r.Names = set.entries[e].names()
+				for _, k := range set.entries[e].keys {
+					r.Keys = append(r.Keys, k.Type()+" "+ssh.FingerprintSHA256(k))
+				}
+			}
+		}
+		r.Installed = tried && !slices.ContainsFunc(notInstalled, func(f failure) bool { return f.name == w.Name })
+		enc.Encode(r)
+	}
 }
 
 // chunkEntries splits entries into parts whose lines take at most budget

@@ -3,7 +3,6 @@ package commands
 import (
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -30,19 +29,32 @@ func newWatchersAddCmd(o *Options) *cobra.Command {
 		Long: `Know a watcher: NAME must be the watcher's own SERA_NAME (it names its queue
 and is checked by the watcher against the signed target), PUBKEY what its
 'sera keygen' printed. Adding it again with the same details changes
-nothing; with other details, it updates them.`,
+nothing; with other details, it updates them.
+
+--addr gives the addresses (and other host names) of the watcher's host:
+'sera known-hosts sync' trusts its SSH host keys for its name, these, and
+NAME.SERA_DOMAIN, never for names the host reports of itself.`,
 		Args: usageArgs(cobra.ExactArgs(2)),
 		RunE: func(c *cobra.Command, args []string) error {
 			name, key, groups, err := watcherArgs(args, groups)
 			if err != nil {
 				return err
 			}
-			addrs = splitAll(addrs)
-			for _, a := range addrs {
-				if _, err := netip.ParseAddr(a); err != nil {
-					return usageErr("invalid --addr %q: not an IP address", a)
+			// The names 'known-hosts sync' trusts this watcher's host
+			// keys for, beside its own: parsed as they are written
+			// into known_hosts, so one that sync would leave out is
+			// refused here.
+			var canon []string
+			for _, a := range splitAll(addrs) {
+				n, err := parseHostName(a)
+				if err != nil {
+					return usageErr("invalid --addr: %v", err)
+				}
+				if !slices.Contains(canon, n) {
+					canon = append(canon, n)
 				}
 			}
+			addrs = canon
 			return updateKnownWatchers(o, func(kw *sera.KnownWatchers) (string, error) {
 				if other := kw.ByKey(key); other != nil && other.Name != name {
 					return "", fmt.Errorf("that key is already known as watcher %s; remove it first", other.Name)
@@ -61,7 +73,7 @@ nothing; with other details, it updates them.`,
 		},
 	}
 	c.Flags().StringSliceVar(&groups, "group", nil, "groups the watcher is in (repeatable, or comma-separated)")
-	c.Flags().StringSliceVar(&addrs, "addr", nil, "addresses the watcher's host is known by (repeatable)")
+	c.Flags().StringSliceVar(&addrs, "addr", nil, "addresses and host names the watcher's host is known by, which 'known-hosts sync' trusts its SSH host keys for (repeatable)")
 	return c
 }
 

@@ -39,14 +39,25 @@ var (
 // Message is one received message. Handle identifies this delivery (an SQS
 // receipt handle); it is only meaningful to the transport that returned it,
 // which may update it in ChangeVisibility.
+//
+// Receives and Sent are the queue's own record of the message, kept beside
+// the body, never read from it: a receiver that bounds how long it keeps
+// passing on a message it cannot use (sera's client, with replies for
+// other processes) judges by them, so a sender cannot make its message
+// live for ever by what it writes into it.
 type Message struct {
 	// Body is the message as sent.
 	Body []byte
 	// Handle identifies this delivery for Delete and ChangeVisibility.
 	Handle string
 	// Receives is how many times the message has been received, this
-	// delivery included (SQS's ApproximateReceiveCount).
+	// delivery included (SQS's ApproximateReceiveCount). Every delivery
+	// counts, ChangeVisibility(0) followed by a Receive included.
 	Receives int
+	// Sent is when the queue accepted the message (SQS's SentTimestamp,
+	// by the queue's clock; the spool's send time). It does not change
+	// with later deliveries. Zero when the transport cannot tell.
+	Sent time.Time
 }
 
 // Transport moves messages between named queues.

@@ -105,9 +105,7 @@ func newFleet(t *testing.T, names ...string) *fleet {
 		// The hosts reach the SQS server across the bridge.
 		env := awsEnv("http://" + net.Gateway + ":" + port)
 		f.watchers[name] = h.Start(t, append(append([]string{"env"}, env...), "sera", "watch")...)
-		// The admin's word for the host's address: known-hosts sync
-		// trusts it, not what the host reports about itself.
-		f.mustSera("watchers", "add", name, pub, "--addr", h.Addr)
+		f.mustSera("watchers", "add", name, pub)
 		f.hosts[name] = h
 	}
 	return f

@@ -10,7 +10,8 @@
 //	DIR/QUEUE/ID.VISIBLE.N.TOKEN  one message, 0600
 //
 // ID is the send time in nanoseconds plus a random suffix, in fixed-width hex,
-// so a directory listing is in send order. VISIBLE is when the message may
+// so a directory listing is in send order; it is the message's Sent time.
+// VISIBLE is when the message may
 // be received (Unix nanoseconds, hex), N how often it was received and TOKEN
 // the random token of its current delivery. A receiver claims a message by
 // renaming it to a name with a later VISIBLE, N+1 and a fresh TOKEN: of
@@ -31,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -273,7 +275,7 @@ func claimOne(q string, n msgName, visible time.Time) (*transport.Message, error
 	if err != nil {
 		return nil, err
 	}
-	return &transport.Message{Body: body, Handle: next.String(), Receives: next.receives}, nil
+	return &transport.Message{Body: body, Handle: next.String(), Receives: next.receives, Sent: n.sent()}, nil
 }
 
 // Delete implements transport.Transport.
@@ -364,6 +366,15 @@ const (
 // zeroToken marks a message that was never received.
 var zeroToken = strings.Repeat("0", tokenLen)
 
+// sent is the send time that begins the message's ID.
+func (n msgName) sent() time.Time {
+	ns, err := strconv.ParseUint(n.id[:16], 16, 64)
+	if err != nil || ns > math.MaxInt64 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(ns))
+}
+
 func (n msgName) String() string {
 	return fmt.Sprintf("%s.%016x.%d.%s", n.id, n.visible, n.receives, n.token)
 }
@@ -407,10 +418,21 @@ func isHex(s string) bool {
 // one process strictly increase even when the clock is coarse.
 var lastID atomic.Int64
 
+// maxIDBump is how far behind the last ID the clock may be for the next ID
+// to be the last one's successor rather than the clock's reading. A clock
+// that went back further (set back, or a test's fake clock in a process
+// that also used the real one) gives IDs by itself: the time in an ID is
+// the message's Sent, and must not run ahead of the clock that sent it.
+// The random suffix keeps such IDs apart.
+const maxIDBump = int64(time.Second)
+
 func newID() string {
 	for {
 		last := lastID.Load()
-		now := max(time.Now().UnixNano(), last+1)
+		now := time.Now().UnixNano()
+		if now <= last && last-now < maxIDBump {
+			now = last + 1
+		}
 		if lastID.CompareAndSwap(last, now) {
 			var r [4]byte
 			rand.Read(r[:])

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/sera-dev/sera/transport"
@@ -356,4 +357,35 @@ func TestMultiProcess(t *testing.T) {
 	if len(seen) != n {
 		t.Errorf("received %d distinct messages, want %d", len(seen), n)
 	}
+}
+
+// Sent is the sender's clock, also when that clock is behind the IDs this
+// process made before (a clock set back; a fake clock after the real one):
+// a message must not look sent in the future of the clock that sent it.
+func TestSentFollowsTheClockBack(t *testing.T) {
+	dir := t.TempDir()
+	if err := newSpool(t, dir).Send(context.Background(), "q", []byte("now")); err != nil {
+		t.Fatal(err)
+	}
+	// The bubble's clock starts in 2000, decades behind the ID just made.
+	synctest.Test(t, func(t *testing.T) {
+		s := newSpool(t, dir, spool.WithPolling())
+		before := time.Now()
+		if err := s.Send(context.Background(), "q", []byte("then")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Hour)
+		found := false
+		for _, m := range receiveAll(t, s, "q") {
+			if string(m.Body) == "then" {
+				found = true
+				if !m.Sent.Equal(before) {
+					t.Errorf("Sent = %v, want the bubble's send time %v", m.Sent, before)
+				}
+			}
+		}
+		if !found {
+			t.Error("the message sent in the bubble was not received")
+		}
+	})
 }

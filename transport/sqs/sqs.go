@@ -261,6 +261,7 @@ func (t *Transport) Receive(ctx context.Context, queue string, maxMsgs int, wait
 		VisibilityTimeout:   max(seconds(visibility), 1),
 		MessageSystemAttributeNames: []types.MessageSystemAttributeName{
 			types.MessageSystemAttributeNameApproximateReceiveCount,
+			types.MessageSystemAttributeNameSentTimestamp,
 		},
 	}
 	deadline := time.Now().Add(wait)
@@ -293,10 +294,17 @@ func messages(in []types.Message) []*transport.Message {
 		if err != nil || n < 1 {
 			n = 1
 		}
+		// Milliseconds since the epoch, by SQS's clock; left zero when
+		// absent or unreadable, so no bound is judged from a guess.
+		var sent time.Time
+		if ms, err := strconv.ParseInt(m.Attributes[string(types.MessageSystemAttributeNameSentTimestamp)], 10, 64); err == nil && ms > 0 {
+			sent = time.UnixMilli(ms)
+		}
 		out = append(out, &transport.Message{
 			Body:     []byte(aws.ToString(m.Body)),
 			Handle:   aws.ToString(m.ReceiptHandle),
 			Receives: n,
+			Sent:     sent,
 		})
 	}
 	return out

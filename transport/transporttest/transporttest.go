@@ -51,6 +51,7 @@ func Run(t *testing.T, newTransport func(t *testing.T) transport.Transport, opts
 		{"Visibility", s.testVisibility},
 		{"ChangeVisibilityZero", s.testChangeVisibilityZero},
 		{"ChangeVisibilityLonger", s.testChangeVisibilityLonger},
+		{"QueueRecord", s.testQueueRecord},
 		{"Delete", s.testDelete},
 		{"StaleHandle", s.testStaleHandle},
 		{"MaxMessageSize", s.testMaxMessageSize},
@@ -299,6 +300,72 @@ func (s *suite) testChangeVisibilityLonger(t *testing.T) {
 	// Hidden for an hour: receiving it within longWait shows the 0 took.
 	if m2 := receiveOne(t, tr, q, []byte("later"), time.Minute); m2.Receives != 2 {
 		t.Errorf("Receives = %d, want 2", m2.Receives)
+	}
+}
+
+// clockSkew is how far the queue's clock (SQS's, for Sent) may be from
+// this machine's. Sent is checked only to be the send time within it, and
+// unchanged by later deliveries: a Sent that is zero, taken from the body,
+// or reset on redelivery fails.
+const clockSkew = time.Minute
+
+// releases is how often testQueueRecord hands a message back.
+const releases = 6
+
+// testQueueRecord checks what a receiver that must not trust bodies
+// judges a message by: Receives counts every delivery, and Sent is when the
+// queue took the message, whatever the body says and however often it was
+// handed back.
+func (s *suite) testQueueRecord(t *testing.T) {
+	ctx := context.Background()
+	tr, q := s.transport(t), s.queue(t)
+	// A body that claims another send time and receive count.
+	b := []byte(`{"sent":"2001-01-01T00:00:00Z","receives":1}`)
+	before := time.Now()
+	send(t, tr, q, b)
+	after := time.Now()
+	var sent time.Time
+	for i := 1; i <= releases; i++ {
+		m := receiveOne(t, tr, q, b, time.Hour)
+		if m.Receives != i {
+			t.Errorf("delivery %d: Receives = %d, want %d", i, m.Receives, i)
+		}
+		if m.Sent.Before(before.Add(-clockSkew)) || m.Sent.After(after.Add(clockSkew)) {
+			t.Fatalf("delivery %d: Sent = %v, want the send time (%v to %v)", i, m.Sent, before, after)
+		}
+		if i == 1 {
+			sent = m.Sent
+		} else if !m.Sent.Equal(sent) {
+			t.Errorf("delivery %d: Sent = %v, was %v at the first delivery", i, m.Sent, sent)
+		}
+		if i < releases {
+			if err := tr.ChangeVisibility(ctx, q, m, 0); err != nil {
+				t.Fatalf("ChangeVisibility(0): %v", err)
+			}
+			continue
+		}
+		if err := tr.Delete(ctx, q, m); err != nil {
+			t.Fatalf("Delete: %v", err)
+		}
+	}
+	// Two messages sent one after the other are told apart by Sent in
+	// the order they were sent (to the queue clock's resolution).
+	send(t, tr, q, []byte("first"))
+	send(t, tr, q, []byte("second"))
+	got := map[string]time.Time{}
+	for range 3 {
+		for _, m := range receive(t, tr, q, 2, longWait, time.Hour) {
+			got[string(m.Body)] = m.Sent
+		}
+		if len(got) == 2 {
+			break
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("received %d of the 2 messages", len(got))
+	}
+	if got["second"].Before(got["first"]) {
+		t.Errorf("Sent of the later message %v is before the earlier one's %v", got["second"], got["first"])
 	}
 }
 
