@@ -222,3 +222,39 @@ func FuzzSudoersView(f *testing.F) {
 		}
 	})
 }
+
+// Self-service reaches the client's own account only, and not even that
+// when the account can sudo (the client's key is then a way to root).
+func TestSelfServiceKeys(t *testing.T) {
+	key, _ := acctKey(t, "mine")
+	f := newAccountsFixture(t)
+	f.mkdir("etc/sudoers.d", 0o750, 0, 0)
+	f.writeFile("etc/sudoers", "root ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL\n", 0o440, 0, 0)
+	h := &Handler{Host: f.Host}
+	bob := &sera.KnownClient{Name: "bob", Allow: []string{sera.SelfGrant}, Account: "bob"}
+	if res := asWatcher(h, bob, "key", "add", "--", "bob", key); res.Status != 0 {
+		t.Fatalf("bob's own key: status %d, stderr %s", res.Status, res.Stderr)
+	}
+	if !strings.Contains(f.keys("bob"), key) {
+		t.Errorf("bob's key not added:\n%s", f.keys("bob"))
+	}
+	before := f.snapshot()
+	f.Runner.Reset()
+	for _, argv := range [][]string{
+		{"key", "add", "--", "alice", key},
+		{"user", "add", "--update", "--key=" + key, "--", "bob"},
+		{"user", "lock", "--", "bob"},
+	} {
+		if res := asWatcher(h, bob, argv...); res.Status != -1 {
+			t.Errorf("%v: status %d, stderr %s; want a refusal by rule 8", argv, res.Status, res.Stderr)
+		}
+	}
+	alice := &sera.KnownClient{Name: "alice", Allow: []string{sera.SelfGrant}, Account: "alice"}
+	if res := asWatcher(h, alice, "key", "add", "--", "alice", key); res.Status == 0 || !strings.Contains(string(res.Stderr), "way to root") {
+		t.Errorf("self-service on an account that can sudo: status %d, stderr %s", res.Status, res.Stderr)
+	}
+	if calls := f.Runner.Calls(); len(calls) != 0 {
+		t.Errorf("ran %v", calls)
+	}
+	f.unchanged(before)
+}
