@@ -283,9 +283,14 @@ func (w *Watcher) Handle(ctx context.Context, m *transport.Message) {
 	if err := w.Audit.Audit(d.rec); err != nil {
 		w.log().Error("audit failed", "err", err)
 	}
-	attrs := []any{"decision", d.rec.Decision, "client", d.rec.Client, "id", d.rec.RequestID}
+	attrs := []any{"decision", d.rec.Decision}
 	if d.rec.ClaimedSender != "" {
 		attrs = append(attrs, "claimed_sender", d.rec.ClaimedSender)
+	} else {
+		attrs = append(attrs, "client", d.rec.Client)
+	}
+	if d.rec.RequestID != "" {
+		attrs = append(attrs, "id", d.rec.RequestID)
 	}
 	if d.rec.Reason != "" {
 		attrs = append(attrs, "rule", d.rec.Rule, "reason", d.rec.Reason)

@@ -69,7 +69,7 @@ wait "$watcher_pid"
 watcher_pid=
 cat "$tmp/watcher.log"
 
-say "web1's audit log: one JSON line per request, accepted or rejected"
+say "web1's audit log: a JSON line per decision ('running' is written before a command runs)"
 cat "$tmp/web1/state/audit.log"
 
 say "Done; removed $tmp"
