@@ -193,6 +193,16 @@ the same name does not inherit sudo.`,
 			if err != nil {
 				return err
 			}
+			// Deleting a group changes the groups of every member.
+			if g := db.group(args[0]); g != nil && len(p) > 0 {
+				for _, name := range g.Members {
+					if u := db.user(name); u != nil {
+						if err := h.guardAccount(ctx, db, "delete group "+args[0], db.current(u)); err != nil {
+							return err
+						}
+					}
+				}
+			}
 			return p.execute(ctx, out, dryRun, noChange)
 		})
 	})
@@ -264,15 +274,22 @@ group are left as they are. A user's primary group is not changed.`
 			if err != nil {
 				return err
 			}
-			if add {
-				for _, name := range args[1:] {
-					if u := db.user(name); u != nil {
-						a := db.current(u)
-						a.groups = append(a.groups, args[0])
-						if err := h.guardAccount(ctx, db, "add "+name+" to group "+args[0], a); err != nil {
-							return err
-						}
-					}
+			// Joining a group may make an account privileged; leaving
+			// one changes the groups of an account that may already be
+			// (and sudoers can negate a group: !%restricted).
+			for _, name := range args[1:] {
+				u := db.user(name)
+				if u == nil {
+					continue
+				}
+				a := db.current(u)
+				what := "remove " + name + " from group " + args[0]
+				if add {
+					a.groups = append(a.groups, args[0])
+					what = "add " + name + " to group " + args[0]
+				}
+				if err := h.guardAccount(ctx, db, what, db.current(u), a); err != nil {
+					return err
 				}
 			}
 			return p.execute(ctx, out, dryRun, noChange)

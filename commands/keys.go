@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -527,8 +526,11 @@ func (h *Host) withUserKeys(ctx context.Context, out io.Writer, dryRun bool, use
 	if err != nil {
 		return fmt.Errorf("%w; nothing was changed", err)
 	}
-	if addsKey(before, ak) {
-		if err := h.guardAccount(ctx, db, "add keys to "+user, db.current(u)); err != nil {
+	// Any change to the keys of an account that can sudo needs the sudo
+	// grant: adding one is a way in, and removing one is changing the
+	// credentials of root.
+	if !bytes.Equal(before.bytes(), ak.bytes()) {
+		if err := h.guardAccount(ctx, db, "change the SSH keys of "+user, db.current(u)); err != nil {
 			return err
 		}
 	}
@@ -538,20 +540,4 @@ func (h *Host) withUserKeys(ctx context.Context, out io.Writer, dryRun bool, use
 	}
 	h.planKeys(&p, u, before, ak, strings.Join(did, "; "))
 	return p.execute(ctx, out, dryRun, "keys of "+user+": no change")
-}
-
-// addsKey reports whether after lets a key log in that before did not: a
-// new key, or one that was disabled and no longer is.
-func addsKey(before, after *authorizedKeys) bool {
-	for _, k := range after.managed {
-		if k.disabled {
-			continue
-		}
-		if old := findKey(before.managed, k); old == nil || old.disabled || !slices.Equal(old.options, k.options) {
-			if findKey(before.ownKeys(), k) == nil {
-				return true
-			}
-		}
-	}
-	return false
 }

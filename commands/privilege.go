@@ -25,7 +25,8 @@ var commaSpaceRE = regexp.MustCompile(`\s*,\s*`)
 
 // rootGroups are system groups whose members are root, or can become it,
 // without sudo (raw disks, shadow, container and VM daemons).
-var rootGroups = []string{"root", "sudo", "wheel", "admin", "disk", "shadow", "kmem", "docker", "lxd", "incus-admin", "libvirt"}
+// (staff may write /usr/local, ahead of /usr on root's PATH.)
+var rootGroups = []string{"root", "sudo", "wheel", "admin", "disk", "shadow", "kmem", "staff", "docker", "lxd", "incus-admin", "libvirt"}
 
 // sudoView is who sudoers grants anything to: a grant of /usr/bin/true
 // counts as much as ALL, as sera cannot tell what a command reaches.
@@ -37,6 +38,7 @@ type sudoView struct {
 	uids     map[int]string
 	groups   map[string]string
 	gids     map[int]string
+	readDirs map[string]bool
 }
 
 // maxSudoersDepth bounds include nesting as sudo does (it allows 128; a
@@ -46,8 +48,49 @@ const maxSudoersDepth = 8
 // readSudoView reads /etc/sudoers and what it includes.
 func (h *Host) readSudoView() (*sudoView, error) {
 	v := &sudoView{users: map[string]string{}, uids: map[int]string{}, groups: map[string]string{}, gids: map[int]string{}}
-	if err := v.readFile(h, "/etc/sudoers", 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// Where sudo takes its policy from: sudo.conf may name another
+	// sudoers file or another policy plugin, nsswitch.conf other sources
+	// (LDAP, SSSD). What sera cannot read makes everyone privileged.
+	file := "/etc/sudoers"
+	if b, err := h.readFile("/etc/sudo.conf"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(stripComment(strings.TrimSpace(line)))
+			if len(f) < 3 || f[0] != "Plugin" {
+				continue
+			}
+			if f[2] != "sudoers.so" && !strings.HasSuffix(f[2], "/sudoers.so") {
+				if f[1] == "sudoers_policy" || strings.Contains(f[1], "policy") {
+					v.everyone = "/etc/sudo.conf (a policy plugin sera cannot read: " + f[2] + ")"
+				}
+				continue
+			}
+			for _, opt := range f[3:] {
+				if p, ok := strings.CutPrefix(opt, "sudoers_file="); ok {
+					file = p
+				}
+			}
+		}
+	}
+	if b, err := h.readFile("/etc/nsswitch.conf"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			db, srcs, ok := strings.Cut(stripComment(strings.TrimSpace(line)), ":")
+			if !ok || strings.TrimSpace(db) != "sudoers" {
+				continue
+			}
+			for _, src := range strings.Fields(srcs) {
+				if src != "files" && !strings.HasPrefix(src, "[") {
+					v.everyone = "/etc/nsswitch.conf (sudoers also from " + src + ")"
+				}
+			}
+		}
+	}
+	if err := v.readFile(h, file, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("failed to read sudoers: %w", err)
+	}
+	// sera writes its drop-ins there: they count even where sudoers does
+	// not include the directory (yet).
+	if !v.readDirs["/etc/sudoers.d"] {
+		v.readDir(h, "/etc/sudoers.d", 0)
 	}
 	return v, nil
 }
@@ -66,6 +109,10 @@ func (v *sudoView) readFile(h *Host, name string, depth int) error {
 }
 
 func (v *sudoView) readDir(h *Host, dir string, depth int) {
+	if v.readDirs == nil {
+		v.readDirs = map[string]bool{}
+	}
+	v.readDirs[filepath.Clean(dir)] = true
 	entries, err := os.ReadDir(h.path(dir))
 	if err != nil {
 		return // sudo skips a missing or unreadable includedir
@@ -244,7 +291,37 @@ func (v *sudoView) privileged(db *accountDB, a account) string {
 			return fmt.Sprintf("it is in group %s, which %s", g, why)
 		}
 	}
+	// A member of another privileged account's primary group can write
+	// what that account leaves group-writable (user private groups):
+	// a way into it.
+	for _, g := range groups {
+		ge := db.group(g)
+		if ge == nil {
+			continue
+		}
+		for _, u := range db.users {
+			if u.GID == ge.GID && u.Name != a.name && v.privilegedDirect(db, db.current(&u)) {
+				return fmt.Sprintf("it is in group %s, the primary group of %s, who can sudo", g, u.Name)
+			}
+		}
+	}
 	return ""
+}
+
+// privilegedDirect is privileged without the primary-group rule, which
+// would otherwise recurse.
+func (v *sudoView) privilegedDirect(db *accountDB, a account) bool {
+	if v.everyone != "" || v.users[a.name] != "" || v.uids[a.uid] != "" {
+		return true
+	}
+	groups := slices.Clone(a.groups)
+	if g := db.groupByGID(a.gid); g != nil {
+		groups = append(groups, g.Name)
+	}
+	if _, ok := v.gids[a.gid]; ok || a.gid == 0 {
+		return true
+	}
+	return slices.ContainsFunc(groups, func(g string) bool { return v.groupCarries(db, g) != "" })
 }
 
 // groupCarries says why membership of group g makes an account root, or "".
@@ -283,7 +360,7 @@ func guardSudo(ctx context.Context, what, why string) error {
 		return nil
 	}
 	if err := callerMay(ctx, "sudo grant"); err != nil {
-		return fmt.Errorf("refusing to %s: %s, so this is a way to root, and %w; nothing was changed", what, why, err)
+		return fmt.Errorf("refusing to %s: %s; that needs the sudo grant (%w); nothing was changed", what, why, err)
 	}
 	return nil
 }

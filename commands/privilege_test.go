@@ -63,6 +63,7 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 // through (to the point where the host's own checks decide).
 func TestNoPathFromAccountsToSudo(t *testing.T) {
 	key, _ := acctKey(t, "mallory@laptop")
+	alicesKey, alicesPK := acctKey(t, "alice@laptop")
 	tests := []struct {
 		name string
 		argv []string
@@ -87,6 +88,10 @@ func TestNoPathFromAccountsToSudo(t *testing.T) {
 		{"a new user's free gid", []string{"user", "add", "--uid=1650", "--", "eve"}, "GID names the free gid 1700"},
 		{"members add to dev", []string{"group", "members", "add", "dev", "bob"}, "group dev, which sudoers grants"},
 		{"members add to ops", []string{"group", "members", "add", "ops", "bob"}, "group ops, which sudoers grants"},
+		{"bob into alice's own group", []string{"group", "members", "add", "alice", "bob"}, "the primary group of alice, who can sudo"},
+		{"alice out of a group", []string{"group", "members", "remove", "ops", "alice"}, "root-equivalent"},
+		{"delete alice's group", []string{"group", "del", "ops"}, "root-equivalent"},
+		{"alice's keys removed", []string{"key", "remove", "--", "alice", "SHA256:KEYFP"}, "root-equivalent"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,6 +108,12 @@ func TestNoPathFromAccountsToSudo(t *testing.T) {
 			}
 			f.writeFile("etc/sudoers.d/other", "%ops ALL=(ALL) /usr/bin/true\nmallory ALL=(ALL) NOPASSWD: ALL\n"+
 				"User_Alias ADMINS = %admins\nADMINS ALL=(ALL) ALL\n"+extra, 0o440, 0, 0)
+			f.writeKeys("alice", acctBlock(alicesKey))
+			for i, a := range tt.argv {
+				if a == "SHA256:KEYFP" {
+					tt.argv[i] = acctFP(alicesPK)
+				}
+			}
 			before := f.snapshot()
 			narrow := &sera.KnownClient{Name: "helpdesk", Allow: []string{"user", "key", "group"}}
 			h := &Handler{Host: f.Host}
@@ -116,7 +127,7 @@ func TestNoPathFromAccountsToSudo(t *testing.T) {
 			f.unchanged(before)
 			// With the sudo grant it is not this guard that stops it.
 			wide := &sera.KnownClient{Name: "admin", Allow: []string{"user", "key", "group", "sudo"}}
-			if res := asWatcher(h, wide, tt.argv...); strings.Contains(string(res.Stderr), "way to root") {
+			if res := asWatcher(h, wide, tt.argv...); strings.Contains(string(res.Stderr), "needs the sudo grant") {
 				t.Errorf("with the sudo grant: %s", res.Stderr)
 			}
 		})
@@ -141,7 +152,7 @@ func TestAccountsWithoutSudoStayOpen(t *testing.T) {
 	} {
 		// The fixture has no gpasswd or groupadd: those fail after the
 		// guard, which is all this test is about.
-		if res := asWatcher(h, narrow, argv...); res.Status == -1 || strings.Contains(string(res.Stderr), "way to root") ||
+		if res := asWatcher(h, narrow, argv...); res.Status == -1 || strings.Contains(string(res.Stderr), "needs the sudo grant") ||
 			res.Status != 0 && !strings.Contains(string(res.Stderr), "not a program the fake host has") {
 			t.Errorf("%v: status %d, stderr %s", argv, res.Status, res.Stderr)
 		}
@@ -194,6 +205,23 @@ func TestSudoersView(t *testing.T) {
 			t.Errorf("%q: not every user", rule)
 		}
 	}
+	// Policy from elsewhere: LDAP through nsswitch, another plugin.
+	writeTestFile(t, h.Root, "etc/sudoers", "root ALL=ALL\n", 0o440)
+	writeTestFile(t, h.Root, "etc/nsswitch.conf", "passwd: files\nsudoers: files sss\n", 0o644)
+	if v, _ := h.readSudoView(); !strings.Contains(v.everyone, "sss") {
+		t.Errorf("sudoers from sss: %q", v.everyone)
+	}
+	writeTestFile(t, h.Root, "etc/nsswitch.conf", "sudoers: files\n", 0o644)
+	writeTestFile(t, h.Root, "etc/sudo.conf", "Plugin sudoers_policy sudoers.so sudoers_file=/etc/sudoers.other\n", 0o644)
+	writeTestFile(t, h.Root, "etc/sudoers.other", "zed ALL=ALL\n", 0o440)
+	if v, _ := h.readSudoView(); v.everyone != "" || v.users["zed"] == "" {
+		t.Errorf("sudoers_file= of sudo.conf not read: %+v", v)
+	}
+	writeTestFile(t, h.Root, "etc/sudo.conf", "Plugin my_policy /usr/lib/x/policy.so\n", 0o644)
+	if v, _ := h.readSudoView(); v.everyone == "" {
+		t.Error("another policy plugin: not every user")
+	}
+	os.Remove(filepath.Join(h.Root, "etc/sudo.conf"))
 	// An include loop ends, and counts as every user.
 	writeTestFile(t, h.Root, "etc/sudoers", "@include /etc/sudoers\n", 0o440)
 	if v, _ := h.readSudoView(); v.everyone == "" {
@@ -250,7 +278,7 @@ func TestSelfServiceKeys(t *testing.T) {
 		}
 	}
 	alice := &sera.KnownClient{Name: "alice", Allow: []string{sera.SelfGrant}, Account: "alice"}
-	if res := asWatcher(h, alice, "key", "add", "--", "alice", key); res.Status == 0 || !strings.Contains(string(res.Stderr), "way to root") {
+	if res := asWatcher(h, alice, "key", "add", "--", "alice", key); res.Status == 0 || !strings.Contains(string(res.Stderr), "needs the sudo grant") {
 		t.Errorf("self-service on an account that can sudo: status %d, stderr %s", res.Status, res.Stderr)
 	}
 	if calls := f.Runner.Calls(); len(calls) != 0 {

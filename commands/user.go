@@ -328,7 +328,7 @@ func (h *Host) guardUserAdd(ctx context.Context, c *cobra.Command, o *userAddOpt
 		})
 	}
 	after.groups = append(after.groups, groups...)
-	return h.guardAccount(ctx, db, "change user "+name, cur, after)
+	return h.guardAccount(ctx, db, "update user "+name, cur, after)
 }
 
 func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, changed func(string) bool, groups []string, keys []*authKey) (plan, string, error) {
@@ -491,7 +491,7 @@ exactly what lock did.`,
 		if !lock {
 			// Unlocking lets someone log in again: as an account that
 			// can sudo, that is a way to root.
-			if err := h.guardAccount(ctx, db, "unlock "+u.Name, db.current(u)); err != nil {
+			if err := h.guardAccount(ctx, db, "unlock user "+u.Name, db.current(u)); err != nil {
 				return err
 			}
 		}
