@@ -112,7 +112,9 @@ const exitCodesHelp = `Exit status:
   2    usage error: bad flags or arguments, nothing was sent or changed
   N    with one host named exactly (--to web1), the remote command's own
        exit status (126: the watcher refused the request; 124: the command
-       ran past its execution timeout and was killed)`
+       ran past its execution timeout and was killed; 123: the watcher
+       could not record or audit it, did not run it, and will run it once
+       it can, while the request is valid)`
 
 // NewRoot builds the whole command tree.
 func NewRoot(o *Options) *cobra.Command {
