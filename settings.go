@@ -77,7 +77,7 @@ type SettingDef struct {
 var Settings = []SettingDef{
 	{Key: KeyHome, Help: "config directory (env, key, known_*); only from the environment"},
 	{Key: KeyState, Help: "watcher state: replay cache, audit log"},
-	{Key: KeyTransport, Help: "spool or sqs", check: oneOf("spool", "sqs")},
+	{Key: KeyTransport, Help: strings.Join(Transports, " or "), check: oneOf(Transports...)},
 	{Key: KeySpool, Help: "spool directory shared by client and watcher"},
 	{Key: KeyName, Help: "this watcher's name", check: checkName},
 	{Key: KeyGroups, Help: "this watcher's groups, comma-separated", check: checkGroups},
@@ -206,7 +206,7 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	} else {
 		def(KeyState, filepath.Join(home, "state"))
 	}
-	def(KeyTransport, "spool")
+	def(KeyTransport, TransportSpool)
 	def(KeySpool, filepath.Join(c.Get(KeyState), "spool"))
 	short, _, _ := strings.Cut(env.Hostname, ".")
 	def(KeyName, short)
@@ -256,7 +256,7 @@ func (c *Config) Fanout() (sns bool, err error) {
 	if c.Get(KeyFanout) != "sns" {
 		return false, nil
 	}
-	if t := c.Get(KeyTransport); t != "sqs" {
+	if t := c.Get(KeyTransport); t != TransportSQS {
 		return false, fmt.Errorf("%s=sns needs %s=sqs, not %q", KeyFanout, KeyTransport, t)
 	}
 	if c.Get(KeyAccount) == "" {
@@ -277,6 +277,16 @@ func (c *Config) KnownClientsFile() string { return filepath.Join(c.Home, "known
 
 // KnownWatchersFile is the client's list of watchers.
 func (c *Config) KnownWatchersFile() string { return filepath.Join(c.Home, "known_watchers") }
+
+// The transports SERA_TRANSPORT names: one list for the check, the
+// default and the factory (commands.OpenTransport).
+const (
+	TransportSpool = "spool"
+	TransportSQS   = "sqs"
+)
+
+// Transports are the values SERA_TRANSPORT takes, the default first.
+var Transports = []string{TransportSpool, TransportSQS}
 
 // SplitList splits a comma-separated list, dropping empty items.
 func SplitList(s string) []string {

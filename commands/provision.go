@@ -171,7 +171,7 @@ func newWatcherCmd(o *Options) *cobra.Command {
 // hostSettings are the settings a watcher host needs, in order.
 func hostSettings(p *sqs.Provisioner, name string, groups []string) [][2]string {
 	s := [][2]string{
-		{sera.KeyTransport, "sqs"}, {sera.KeyRegion, p.Account.Region},
+		{sera.KeyTransport, sera.TransportSQS}, {sera.KeyRegion, p.Account.Region},
 		{sera.KeyPrefix, p.Prefix}, {sera.KeyName, name},
 	}
 	if len(groups) > 0 {
@@ -503,7 +503,7 @@ func fanoutSettings(p *sqs.Provisioner) [][2]string {
 func (o *Options) clientKeyWriter(cfg *sera.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
 	return func(_ context.Context, k sqs.AccessKey) error {
 		settings := append([][2]string{
-			{sera.KeyTransport, "sqs"}, {sera.KeyRegion, p.Account.Region}, {sera.KeyPrefix, p.Prefix},
+			{sera.KeyTransport, sera.TransportSQS}, {sera.KeyRegion, p.Account.Region}, {sera.KeyPrefix, p.Prefix},
 		}, keySettings(k)...)
 		settings = append(settings, fanoutSettings(p)...)
 		err := sera.MkdirPrivate(cfg.Home)

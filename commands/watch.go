@@ -12,9 +12,6 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/install"
-	"github.com/sera-dev/sera/transport"
-	"github.com/sera-dev/sera/transport/spool"
-	"github.com/sera-dev/sera/transport/sqs"
 )
 
 func newWatchCmd(o *Options) *cobra.Command {
@@ -119,21 +116,4 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	err = w.Run(ctx)
 	log.Info("stopped")
 	return err
-}
-
-// OpenTransport opens the transport SERA_TRANSPORT names.
-func OpenTransport(ctx context.Context, cfg *sera.Config) (transport.Transport, error) {
-	switch t := cfg.Get(sera.KeyTransport); t {
-	case "spool":
-		return spool.New(cfg.Get(sera.KeySpool))
-	case "sqs":
-		return sqs.New(ctx, sqs.Options{
-			Region:    cfg.Get(sera.KeyRegion),
-			AccessKey: cfg.Get(sera.KeyAccessKey),
-			SecretKey: cfg.Get(sera.KeySecretKey),
-			Account:   cfg.Get(sera.KeyAccount),
-		})
-	default:
-		return nil, fmt.Errorf("unknown %s %q", sera.KeyTransport, t)
-	}
 }
