@@ -124,7 +124,7 @@ func authorize(client *sera.KnownClient, c *cobra.Command) error {
 		// A grant on some accounts is not one on groups: the groups
 		// the account is put in must be within a group grant too.
 		if c.Flags().Changed("gid") {
-			return fmt.Errorf("client %s may run \"user add\" only on some accounts, and --gid needs a grant on every user", client.Name)
+			return fmt.Errorf("client %s may run \"user add\" only on some accounts; --gid needs an unscoped user.add grant", client.Name)
 		}
 		for _, flag := range []string{"groups", "set-groups"} {
 			gs, _ := c.Flags().GetStringSlice(flag)

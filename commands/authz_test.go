@@ -70,7 +70,7 @@ func TestScopedGrants(t *testing.T) {
 		{"user(ext-*)", "", []string{"user", "show", "--", "bob"}, "on account bob"},
 		{"user(ext-*)", "", []string{"user", "add", "--groups=ops", "--", "ext-1"}, "may not put accounts into group ops"},
 		{"user(ext-*)", "", []string{"user", "add", "--set-groups=ops", "--", "ext-1"}, "may not put accounts into group ops"},
-		{"user(ext-*)", "", []string{"user", "add", "--gid=1001", "--", "ext-1"}, "--gid needs a grant on every user"},
+		{"user(ext-*)", "", []string{"user", "add", "--gid=1001", "--", "ext-1"}, "--gid needs an unscoped user.add grant"},
 		{"group(devs)", "", []string{"group", "members", "add", "ops", "bob"}, "on group ops"},
 		{"group(devs)", "", []string{"group", "list"}, "acts on no one account"},
 		{"sudo(devs)", "", []string{"sudo", "grant", "ops"}, "on group ops"},
