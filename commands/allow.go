@@ -489,9 +489,9 @@ func (h *Host) ufwDelete(ctx context.Context, s allowSpec, comment string) error
 }
 
 // callerName names the client of a remote call, "local" otherwise.
-func callerName(ctx context.Context) string {
-	if c, ok := ctx.Value(callerKey{}).(*sera.KnownClient); ok && c != nil {
-		return c.Name
+func callerName(who *sera.KnownClient) string {
+	if who != nil {
+		return who.Name
 	}
 	return "local"
 }
@@ -1125,7 +1125,7 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 			if err != nil {
 				return err
 			}
-			p, noChange := h.planAllow(st, rules, s, d, callerName(ctx))
+			p, noChange := h.planAllow(st, rules, s, d, callerName(t.caller))
 			return p.execute(ctx, out, dryRun, noChange)
 		})
 	})

@@ -1,7 +1,6 @@
 package commands
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -242,24 +241,14 @@ func rootEquivalent(grant string) bool {
 	return err == nil && (g.Path == sera.AllowAll || g.CoversPath("sudo grant"))
 }
 
-// callerKey carries the client of a remote call to the host commands.
-type callerKey struct{}
-
-// caller is the remote client of a call, nil with --local.
-func caller(ctx context.Context) *sera.KnownClient {
-	c, _ := ctx.Value(callerKey{}).(*sera.KnownClient)
-	return c
-}
-
 // callerMay reports whether whoever runs the command may also run command
 // on every subject: the remote client per an unscoped grant; anyone with
-// --local, who is root on the host already. Commands use it where one
-// permission could be turned into another (group membership that carries
-// sudo).
-func callerMay(ctx context.Context, command string) error {
-	c := caller(ctx)
-	if c == nil || c.AllowsAll(command) {
+// --local (who, nil), who is root on the host already. Commands use it
+// where one permission could be turned into another (group membership
+// that carries sudo).
+func callerMay(who *sera.KnownClient, command string) error {
+	if who == nil || who.AllowsAll(command) {
 		return nil
 	}
-	return fmt.Errorf("client %s may not run %q", c.Name, command)
+	return fmt.Errorf("client %s may not run %q", who.Name, command)
 }

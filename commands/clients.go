@@ -93,7 +93,7 @@ holds more than it does. See docs/security.md.`,
 	return t.leaf(c, true, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		key, _ := crypto.ParsePublicKey(args[0])
 		want, _ := sera.ParseAllow(allow)
-		by := caller(ctx)
+		by := t.caller
 		if err := mayDelegate(by, want, account); err != nil {
 			return fmt.Errorf("%w; nothing was changed", err)
 		}
@@ -156,7 +156,7 @@ clients whose grants are all within its own.`,
 				return fmt.Sprintf("client %s already absent\n", sel), nil
 			}
 			gone := kc.Clients[i]
-			if err := mayDelegate(caller(ctx), gone.Allow, gone.Account); err != nil {
+			if err := mayDelegate(t.caller, gone.Allow, gone.Account); err != nil {
 				return "", fmt.Errorf("client %s holds grants the caller lacks: %w; nothing was changed", gone.Name, err)
 			}
 			kc.Clients = slices.Delete(kc.Clients, i, i+1)

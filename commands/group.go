@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sera-dev/sera"
 	"github.com/spf13/cobra"
 )
 
@@ -122,7 +123,7 @@ nothing.`,
 				return err
 			}
 			if len(p) > 0 {
-				if err := h.guardGroupAdd(ctx, db, args[0], gid, gidSet); err != nil {
+				if err := h.guardGroupAdd(t.caller, db, args[0], gid, gidSet); err != nil {
 					return err
 				}
 			}
@@ -197,7 +198,7 @@ the same name does not inherit sudo.`,
 			if g := db.group(args[0]); g != nil && len(p) > 0 {
 				for _, name := range g.Members {
 					if u := db.user(name); u != nil {
-						if err := h.guardAccount(ctx, db, "delete group "+args[0], db.current(u)); err != nil {
+						if err := h.guardAccount(t.caller, db, "delete group "+args[0], db.current(u)); err != nil {
 							return err
 						}
 					}
@@ -288,7 +289,7 @@ group are left as they are. A user's primary group is not changed.`
 					a.groups = append(a.groups, args[0])
 					what = "add " + name + " to group " + args[0]
 				}
-				if err := h.guardAccount(ctx, db, what, db.current(u), a); err != nil {
+				if err := h.guardAccount(t.caller, db, what, db.current(u), a); err != nil {
 					return err
 				}
 			}
@@ -340,13 +341,13 @@ func (h *Host) planGroupMembers(db *accountDB, add bool, name string, users []st
 
 // guardGroupAdd refuses to create a group sudoers already grants (by
 // name, or by a gid the new group gets): its members would be root.
-func (h *Host) guardGroupAdd(ctx context.Context, db *accountDB, name string, gid int, gidSet bool) error {
-	if caller(ctx) == nil || callerMay(ctx, "sudo grant") == nil {
+func (h *Host) guardGroupAdd(who *sera.KnownClient, db *accountDB, name string, gid int, gidSet bool) error {
+	if callerMay(who, "sudo grant") == nil {
 		return nil
 	}
 	v, err := h.readSudoView()
 	if err != nil {
-		return guardSudo(ctx, "create group "+name, err.Error())
+		return guardSudo(who, "create group "+name, err.Error())
 	}
 	why := ""
 	if f, ok := v.groups[name]; ok {
@@ -362,7 +363,7 @@ func (h *Host) guardGroupAdd(ctx context.Context, db *accountDB, name string, gi
 			}
 		}
 	}
-	return guardSudo(ctx, "create group "+name, why)
+	return guardSudo(who, "create group "+name, why)
 }
 
 // dedupe drops repeated names, keeping the first of each.

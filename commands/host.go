@@ -63,6 +63,10 @@ type hostRun func(ctx context.Context, h *Host, out, errOut io.Writer, args []st
 type hostTree struct {
 	opts *Options
 	host *Host
+	// caller is the client of the request the tree runs, nil on the
+	// client side and with --local (root on the host already). Commands
+	// that turn one permission into another ask it (callerMay).
+	caller *sera.KnownClient
 
 	target targetFlags
 	fan    fanoutFlags
@@ -342,13 +346,16 @@ type Handler struct {
 	Host *Host
 }
 
-func (h *Handler) tree() *cobra.Command {
+func (h *Handler) tree() *cobra.Command { return h.treeFor(nil) }
+
+// treeFor is the tree that runs a request of caller.
+func (h *Handler) treeFor(caller *sera.KnownClient) *cobra.Command {
 	root := &cobra.Command{Use: "sera", SilenceUsage: true, SilenceErrors: true}
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErr("%v", err)
 	})
-	t := &hostTree{host: h.Host}
+	t := &hostTree{host: h.Host, caller: caller}
 	root.AddCommand(t.commands()...)
 	return root
 }
@@ -456,8 +463,7 @@ func redactWith(root *cobra.Command, argv []string) []string {
 
 // Run implements sera.Handler.
 func (h *Handler) Run(ctx context.Context, call *sera.Call) sera.Result {
-	ctx = context.WithValue(ctx, callerKey{}, call.Client)
-	root := h.tree()
+	root := h.treeFor(call.Client)
 	var stdout, stderr bytes.Buffer
 	root.SetOut(&stdout)
 	root.SetErr(&stderr)

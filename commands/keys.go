@@ -9,6 +9,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/sera-dev/sera"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
@@ -312,7 +313,7 @@ func (t *hostTree) keyAddCmd() *cobra.Command {
 	c.Flags().StringVar(&options, "options", "", `authorized_keys options for these keys, e.g. 'from="10.0.0.0/8",no-pty'`)
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		return h.withUserKeys(ctx, out, dryRun, args[0], func(ak *authorizedKeys) ([]string, error) {
+		return h.withUserKeys(ctx, t.caller, out, dryRun, args[0], func(ak *authorizedKeys) ([]string, error) {
 			var did []string
 			for _, a := range args[1:] {
 				k, _ := parseKeyArg(a, options)
@@ -357,7 +358,7 @@ func (t *hostTree) keyRemoveCmd() *cobra.Command {
 	}
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		return h.withUserKeys(ctx, out, dryRun, args[0], func(ak *authorizedKeys) ([]string, error) {
+		return h.withUserKeys(ctx, t.caller, out, dryRun, args[0], func(ak *authorizedKeys) ([]string, error) {
 			var did []string
 			for _, a := range args[1:] {
 				match := func(k *authKey) bool { return k.fingerprint() == a }
@@ -410,7 +411,7 @@ unless --exclusive, which makes these the only keys in the file.`,
 	c.Flags().BoolVar(&exclusive, "exclusive", false, "also remove every key sera did not add")
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		return h.withUserKeys(ctx, out, dryRun, args[0], func(ak *authorizedKeys) ([]string, error) {
+		return h.withUserKeys(ctx, t.caller, out, dryRun, args[0], func(ak *authorizedKeys) ([]string, error) {
 			var want []*authKey
 			for _, a := range args[1:] {
 				k, _ := parseKeyArg(a, options)
@@ -503,7 +504,7 @@ func (t *hostTree) keyListCmd() *cobra.Command {
 
 // withUserKeys loads user's keys under the account lock, lets change edit
 // them (returning what it did), and writes the result.
-func (h *Host) withUserKeys(ctx context.Context, out io.Writer, dryRun bool, user string, change func(*authorizedKeys) ([]string, error)) error {
+func (h *Host) withUserKeys(ctx context.Context, who *sera.KnownClient, out io.Writer, dryRun bool, user string, change func(*authorizedKeys) ([]string, error)) error {
 	unlock, err := h.lockAccounts()
 	if err != nil {
 		return err
@@ -530,7 +531,7 @@ func (h *Host) withUserKeys(ctx context.Context, out io.Writer, dryRun bool, use
 	// grant: adding one is a way in, and removing one is changing the
 	// credentials of root.
 	if !bytes.Equal(before.bytes(), ak.bytes()) {
-		if err := h.guardAccount(ctx, db, "change the SSH keys of "+user, db.current(u)); err != nil {
+		if err := h.guardAccount(who, db, "change the SSH keys of "+user, db.current(u)); err != nil {
 			return err
 		}
 	}

@@ -1,7 +1,6 @@
 package commands
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/sera-dev/sera"
 )
 
 // An account that can sudo is root. Whoever may log in as it, change its
@@ -355,11 +356,11 @@ func (db *accountDB) current(u *passwdEntry) account {
 // guardSudo refuses a change that reaches an account that can sudo,
 // unless the caller may grant sudo itself. what says what the change does
 // ("add keys to alice"); why is privileged's reason.
-func guardSudo(ctx context.Context, what, why string) error {
+func guardSudo(who *sera.KnownClient, what, why string) error {
 	if why == "" {
 		return nil
 	}
-	if err := callerMay(ctx, "sudo grant"); err != nil {
+	if err := callerMay(who, "sudo grant"); err != nil {
 		return fmt.Errorf("refusing to %s: %s; that needs the sudo grant (%w); nothing was changed", what, why, err)
 	}
 	return nil
@@ -367,17 +368,17 @@ func guardSudo(ctx context.Context, what, why string) error {
 
 // guardAccount is guardSudo for a change to account a (as it is, or as the
 // change leaves it): it loads sudoers itself.
-func (h *Host) guardAccount(ctx context.Context, db *accountDB, what string, accounts ...account) error {
-	if caller(ctx) == nil || callerMay(ctx, "sudo grant") == nil {
+func (h *Host) guardAccount(who *sera.KnownClient, db *accountDB, what string, accounts ...account) error {
+	if callerMay(who, "sudo grant") == nil {
 		return nil
 	}
 	v, err := h.readSudoView()
 	if err != nil {
 		// Unsure is privileged.
-		return guardSudo(ctx, what, err.Error())
+		return guardSudo(who, what, err.Error())
 	}
 	for _, a := range accounts {
-		if err := guardSudo(ctx, what, v.privileged(db, a)); err != nil {
+		if err := guardSudo(who, what, v.privileged(db, a)); err != nil {
 			return err
 		}
 	}

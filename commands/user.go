@@ -128,7 +128,7 @@ only groups managed by sera (system groups such as sudo are kept, and said so).`
 			return err
 		}
 		defer unlock()
-		if err := h.guardUserAdd(ctx, c, o, args[0]); err != nil {
+		if err := h.guardUserAdd(t.caller, c, o, args[0]); err != nil {
 			return err
 		}
 		p, noChange, err := h.planUserAdd(c, o, args[0])
@@ -286,8 +286,8 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 // guardUserAdd refuses a user add that reaches sudo: a change of any kind
 // to an account that can sudo, or one that leaves an account able to
 // (by --gid, --groups, --set-groups, or a name or uid sudoers names).
-func (h *Host) guardUserAdd(ctx context.Context, c *cobra.Command, o *userAddOptions, name string) error {
-	if caller(ctx) == nil {
+func (h *Host) guardUserAdd(who *sera.KnownClient, c *cobra.Command, o *userAddOptions, name string) error {
+	if who == nil {
 		return nil
 	}
 	changed := c.Flags().Changed
@@ -310,7 +310,7 @@ func (h *Host) guardUserAdd(ctx context.Context, c *cobra.Command, o *userAddOpt
 		} else {
 			a.groups = append(a.groups, name) // useradd's group named like the user
 		}
-		return h.guardAccount(ctx, db, "create user "+name, a)
+		return h.guardAccount(who, db, "create user "+name, a)
 	}
 	cur := db.current(u)
 	after := cur
@@ -328,7 +328,7 @@ func (h *Host) guardUserAdd(ctx context.Context, c *cobra.Command, o *userAddOpt
 		})
 	}
 	after.groups = append(after.groups, groups...)
-	return h.guardAccount(ctx, db, "update user "+name, cur, after)
+	return h.guardAccount(who, db, "update user "+name, cur, after)
 }
 
 func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, changed func(string) bool, groups []string, keys []*authKey) (plan, string, error) {
@@ -491,7 +491,7 @@ exactly what lock did.`,
 		if !lock {
 			// Unlocking lets someone log in again: as an account that
 			// can sudo, that is a way to root.
-			if err := h.guardAccount(ctx, db, "unlock user "+u.Name, db.current(u)); err != nil {
+			if err := h.guardAccount(t.caller, db, "unlock user "+u.Name, db.current(u)); err != nil {
 				return err
 			}
 		}
