@@ -83,6 +83,13 @@ type Authorizer interface {
 	Authorize(client *KnownClient, argv []string) error
 }
 
+// PermissionError is an Authorizer's refusal for want of a grant (rule 8).
+// Its Reason names the client, the command and the subject, never an
+// argument's value that could be secret, so it is audited as it is.
+type PermissionError struct{ Reason string }
+
+func (e *PermissionError) Error() string { return e.Reason }
+
 // Call is one accepted request handed to the Handler.
 type Call struct {
 	Argv      []string
@@ -401,6 +408,23 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now)
 		return d
 	}
+	// The scope of the grant, also before validation: a client with keys
+	// of alice only learns nothing of bob's account from an error.
+	if a, ok := w.Handler.(Authorizer); ok && command != "" {
+		var perm *PermissionError
+		if aerr := a.Authorize(client, req.Argv); errors.As(aerr, &perm) || aerr != nil && err == nil {
+			d.rec.Rule, d.rec.Reason = 8, "not permitted"
+			if perm != nil {
+				d.rec.Reason = perm.Reason
+			}
+			msg := d.rec.Reason
+			if perm == nil {
+				msg = aerr.Error() // not audited: it may quote an argument
+			}
+			d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(msg + "\n")}, d.rec.Reason, now)
+			return d
+		}
+	}
 	if err != nil {
 		d.rec.Rule, d.rec.Reason = 8, "invalid command line"
 		if command != "" {
@@ -410,14 +434,6 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 		// as it may quote a secret argument.
 		d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(err.Error() + "\n")}, d.rec.Reason, now)
 		return d
-	}
-
-	if a, ok := w.Handler.(Authorizer); ok {
-		if err := a.Authorize(client, req.Argv); err != nil {
-			d.rec.Rule, d.rec.Reason = 8, err.Error()
-			d.keep = !w.finish(ctx, client, req, Result{Status: StatusRejected, Stderr: []byte(d.rec.Reason + "\n")}, d.rec.Reason, now)
-			return d
-		}
 	}
 
 	d.rec.Decision = DecisionAccepted

@@ -105,6 +105,13 @@ func (h *Handler) Authorize(client *sera.KnownClient, argv []string) error {
 }
 
 func authorize(client *sera.KnownClient, c *cobra.Command) error {
+	if err := scopeAllows(client, c); err != nil {
+		return &sera.PermissionError{Reason: err.Error()}
+	}
+	return nil
+}
+
+func scopeAllows(client *sera.KnownClient, c *cobra.Command) error {
 	command := commandPath(c)
 	if client.AllowsAll(command) {
 		return nil

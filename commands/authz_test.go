@@ -2,6 +2,7 @@ package commands
 
 import (
 	"context"
+	"errors"
 	"os"
 	"slices"
 	"strings"
@@ -15,13 +16,15 @@ import (
 // A refusal is returned as status -1 with its reason; nothing ran.
 func asWatcher(h *Handler, client *sera.KnownClient, argv ...string) sera.Result {
 	command, err := h.Resolve(argv)
-	if err != nil {
-		return sera.Result{Status: -1, Stderr: []byte(err.Error())}
-	}
-	if !client.Allows(command) {
+	if command != "" && !client.Allows(command) {
 		return sera.Result{Status: -1, Stderr: []byte("client " + client.Name + " may not run " + command)}
 	}
-	if err := h.Authorize(client, argv); err != nil {
+	// The scope before the validation, as the watcher does.
+	var perm *sera.PermissionError
+	if aerr := h.Authorize(client, argv); errors.As(aerr, &perm) {
+		return sera.Result{Status: -1, Stderr: []byte(perm.Reason)}
+	}
+	if err != nil {
 		return sera.Result{Status: -1, Stderr: []byte(err.Error())}
 	}
 	return h.Run(context.Background(), &sera.Call{Argv: argv, Command: command, Client: client})
@@ -72,6 +75,9 @@ func TestScopedGrants(t *testing.T) {
 		{"user(ext-*)", "", []string{"user", "add", "--set-groups=ops", "--", "ext-1"}, "may not put accounts into group ops"},
 		{"user(ext-*)", "", []string{"user", "add", "--gid=1001", "--", "ext-1"}, "--gid needs an unscoped user.add grant"},
 		{"group(devs)", "", []string{"group", "members", "add", "ops", "bob"}, "on group ops"},
+		// Out of scope is said before the host's state is: nothing is
+		// learnt of a group outside the grant.
+		{"group(devs)", "", []string{"group", "members", "add", "nosuch", "bob"}, `may not run "group members add" on group nosuch`},
 		{"group(devs)", "", []string{"group", "list"}, "acts on no one account"},
 		{"sudo(devs)", "", []string{"sudo", "grant", "ops"}, "on group ops"},
 		{"allow(443)", "", []string{"allow", "--", "203.0.113.7"}, "on port 22"},
