@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 )
 
@@ -353,31 +354,35 @@ func TestExecStuckStopsWatchdog(t *testing.T) {
 
 func TestExecTimeoutSetting(t *testing.T) {
 	t.Parallel()
-	c, err := sera.LoadConfig(sera.Env{Getenv: mapEnv(nil), UserHome: t.TempDir(), Hostname: "h"}, false)
+	c, err := settings.Load(settings.Env{Getenv: mapEnv(nil), UserHome: t.TempDir(), Hostname: "h"}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v := c.Lookup(sera.KeyExecTimeout); v.Source != sera.SourceDefault || c.Duration(sera.KeyExecTimeout) != sera.DefaultExecTimeout {
+	if v := c.Lookup(settings.KeyExecTimeout); v.Source != settings.SourceDefault || c.Duration(settings.KeyExecTimeout) != sera.DefaultExecTimeout {
 		t.Errorf("default %+v, want %s", v, sera.DefaultExecTimeout)
 	}
-	c, err = sera.LoadConfig(sera.Env{Getenv: mapEnv(map[string]string{sera.KeyExecTimeout: "90s"}), UserHome: t.TempDir(), Hostname: "h"}, false)
-	if err != nil || c.Duration(sera.KeyExecTimeout) != 90*time.Second {
+	c, err = settings.Load(settings.Env{Getenv: mapEnv(map[string]string{settings.KeyExecTimeout: "90s"}), UserHome: t.TempDir(), Hostname: "h"}, false)
+	if err != nil || c.Duration(settings.KeyExecTimeout) != 90*time.Second {
 		t.Errorf("SERA_EXEC_TIMEOUT=90s: %v", err)
 	}
 	for _, ok := range []string{"1ms", "30s", "24h"} {
-		if err := sera.CheckSetting(sera.KeyExecTimeout, ok); err != nil {
+		if err := settings.Check(settings.KeyExecTimeout, ok); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"0", "0s", "-1m", "24h0m1s", "25h", "ten minutes"} {
-		if err := sera.CheckSetting(sera.KeyExecTimeout, bad); err == nil {
+		if err := settings.Check(settings.KeyExecTimeout, bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
-		if _, err := sera.LoadConfig(sera.Env{Getenv: mapEnv(map[string]string{sera.KeyExecTimeout: bad}), UserHome: t.TempDir(), Hostname: "h"}, false); err == nil || !strings.Contains(err.Error(), sera.KeyExecTimeout) {
+		if _, err := settings.Load(settings.Env{Getenv: mapEnv(map[string]string{settings.KeyExecTimeout: bad}), UserHome: t.TempDir(), Hostname: "h"}, false); err == nil || !strings.Contains(err.Error(), settings.KeyExecTimeout) {
 			t.Errorf("LoadConfig with %s: %v", bad, err)
 		}
 	}
-	if d, ok := sera.LookupSetting(sera.KeyExecTimeout); !ok || d.Help == "" {
+	if d, ok := settings.Lookup(settings.KeyExecTimeout); !ok || d.Help == "" {
 		t.Error("SERA_EXEC_TIMEOUT is not listed")
 	}
+}
+
+func mapEnv(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/transport"
 )
 
@@ -22,7 +23,7 @@ func (f *fixture) fleet(t *testing.T, n int, failing ...string) ([]*sera.Watcher
 	t.Helper()
 	pingOnly := &sera.KnownClients{Clients: []*sera.KnownClient{{Key: f.client.Public(), Name: "alice"}}}
 	pingOnlyPath := filepath.Join(f.dir, "known_clients.ping")
-	if err := sera.WriteFileAtomic(pingOnlyPath, pingOnly.Bytes(), 0o600); err != nil {
+	if err := safefile.WriteAtomic(pingOnlyPath, pingOnly.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var ws []*sera.Watcher

@@ -25,6 +25,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/spool"
 )
@@ -407,7 +408,7 @@ func (f *fixture) removeClient(name string) {
 
 func (f *fixture) writeKnownClients() {
 	f.t.Helper()
-	if err := sera.WriteFileAtomic(f.kcPath, f.known.Bytes(), 0o600); err != nil {
+	if err := safefile.WriteAtomic(f.kcPath, f.known.Bytes(), 0o600); err != nil {
 		f.t.Fatal(err)
 	}
 }

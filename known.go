@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // AllowAll in a client's allow list lets it run every command.
@@ -442,7 +443,7 @@ func ParseKnownWatchers(b []byte) (*KnownWatchers, error) {
 			switch k {
 			case "groups":
 				w.Groups = SplitList(v)
-				if err := checkGroups(v); err != nil {
+				if err := CheckGroups(v); err != nil {
 					return nil, fmt.Errorf("known_watchers line %d: %w", i+1, err)
 				}
 			case "addrs":
@@ -506,7 +507,7 @@ func (w *KnownWatcher) HasGroup(g string) bool { return slices.Contains(w.Groups
 
 // ReadKnownClients reads a known_clients file; a missing file is empty.
 func ReadKnownClients(path string) (*KnownClients, error) {
-	b, err := ReadFileNoFollow(path)
+	b, err := safefile.ReadNoFollow(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return &KnownClients{}, nil
 	} else if err != nil {
@@ -517,7 +518,7 @@ func ReadKnownClients(path string) (*KnownClients, error) {
 
 // ReadKnownWatchers reads a known_watchers file; a missing file is empty.
 func ReadKnownWatchers(path string) (*KnownWatchers, error) {
-	b, err := ReadFileNoFollow(path)
+	b, err := safefile.ReadNoFollow(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return &KnownWatchers{}, nil
 	} else if err != nil {
@@ -569,7 +570,7 @@ func (f *ClientFile) Lookup(key *crypto.PublicKey) (*KnownClient, error) {
 	}
 	// StrictModes on every request, not only at start: a file made
 	// writable to others while the watcher runs fails closed.
-	if err := CheckStrictModes(f.Path); err != nil {
+	if err := safefile.CheckStrictModes(f.Path); err != nil {
 		return nil, err
 	}
 	if f.clients == nil && f.err == nil || stamp != f.stamp {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
 )
 
 func equalClients(a, b *sera.KnownClients) bool {
@@ -228,7 +229,7 @@ func TestClientFileReload(t *testing.T) {
 	}
 	write := func(s string) {
 		t.Helper()
-		if err := sera.WriteFileAtomic(path, []byte(s), 0o600); err != nil {
+		if err := safefile.WriteAtomic(path, []byte(s), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -25,9 +25,11 @@ var importRules = []struct {
 	{"transport", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"transport/spool", []string{"transport"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"transport/sqs", []string{"transport"}, []string{"github.com/spf13/cobra"}},
-	{"", []string{"crypto", "transport"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"install", []string{"", "crypto", "transport"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install"}, nil},
+	{"safefile", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"", []string{"crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"settings", []string{"", "crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"install", []string{"", "crypto", "transport", "safefile", "settings"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings"}, nil},
 	{"hosttest", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 }
 

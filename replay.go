@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // ReplayCache remembers every request id a watcher has accepted until the
@@ -36,7 +37,7 @@ type ReplayEntry struct {
 
 // OpenReplayCache opens (creating it 0700 if needed) the cache in dir.
 func OpenReplayCache(dir string) (*ReplayCache, error) {
-	if err := MkdirPrivate(dir); err != nil {
+	if err := safefile.MkdirPrivate(dir); err != nil {
 		return nil, fmt.Errorf("failed to open replay cache: %w", err)
 	}
 	return &ReplayCache{dir: dir}, nil
@@ -78,7 +79,7 @@ func (c *ReplayCache) Begin(client, id string, expires time.Time) (*ReplayEntry,
 		os.Remove(p)
 		return nil, fmt.Errorf("failed to record request: %w", err)
 	}
-	if err := syncDir(c.dir); err != nil {
+	if err := safefile.SyncDir(c.dir); err != nil {
 		os.Remove(p)
 		return nil, fmt.Errorf("failed to record request: %w", err)
 	}
@@ -95,11 +96,11 @@ func (c *ReplayCache) Forget(client, id string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("failed to forget request: %w", err)
 	}
-	return syncDir(c.dir)
+	return safefile.SyncDir(c.dir)
 }
 
 func (c *ReplayCache) read(p string) (*ReplayEntry, error) {
-	b, err := ReadFileNoFollow(p)
+	b, err := safefile.ReadNoFollow(p)
 	if err != nil {
 		return nil, fmt.Errorf("failed to read replay cache: %w", err)
 	}
@@ -123,7 +124,7 @@ func (c *ReplayCache) Finish(client, id string, expires time.Time, replies [][]b
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(p, b, 0o600)
+	return safefile.WriteAtomic(p, b, 0o600)
 }
 
 // Purge deletes entries whose request can no longer be accepted: rule 6

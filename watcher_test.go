@@ -17,6 +17,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/transport"
 )
 
@@ -809,7 +810,7 @@ func TestKnownClientsUnparseable(t *testing.T) {
 	// A half-edited file: a good line and a broken one. Nobody is known
 	// until it is fixed, not even alice on her good line.
 	broken := append(f.known.Bytes(), []byte("sera1garbage mallory *\n")...)
-	if err := sera.WriteFileAtomic(f.kcPath, broken, 0o600); err != nil {
+	if err := safefile.WriteAtomic(f.kcPath, broken, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	send()

@@ -24,6 +24,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/settings"
 )
 
 // Temporary firewall openings. 'sera allow' adds one ufw rule, from one
@@ -303,7 +305,7 @@ func (h *Host) allowStatePath() string { return filepath.Join(h.allowDir(), allo
 // into ufw's argv.
 func (h *Host) loadAllowState() (*allowState, error) {
 	path := h.allowStatePath()
-	b, err := sera.ReadFileNoFollow(path)
+	b, err := safefile.ReadNoFollow(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &allowState{}, nil
 	}
@@ -331,17 +333,17 @@ func (h *Host) saveAllowState(st *allowState) error {
 	if err != nil {
 		return err
 	}
-	return sera.WriteFileAtomic(h.allowStatePath(), append(b, '\n'), 0o600)
+	return safefile.WriteAtomic(h.allowStatePath(), append(b, '\n'), 0o600)
 }
 
 // lockAllow serializes the openings of a host: a request, a --local
 // command and the watcher's housekeeping never interleave.
 func (h *Host) lockAllow() (unlock func(), err error) {
 	dir := h.allowDir()
-	if err := sera.MkdirPrivate(dir); err != nil {
+	if err := safefile.MkdirPrivate(dir); err != nil {
 		return nil, err
 	}
-	return sera.LockFile(filepath.Join(dir, allowLockName))
+	return safefile.Lock(filepath.Join(dir, allowLockName))
 }
 
 // withAllowState runs fn with the openings loaded under the lock.
@@ -361,12 +363,12 @@ func (h *Host) withAllowState(fn func(st *allowState) error) error {
 // allowLimits are the watcher's SERA_ALLOW_DEFAULT and SERA_ALLOW_MAX; a
 // default longer than the maximum is cut to it.
 func (h *Host) allowLimits() (def, max time.Duration) {
-	def, max = sera.DefaultAllowFor, sera.DefaultAllowMax
+	def, max = settings.DefaultAllowFor, settings.DefaultAllowMax
 	if h != nil && h.Config != nil {
-		if d := h.Config.Duration(sera.KeyAllowDefault); d > 0 {
+		if d := h.Config.Duration(settings.KeyAllowDefault); d > 0 {
 			def = d
 		}
-		if d := h.Config.Duration(sera.KeyAllowMax); d > 0 {
+		if d := h.Config.Duration(settings.KeyAllowMax); d > 0 {
 			max = d
 		}
 	}
@@ -885,9 +887,9 @@ var ipHTTPTransport http.RoundTripper
 // Redirects must stay on HTTPS.
 func fetchPublicAddr(ctx context.Context, url string) (string, error) {
 	if url == "" {
-		return "", fmt.Errorf("%s is empty", sera.KeyIPURL)
+		return "", fmt.Errorf("%s is empty", settings.KeyIPURL)
 	}
-	if err := sera.CheckSetting(sera.KeyIPURL, url); err != nil {
+	if err := settings.Check(settings.KeyIPURL, url); err != nil {
 		return "", err
 	}
 	client := &http.Client{
@@ -960,10 +962,10 @@ func (t *hostTree) prepareSource(ip *string, list *bool) prepareFunc {
 		if err != nil {
 			return nil, err
 		}
-		url := cfg.Get(sera.KeyIPURL)
+		url := cfg.Get(settings.KeyIPURL)
 		src, err := fetchPublicAddr(c.Context(), url)
 		if err != nil {
-			return nil, fmt.Errorf("failed to find your public address at %s (%s): %w; give the address instead; nothing was changed", url, sera.KeyIPURL, err)
+			return nil, fmt.Errorf("failed to find your public address at %s (%s): %w; give the address instead; nothing was changed", url, settings.KeyIPURL, err)
 		}
 		fmt.Fprintf(c.ErrOrStderr(), "using your address %s (from %s)\n", src, url)
 		return []string{src}, nil
@@ -1036,7 +1038,7 @@ most /16 for IPv4, /48 for IPv6), for a while: one rule
 minute, also if it was stopped or restarted in between.
 
 Without an address, sera finds your public address with an HTTPS request to
-SERA_IP_URL (default ` + sera.DefaultIPURL + `) and says which it used.
+SERA_IP_URL (default ` + settings.DefaultIPURL + `) and says which it used.
 0.0.0.0/0, ::/0, "any" and wider networks are refused.
 
 --for defaults to the watcher's SERA_ALLOW_DEFAULT (1h) and may not exceed
@@ -1071,10 +1073,10 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 			return err
 		}
 		if c.Flags().Changed("for") {
-			limit, what := sera.MaxAllowLifetime, "the longest opening sera allows"
+			limit, what := settings.MaxAllowLifetime, "the longest opening sera allows"
 			if t.host != nil {
 				_, limit = t.host.allowLimits()
-				what = "this watcher's " + sera.KeyAllowMax
+				what = "this watcher's " + settings.KeyAllowMax
 			}
 			if lifetime <= 0 {
 				return usageErr("invalid --for %s: it must be positive; nothing was changed", fmtDuration(lifetime))
@@ -1088,7 +1090,7 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 	c.Flags().IntVar(&port, "port", 22, "the port to open")
 	c.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
 	c.Flags().DurationVar(&lifetime, "for", 0, fmt.Sprintf("how long it stays open (default: the watcher's %s, %s; at most its %s, %s)",
-		sera.KeyAllowDefault, fmtDuration(defFor), sera.KeyAllowMax, fmtDuration(maxFr)))
+		settings.KeyAllowDefault, fmtDuration(defFor), settings.KeyAllowMax, fmtDuration(maxFr)))
 	c.Flags().BoolVar(&list, "list", false, "list the openings with the time they have left")
 	c.Flags().BoolVar(&asJSON, "json", false, "with --list: one JSON object per opening")
 	addDryRun(c, &dryRun)
@@ -1110,7 +1112,7 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 			d = lifetime
 		}
 		if d > limit {
-			return usageErr("refusing --for %s: longer than this host's %s (%s); nothing was changed", fmtDuration(d), sera.KeyAllowMax, fmtDuration(limit))
+			return usageErr("refusing --for %s: longer than this host's %s (%s); nothing was changed", fmtDuration(d), settings.KeyAllowMax, fmtDuration(limit))
 		}
 		s := allowSpec{Source: src, Port: port, Proto: proto}
 		return h.withAllowState(func(st *allowState) error {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport/spool"
 )
 
@@ -322,8 +323,8 @@ ufw allow from 10.7.7.7 to any port 22 proto tcp comment 'it''s'
 // before anything runs.
 func TestAllowResolve(t *testing.T) {
 	h, f, _ := newAllowHost(t)
-	env := map[string]string{"SERA_HOME": t.TempDir(), sera.KeyAllowMax: "2h", sera.KeyAllowDefault: "30m"}
-	cfg, err := sera.LoadConfig(sera.Env{Getenv: func(k string) string { return env[k] }, UserHome: t.TempDir()}, false)
+	env := map[string]string{"SERA_HOME": t.TempDir(), settings.KeyAllowMax: "2h", settings.KeyAllowDefault: "30m"}
+	cfg, err := settings.Load(settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: t.TempDir()}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,8 +521,8 @@ func TestAllowDefaultLifetime(t *testing.T) {
 		{"48h", "2h", 2 * time.Hour},
 	} {
 		h, _, _ := newAllowHost(t)
-		env := map[string]string{"SERA_HOME": t.TempDir(), sera.KeyAllowDefault: tt.def, sera.KeyAllowMax: tt.max}
-		cfg, err := sera.LoadConfig(sera.Env{Getenv: func(k string) string { return env[k] }, UserHome: t.TempDir()}, false)
+		env := map[string]string{"SERA_HOME": t.TempDir(), settings.KeyAllowDefault: tt.def, settings.KeyAllowMax: tt.max}
+		cfg, err := settings.Load(settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: t.TempDir()}, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -834,9 +835,9 @@ func TestAllowClientEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	env := map[string]string{
 		"SERA_HOME": filepath.Join(dir, "client"), "SERA_STATE": filepath.Join(dir, "client-state"),
-		"SERA_SPOOL": filepath.Join(dir, "spool"), sera.KeyIPURL: srv.URL + "/ip",
+		"SERA_SPOOL": filepath.Join(dir, "spool"), settings.KeyIPURL: srv.URL + "/ip",
 	}
-	senv := sera.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "laptop"}
+	senv := settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "laptop"}
 	client := func(args ...string) (string, string, error) {
 		var stdout, stderr bytes.Buffer
 		root := NewRoot(&Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Env: senv})
@@ -948,7 +949,7 @@ func TestAllowClientEndToEnd(t *testing.T) {
 	srvBad := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "nope") }))
 	defer srvBad.Close()
 	ipHTTPTransport = srvBad.Client().Transport
-	env[sera.KeyIPURL] = srvBad.URL
+	env[settings.KeyIPURL] = srvBad.URL
 	_, _, err = client("allow", "--to", "web1")
 	if err == nil || !strings.Contains(err.Error(), "failed to find your public address at "+srvBad.URL+" (SERA_IP_URL)") ||
 		!strings.Contains(err.Error(), `"nope" is not an IP address`) {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/install"
+	"github.com/sera-dev/sera/settings"
 )
 
 func newAuditCmd(o *Options) *cobra.Command {
@@ -54,7 +55,7 @@ SERA_EXIT, SERA_RULE and SERA_REASON:
 			if err != nil {
 				return err
 			}
-			path := filepath.Join(cfg.Get(sera.KeyState), "audit.log")
+			path := filepath.Join(cfg.Get(settings.KeyState), "audit.log")
 			f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 			switch {
 			case errors.Is(err, fs.ErrNotExist):

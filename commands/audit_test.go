@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/settings"
 )
 
 func TestParseSince(t *testing.T) {
@@ -40,7 +41,7 @@ func TestParseSince(t *testing.T) {
 func auditEnv(t *testing.T, lines ...string) (*Options, *bytes.Buffer, *bytes.Buffer) {
 	t.Helper()
 	env := testEnv(t)
-	state := env.Getenv(sera.KeyState)
+	state := env.Getenv(settings.KeyState)
 	if lines != nil {
 		if err := os.MkdirAll(state, 0o700); err != nil {
 			t.Fatal(err)
@@ -115,7 +116,7 @@ func TestAuditCommandErrors(t *testing.T) {
 	}
 	// A link planted at the log's place is not followed.
 	o, _, _ = auditEnv(t)
-	state := o.Env.Getenv(sera.KeyState)
+	state := o.Env.Getenv(settings.KeyState)
 	os.MkdirAll(state, 0o700)
 	if err := os.Symlink("/etc/passwd", filepath.Join(state, "audit.log")); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
 )
 
 func (t *hostTree) clientsCmd() *cobra.Command {
@@ -260,10 +261,10 @@ func updateKnownClients(path string, change func(*sera.KnownClients) (string, er
 // sera processes cannot lose each other's update, and a no-op writes
 // nothing.
 func updateFile[T interface{ Bytes() []byte }](path string, read func(string) (T, error), change func(T) (string, error), out io.Writer) error {
-	if err := sera.MkdirPrivate(filepath.Dir(path)); err != nil {
+	if err := safefile.MkdirPrivate(filepath.Dir(path)); err != nil {
 		return err
 	}
-	unlock, err := sera.LockFile(path + ".lock")
+	unlock, err := safefile.Lock(path + ".lock")
 	if err != nil {
 		return err
 	}
@@ -278,7 +279,7 @@ func updateFile[T interface{ Bytes() []byte }](path string, read func(string) (T
 		return err
 	}
 	if after := v.Bytes(); string(after) != string(before) {
-		if err := sera.WriteFileAtomic(path, after, 0o600); err != nil {
+		if err := safefile.WriteAtomic(path, after, 0o600); err != nil {
 			return err
 		}
 	}

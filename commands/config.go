@@ -9,7 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/settings"
 )
 
 func newConfigCmd(o *Options) *cobra.Command {
@@ -50,7 +51,7 @@ func newConfigSetCmd(o *Options, use string) *cobra.Command {
 				if strings.ContainsAny(v, "\n\r\x00") {
 					return usageErr("the value of %s contains a line break", k)
 				}
-				if err := sera.CheckSetting(k, v); err != nil {
+				if err := settings.Check(k, v); err != nil {
 					return usageErr("%v", err)
 				}
 				pairs = append(pairs, kv{k, v})
@@ -59,10 +60,10 @@ func newConfigSetCmd(o *Options, use string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := sera.MkdirPrivate(cfg.Home); err != nil {
+			if err := safefile.MkdirPrivate(cfg.Home); err != nil {
 				return err
 			}
-			f, err := sera.ReadEnvFile(cfg.EnvFile)
+			f, err := settings.ReadEnvFile(cfg.EnvFile)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
@@ -90,15 +91,15 @@ func newConfigUnsetCmd(o *Options) *cobra.Command {
 		Args:  usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			for _, k := range args {
-				if _, ok := sera.LookupSetting(k); !ok {
-					return usageErr("%v %q (see 'sera config list')", sera.ErrUnknownSetting, k)
+				if _, ok := settings.Lookup(k); !ok {
+					return usageErr("%v %q (see 'sera config list')", settings.ErrUnknown, k)
 				}
 			}
 			cfg, err := o.config()
 			if err != nil {
 				return err
 			}
-			f, err := sera.ReadEnvFile(cfg.EnvFile)
+			f, err := settings.ReadEnvFile(cfg.EnvFile)
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			} else if err != nil {
@@ -125,8 +126,8 @@ func newConfigGetCmd(o *Options) *cobra.Command {
 		Short: "Print one setting's value",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
-			if _, ok := sera.LookupSetting(args[0]); !ok {
-				return usageErr("%v %q (see 'sera config list')", sera.ErrUnknownSetting, args[0])
+			if _, ok := settings.Lookup(args[0]); !ok {
+				return usageErr("%v %q (see 'sera config list')", settings.ErrUnknown, args[0])
 			}
 			cfg, err := o.config()
 			if err != nil {
@@ -149,7 +150,7 @@ func newConfigListCmd(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			for _, d := range sera.Settings {
+			for _, d := range settings.All {
 				v := cfg.Lookup(d.Key)
 				val := v.Value
 				if d.Secret && val != "" {

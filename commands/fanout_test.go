@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
 
 func watcherNames(ws []*sera.KnownWatcher) []string {
@@ -344,7 +345,7 @@ func testFanoutMaxErrorsCLI(t *testing.T, f *khFleet, names []string) {
 	for _, n := range failing {
 		// The admin may run ping only there: 'hostkey list' is refused.
 		kc := &sera.KnownClients{Clients: []*sera.KnownClient{{Key: f.clientID.Public(), Name: "admin"}}}
-		if err := sera.WriteFileAtomic(filepath.Join(f.dir, "w-"+n, "known_clients"), kc.Bytes(), 0o600); err != nil {
+		if err := safefile.WriteAtomic(filepath.Join(f.dir, "w-"+n, "known_clients"), kc.Bytes(), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

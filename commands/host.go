@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/settings"
 )
 
 // Flag annotations.
@@ -45,7 +46,7 @@ type Host struct {
 	Root   string
 	// Config is the host's settings (SERA_ALLOW_MAX, …); nil means the
 	// defaults.
-	Config *sera.Config
+	Config *settings.Config
 }
 
 func (h *Host) now() time.Time {
@@ -167,8 +168,8 @@ func (t *hostTree) localHost() (*Host, error) {
 		return nil, err
 	}
 	h := &Host{
-		Name: cfg.Get(sera.KeyName), Groups: cfg.Groups(), Version: o.Version,
-		KnownClients: cfg.KnownClientsFile(), State: cfg.Get(sera.KeyState), Now: o.Now,
+		Name: cfg.Get(settings.KeyName), Groups: cfg.Groups(), Version: o.Version,
+		KnownClients: cfg.KnownClientsFile(), State: cfg.Get(settings.KeyState), Now: o.Now,
 		Config: cfg,
 	}
 	if id, err := loadIdentity(cfg); err == nil {
@@ -219,7 +220,7 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	jsonFlag := c.Flags().Lookup("json")
 	asJSON := jsonFlag != nil && jsonFlag.Value.String() == "true"
 	_, clientJSON := jsonFlag.Annotations[annClientOnly]
-	job, err := t.fan.job(selected, cfg.Duration(sera.KeyTimeout))
+	job, err := t.fan.job(selected, cfg.Duration(settings.KeyTimeout))
 	if err != nil {
 		return err
 	}
@@ -234,7 +235,7 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 		return err
 	}
 	if useSNS && !t.fan.direct {
-		job.Topic = t.target.topic(cfg.Get(sera.KeyPrefix))
+		job.Topic = t.target.topic(cfg.Get(settings.KeyPrefix))
 	}
 	stdout, stderr := c.OutOrStdout(), c.ErrOrStderr()
 	if t.target.single() && !(asJSON && clientJSON) {
@@ -309,7 +310,7 @@ func singleOutcome(stderr io.Writer, out *sera.Outcome, timeout time.Duration) e
 // newClient opens the transport and builds the client of remote calls;
 // closeClient releases the transport. A timeout of 0 is SERA_TIMEOUT. kw
 // are the known watchers: replies sealed by any other key are deleted.
-func (o *Options) newClient(ctx context.Context, cfg *sera.Config, kw *sera.KnownWatchers, timeout time.Duration) (client *sera.Client, wait time.Duration, closeClient func(), err error) {
+func (o *Options) newClient(ctx context.Context, cfg *settings.Config, kw *sera.KnownWatchers, timeout time.Duration) (client *sera.Client, wait time.Duration, closeClient func(), err error) {
 	id, err := loadIdentity(cfg)
 	if err != nil {
 		return nil, 0, nil, err
@@ -319,11 +320,11 @@ func (o *Options) newClient(ctx context.Context, cfg *sera.Config, kw *sera.Know
 		return nil, 0, nil, err
 	}
 	if timeout <= 0 {
-		timeout = cfg.Duration(sera.KeyTimeout)
+		timeout = cfg.Duration(settings.KeyTimeout)
 	}
 	client = &sera.Client{
-		Identity: id, Transport: tr, Prefix: cfg.Get(sera.KeyPrefix),
-		TTL: cfg.Duration(sera.KeyRequestTTL), Now: o.Now, Rand: o.Rand, Known: kw,
+		Identity: id, Transport: tr, Prefix: cfg.Get(settings.KeyPrefix),
+		TTL: cfg.Duration(settings.KeyRequestTTL), Now: o.Now, Rand: o.Rand, Known: kw,
 	}
 	return client, timeout, func() { tr.Close() }, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/settings"
 )
 
 // testHandler is a host on a clock that stands still, an hour after its
@@ -191,10 +192,10 @@ func TestRemoteArgv(t *testing.T) {
 	}
 }
 
-func testEnv(t *testing.T) sera.Env {
+func testEnv(t *testing.T) settings.Env {
 	dir := t.TempDir()
 	env := map[string]string{"SERA_HOME": dir, "SERA_STATE": filepath.Join(dir, "state")}
-	return sera.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "box.example"}
+	return settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "box.example"}
 }
 
 func TestExitCode(t *testing.T) {

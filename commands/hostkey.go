@@ -17,7 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // What a host is known by on the network. They read process-wide state
@@ -71,7 +71,7 @@ func (h *Host) hostKeys(errOut io.Writer) ([]hostKeyFile, error) {
 			continue
 		}
 		file := sshDir + "/" + e.Name()
-		b, err := sera.ReadFileNoFollow(h.path(file))
+		b, err := safefile.ReadNoFollow(h.path(file))
 		if err != nil {
 			return nil, fmt.Errorf("failed to read %s: %w", file, err)
 		}
@@ -147,10 +147,10 @@ func (h *Host) lockKnownHosts() (unlock func(), err error) {
 	if dir == "" {
 		dir = h.path("/var/lib/sera")
 	}
-	if err := sera.MkdirPrivate(dir); err != nil {
+	if err := safefile.MkdirPrivate(dir); err != nil {
 		return nil, err
 	}
-	return sera.LockFile(filepath.Join(dir, "known_hosts.lock"))
+	return safefile.Lock(filepath.Join(dir, "known_hosts.lock"))
 }
 
 // editKnownHosts edits sera's block of the host's ssh_known_hosts.

@@ -11,8 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/settings"
 )
 
 // ErrNoIdentity is returned when a command needs a key and there is none.
@@ -60,13 +61,13 @@ func runKeygen(o *keygenOptions) error {
 	if err != nil {
 		return err
 	}
-	if err := sera.MkdirPrivate(cfg.Home); err != nil {
+	if err := safefile.MkdirPrivate(cfg.Home); err != nil {
 		return err
 	}
 	pub := id.Public()
 	body := fmt.Sprintf("# sera identity, created %s\n# public key: %s\n# fingerprint: %s\n%s\n",
 		o.now().UTC().Format("2006-01-02T15:04:05Z"), pub, pub.Fingerprint(), id.SecretString())
-	if err := sera.WriteFileAtomic(path, []byte(body), 0o600); err != nil {
+	if err := safefile.WriteAtomic(path, []byte(body), 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(o.Stdout, "%s\n", pub)
@@ -96,7 +97,7 @@ func newPubkeyCmd(o *Options) *cobra.Command {
 }
 
 // loadIdentity reads $SERA_HOME/key, refusing a key file others can read.
-func loadIdentity(cfg *sera.Config) (*crypto.Identity, error) {
+func loadIdentity(cfg *settings.Config) (*crypto.Identity, error) {
 	path := cfg.KeyFile()
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -107,7 +108,7 @@ func loadIdentity(cfg *sera.Config) (*crypto.Identity, error) {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("key file %s is readable by others (mode %o); run 'chmod 600 %s'", path, fi.Mode().Perm(), path)
 	}
-	b, err := sera.ReadFileNoFollow(path)
+	b, err := safefile.ReadNoFollow(path)
 	if err != nil {
 		return nil, fmt.Errorf("failed to read key: %w", err)
 	}

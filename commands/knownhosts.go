@@ -25,6 +25,8 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/settings"
 )
 
 // sera keeps the host keys it installs in a marked block of a known_hosts
@@ -562,7 +564,7 @@ type knownHostsPath struct {
 }
 
 func (k *knownHostsPath) read() ([]byte, fs.FileMode, error) {
-	b, err := sera.ReadFileNoFollow(k.path)
+	b, err := safefile.ReadNoFollow(k.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, 0, nil
 	} else if err != nil {
@@ -621,7 +623,7 @@ func (k *knownHostsPath) edit(ctx context.Context, out, errOut io.Writer, dryRun
 			if err := os.MkdirAll(filepath.Dir(k.path), k.dirMode); err != nil {
 				return err
 			}
-			return sera.WriteFileAtomic(k.path, data, newMode)
+			return safefile.WriteAtomic(k.path, data, newMode)
 		})
 	}
 	return p.execute(ctx, out, dryRun, noChange)
@@ -958,7 +960,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	domain := strings.ToLower(cfg.Get(sera.KeyDomain))
+	domain := strings.ToLower(cfg.Get(settings.KeyDomain))
 	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
 	if err != nil {
 		return err
@@ -1162,7 +1164,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 // recordAccepted adds the names --accept trusted to each watcher's
 // addrs= in known_watchers (nothing with --dry-run). A watcher whose key
 // changed in the file since the sync read it is refused.
-func (s *knownHostsSync) recordAccepted(cfg *sera.Config, accepted map[string][]string, out io.Writer) error {
+func (s *knownHostsSync) recordAccepted(cfg *settings.Config, accepted map[string][]string, out io.Writer) error {
 	if len(accepted) == 0 {
 		return nil
 	}
@@ -1287,12 +1289,12 @@ func (s *knownHostsSync) localFile() (*knownHostsPath, error) {
 	return &knownHostsPath{show: show, path: abs, mode: 0o600, keepMode: true, dirMode: 0o700}, nil
 }
 
-func (s *knownHostsSync) installLocal(ctx context.Context, cfg *sera.Config, k *knownHostsPath, entries []*khHost, out, errOut io.Writer) error {
-	state := cfg.Get(sera.KeyState)
-	if err := sera.MkdirPrivate(state); err != nil {
+func (s *knownHostsSync) installLocal(ctx context.Context, cfg *settings.Config, k *knownHostsPath, entries []*khHost, out, errOut io.Writer) error {
+	state := cfg.Get(settings.KeyState)
+	if err := safefile.MkdirPrivate(state); err != nil {
 		return err
 	}
-	unlock, err := sera.LockFile(filepath.Join(state, "known_hosts.lock"))
+	unlock, err := safefile.Lock(filepath.Join(state, "known_hosts.lock"))
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/spool"
 )
@@ -623,8 +624,8 @@ func (f *khFleet) startWatcher(name string, id *crypto.Identity, h *Host) {
 
 func (f *khFleet) sera(args ...string) (string, string, error) {
 	var stdout, stderr bytes.Buffer
-	o := &Options{Stdout: &stdout, Stderr: &stderr, Env: sera.Env{Getenv: func(k string) string { return f.env[k] }, UserHome: f.dir, Hostname: "laptop"},
-		OpenTransport: func(context.Context, *sera.Config) (transport.Transport, error) {
+	o := &Options{Stdout: &stdout, Stderr: &stderr, Env: settings.Env{Getenv: func(k string) string { return f.env[k] }, UserHome: f.dir, Hostname: "laptop"},
+		OpenTransport: func(context.Context, *settings.Config) (transport.Transport, error) {
 			if f.maxSize > 0 {
 				return spool.New(f.spool, spool.WithPolling(), spool.WithMaxMessageSize(f.maxSize))
 			}

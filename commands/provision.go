@@ -14,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
 )
@@ -53,21 +55,21 @@ func (f *awsFlags) add(c *cobra.Command) {
 }
 
 // setup resolves the prefix and region and returns the provisioner.
-func (f *awsFlags) setup(ctx context.Context, o *Options) (*sqs.Provisioner, *sera.Config, error) {
+func (f *awsFlags) setup(ctx context.Context, o *Options) (*sqs.Provisioner, *settings.Config, error) {
 	cfg, err := o.config()
 	if err != nil {
 		return nil, nil, err
 	}
 	prefix := f.prefix
 	if prefix == "" {
-		prefix = cfg.Get(sera.KeyPrefix)
+		prefix = cfg.Get(settings.KeyPrefix)
 	}
-	if err := sera.CheckSetting(sera.KeyPrefix, prefix); err != nil {
+	if err := settings.Check(settings.KeyPrefix, prefix); err != nil {
 		return nil, nil, usageErr("invalid --prefix: %v", err)
 	}
 	region := f.region
 	if region == "" {
-		region = cfg.Get(sera.KeyRegion)
+		region = cfg.Get(settings.KeyRegion)
 	}
 	acfg, err := sqs.LoadAdminConfig(ctx, region, f.profile)
 	if err != nil {
@@ -171,23 +173,23 @@ func newWatcherCmd(o *Options) *cobra.Command {
 // hostSettings are the settings a watcher host needs, in order.
 func hostSettings(p *sqs.Provisioner, name string, groups []string) [][2]string {
 	s := [][2]string{
-		{sera.KeyTransport, sera.TransportSQS}, {sera.KeyRegion, p.Account.Region},
-		{sera.KeyPrefix, p.Prefix}, {sera.KeyName, name},
+		{settings.KeyTransport, settings.TransportSQS}, {settings.KeyRegion, p.Account.Region},
+		{settings.KeyPrefix, p.Prefix}, {settings.KeyName, name},
 	}
 	if len(groups) > 0 {
-		s = append(s, [2]string{sera.KeyGroups, strings.Join(groups, ",")})
+		s = append(s, [2]string{settings.KeyGroups, strings.Join(groups, ",")})
 	}
 	return s
 }
 
 func keySettings(k sqs.AccessKey) [][2]string {
-	return [][2]string{{sera.KeyAccessKey, k.ID}, {sera.KeySecretKey, k.Secret}}
+	return [][2]string{{settings.KeyAccessKey, k.ID}, {settings.KeySecretKey, k.Secret}}
 }
 
 // configSetLine is "sera config set K=V …", quoted for a shell.
-func configSetLine(settings [][2]string) string {
+func configSetLine(kvs [][2]string) string {
 	argv := []string{"sera", "config", "set"}
-	for _, kv := range settings {
+	for _, kv := range kvs {
 		argv = append(argv, kv[0]+"="+kv[1])
 	}
 	return strings.Join(quoteArgs(argv), " ")
@@ -211,12 +213,12 @@ func checkEnvOut(path string) error {
 
 // mergeEnvFile sets settings in the env file at path, keeping what else
 // it holds; it is written atomically, mode 0600.
-func mergeEnvFile(path string, settings [][2]string) error {
-	f, err := sera.ReadEnvFile(path)
+func mergeEnvFile(path string, kvs [][2]string) error {
+	f, err := settings.ReadEnvFile(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	for _, kv := range settings {
+	for _, kv := range kvs {
 		f.Set(kv[0], kv[1])
 	}
 	return f.Write(path)
@@ -495,18 +497,18 @@ func newClientCmd(o *Options) *cobra.Command {
 // fanoutSettings make a client publish a request for a group or --all once
 // to the group's topic, which provisioning made, in the account p looked up.
 func fanoutSettings(p *sqs.Provisioner) [][2]string {
-	return [][2]string{{sera.KeyFanout, "sns"}, {sera.KeyAccount, p.Account.ID}}
+	return [][2]string{{settings.KeyFanout, "sns"}, {settings.KeyAccount, p.Account.ID}}
 }
 
 // clientKeyWriter stores a new key in this client's settings, with the
 // transport and fan-out settings that go with it.
-func (o *Options) clientKeyWriter(cfg *sera.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
+func (o *Options) clientKeyWriter(cfg *settings.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
 	return func(_ context.Context, k sqs.AccessKey) error {
 		settings := append([][2]string{
-			{sera.KeyTransport, sera.TransportSQS}, {sera.KeyRegion, p.Account.Region}, {sera.KeyPrefix, p.Prefix},
+			{settings.KeyTransport, settings.TransportSQS}, {settings.KeyRegion, p.Account.Region}, {settings.KeyPrefix, p.Prefix},
 		}, keySettings(k)...)
 		settings = append(settings, fanoutSettings(p)...)
-		err := sera.MkdirPrivate(cfg.Home)
+		err := safefile.MkdirPrivate(cfg.Home)
 		if err == nil {
 			err = mergeEnvFile(cfg.EnvFile, settings)
 		}
@@ -568,7 +570,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 				for i, k := range pl.Keys {
 					ids[i] = k.ID
 				}
-				if cur := cfg.Lookup(sera.KeyAccessKey); slices.Contains(ids, cur.Value) {
+				if cur := cfg.Lookup(settings.KeyAccessKey); slices.Contains(ids, cur.Value) {
 					found = append(found, fmt.Sprintf("access key %s in this client's settings (%s)", cur.Value, cur.Source))
 					// A client registered before SNS fan-out lacks its
 					// settings; a new key brings them (clientKeyWriter).
@@ -599,8 +601,8 @@ second key; 'sera client rotate-key' replaces a lost one.
 
 // planFanoutSettings adds a step that writes the fan-out settings to the
 // client's env file when the file lacks them, or says they are there.
-func (o *Options) planFanoutSettings(cfg *sera.Config, p *sqs.Provisioner, steps *plan) (found []string, err error) {
-	file, err := sera.ReadEnvFile(cfg.EnvFile)
+func (o *Options) planFanoutSettings(cfg *settings.Config, p *sqs.Provisioner, steps *plan) (found []string, err error) {
+	file, err := settings.ReadEnvFile(cfg.EnvFile)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
@@ -617,7 +619,7 @@ func (o *Options) planFanoutSettings(cfg *sera.Config, p *sqs.Provisioner, steps
 		return []string{fmt.Sprintf("%s in %s", strings.Join(kv, " "), cfg.EnvFile)}, nil
 	}
 	steps.add(fmt.Sprintf("write %s to %s", strings.Join(kv, " "), cfg.EnvFile), func(context.Context) error {
-		if err := sera.MkdirPrivate(cfg.Home); err != nil {
+		if err := safefile.MkdirPrivate(cfg.Home); err != nil {
 			return err
 		}
 		return mergeEnvFile(cfg.EnvFile, want)

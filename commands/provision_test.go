@@ -16,6 +16,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
 	"github.com/sera-dev/sera/transport/sqs/iamtest"
@@ -49,7 +50,7 @@ func (m *machine) options(stdout, stderr *lockedBuffer) *commands.Options {
 	env := map[string]string{"SERA_HOME": m.home}
 	return &commands.Options{
 		Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Version: "test",
-		Env: sera.Env{Getenv: func(k string) string { return env[k] }, UserHome: m.home, Hostname: "box"},
+		Env: settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: m.home, Hostname: "box"},
 	}
 }
 
@@ -139,7 +140,7 @@ func TestProvisionToPing(t *testing.T) {
 
 	// The client: its key goes into its own settings, 0600.
 	out = admin.must(t, "client", "register", "--name", "admin")
-	cfg, err := sera.LoadConfig(admin.options(nil, nil).Env, false)
+	cfg, err := settings.Load(admin.options(nil, nil).Env, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,19 +149,19 @@ func TestProvisionToPing(t *testing.T) {
 	}
 	id := adminIdentity(t, admin)
 	clientUser := transport.ClientQueue("sera", id.Public().Fingerprint())
-	if keys := iamSrv.Keys(clientUser); len(keys) != 1 || cfg.Get(sera.KeyAccessKey) != keys[0].ID ||
-		cfg.Get(sera.KeySecretKey) != keys[0].Secret || cfg.Get(sera.KeyTransport) != "sqs" {
-		t.Fatalf("client settings %s / %s, IAM has %v\n%s", cfg.Get(sera.KeyAccessKey), cfg.Get(sera.KeyTransport), keys, out)
+	if keys := iamSrv.Keys(clientUser); len(keys) != 1 || cfg.Get(settings.KeyAccessKey) != keys[0].ID ||
+		cfg.Get(settings.KeySecretKey) != keys[0].Secret || cfg.Get(settings.KeyTransport) != "sqs" {
+		t.Fatalf("client settings %s / %s, IAM has %v\n%s", cfg.Get(settings.KeyAccessKey), cfg.Get(settings.KeyTransport), keys, out)
 	}
 	// Provisioning made the topics: the client publishes to them.
-	if cfg.Get(sera.KeyFanout) != "sns" || cfg.Get(sera.KeyAccount) != "000000000000" {
-		t.Errorf("client settings %s=%s %s=%s\n%s", sera.KeyFanout, cfg.Get(sera.KeyFanout), sera.KeyAccount, cfg.Get(sera.KeyAccount), out)
+	if cfg.Get(settings.KeyFanout) != "sns" || cfg.Get(settings.KeyAccount) != "000000000000" {
+		t.Errorf("client settings %s=%s %s=%s\n%s", settings.KeyFanout, cfg.Get(settings.KeyFanout), settings.KeyAccount, cfg.Get(settings.KeyAccount), out)
 	}
 	if sns, err := cfg.Fanout(); !sns || err != nil {
 		t.Errorf("client Fanout() = %v, %v", sns, err)
 	}
 	out = admin.must(t, "client", "register", "--name", "admin")
-	if !strings.Contains(out, "unchanged: access key "+cfg.Get(sera.KeyAccessKey)+" in this client's settings (file)\n") ||
+	if !strings.Contains(out, "unchanged: access key "+cfg.Get(settings.KeyAccessKey)+" in this client's settings (file)\n") ||
 		!strings.Contains(out, "unchanged: SERA_FANOUT=sns SERA_ACCOUNT=000000000000 in "+cfg.EnvFile+"\n") ||
 		!strings.HasSuffix(out, "nothing to change: client "+id.Public().Fingerprint()+" is registered\n") {
 		t.Errorf("client register again:\n%s", out)
@@ -172,7 +173,7 @@ func TestProvisionToPing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin.must(t, "config", "unset", sera.KeyFanout, sera.KeyAccount)
+	admin.must(t, "config", "unset", settings.KeyFanout, settings.KeyAccount)
 	envOld, err := os.ReadFile(cfg.EnvFile)
 	if err != nil {
 		t.Fatal(err)
@@ -205,14 +206,14 @@ func TestProvisionToPing(t *testing.T) {
 		if !strings.Contains(out, "wrote the settings of "+h.name+", with its new access key, to "+envFile+" (mode 0600)\n") {
 			t.Errorf("register %s:\n%s", h.name, out)
 		}
-		hcfg, err := sera.LoadConfig(m.options(nil, nil).Env, false)
+		hcfg, err := settings.Load(m.options(nil, nil).Env, false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		keys := iamSrv.Keys("sera-w-" + h.name)
-		if len(keys) != 1 || hcfg.Get(sera.KeyAccessKey) != keys[0].ID || hcfg.Get(sera.KeySecretKey) != keys[0].Secret ||
-			hcfg.Get(sera.KeyName) != h.name || hcfg.Get(sera.KeyGroups) != h.group || hcfg.Get(sera.KeyTransport) != "sqs" ||
-			hcfg.Get(sera.KeyRegion) != "us-east-1" || hcfg.Get(sera.KeyPrefix) != "sera" {
+		if len(keys) != 1 || hcfg.Get(settings.KeyAccessKey) != keys[0].ID || hcfg.Get(settings.KeySecretKey) != keys[0].Secret ||
+			hcfg.Get(settings.KeyName) != h.name || hcfg.Get(settings.KeyGroups) != h.group || hcfg.Get(settings.KeyTransport) != "sqs" ||
+			hcfg.Get(settings.KeyRegion) != "us-east-1" || hcfg.Get(settings.KeyPrefix) != "sera" {
 			t.Fatalf("%s settings: %+v", h.name, hcfg)
 		}
 	}
@@ -313,8 +314,8 @@ func TestProvisionToPing(t *testing.T) {
 	old := iamSrv.Keys("sera-w-web2")[0]
 	out = admin.must(t, "watcher", "rotate-key", "web2", "--env-out", filepath.Join(hosts["web2"].home, "env"))
 	now := iamSrv.Keys("sera-w-web2")
-	hcfg, _ := sera.LoadConfig(hosts["web2"].options(nil, nil).Env, false)
-	if len(now) != 1 || now[0].ID == old.ID || hcfg.Get(sera.KeyAccessKey) != now[0].ID || hcfg.Get(sera.KeyName) != "web2" ||
+	hcfg, _ := settings.Load(hosts["web2"].options(nil, nil).Env, false)
+	if len(now) != 1 || now[0].ID == old.ID || hcfg.Get(settings.KeyAccessKey) != now[0].ID || hcfg.Get(settings.KeyName) != "web2" ||
 		!strings.Contains(out, "done: iam:DeleteAccessKey AccessKeyId="+old.ID+" UserName=sera-w-web2\n") {
 		t.Errorf("rotate-key:\n%s\nkeys %v", out, now)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 )
 
@@ -74,14 +74,14 @@ func ExitCode(err error) (code int, print bool) {
 type Options struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
-	Env            sera.Env
+	Env            settings.Env
 	Version        string
 	// Now and Rand default to the real clock and crypto/rand.
 	Now  func() time.Time
 	Rand io.Reader
 	// OpenTransport opens the configured transport; defaults to
 	// OpenTransport.
-	OpenTransport func(ctx context.Context, cfg *sera.Config) (transport.Transport, error)
+	OpenTransport func(ctx context.Context, cfg *settings.Config) (transport.Transport, error)
 
 	// system is --system: use /etc/sera whatever the user.
 	system bool
@@ -94,11 +94,11 @@ func (o *Options) now() time.Time {
 	return time.Now()
 }
 
-func (o *Options) config() (*sera.Config, error) {
-	return sera.LoadConfig(o.Env, o.system)
+func (o *Options) config() (*settings.Config, error) {
+	return settings.Load(o.Env, o.system)
 }
 
-func (o *Options) openTransport(ctx context.Context, cfg *sera.Config) (transport.Transport, error) {
+func (o *Options) openTransport(ctx context.Context, cfg *settings.Config) (transport.Transport, error) {
 	if o.OpenTransport != nil {
 		return o.OpenTransport(ctx, cfg)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // sudo is granted to groups, one drop-in per group in /etc/sudoers.d named
@@ -56,7 +56,7 @@ func (h *Host) sudoersPresent(name string) bool {
 // readSudoers reads the drop-in of name: nil if there is none. A link or
 // anything but a regular file is refused.
 func (h *Host) readSudoers(name string) ([]byte, error) {
-	b, err := sera.ReadFileNoFollow(h.path(sudoersPath(name)))
+	b, err := safefile.ReadNoFollow(h.path(sudoersPath(name)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -125,7 +125,7 @@ func (h *Host) planSudoGrant(db *accountDB, name string, nopasswd bool) (plan, s
 	if fi, err := os.Lstat(h.path(sudoersDir)); err != nil {
 		return nil, "", fmt.Errorf("no directory %s on this host (is sudo installed?); nothing was changed", sudoersDir)
 	} else if fi.Mode()&fs.ModeSymlink != 0 {
-		return nil, "", fmt.Errorf("refusing %s: %w; nothing was changed", sudoersDir, sera.ErrSymlink)
+		return nil, "", fmt.Errorf("refusing %s: %w; nothing was changed", sudoersDir, safefile.ErrSymlink)
 	} else if !fi.IsDir() {
 		return nil, "", fmt.Errorf("refusing %s: not a directory; nothing was changed", sudoersDir)
 	}

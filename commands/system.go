@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // Runner runs programs on the host. It execs argv directly: no shell ever
@@ -221,10 +221,10 @@ func (h *Host) lockAccounts() (unlock func(), err error) {
 	if dir == "" {
 		dir = h.path("/var/lib/sera")
 	}
-	if err := sera.MkdirPrivate(dir); err != nil {
+	if err := safefile.MkdirPrivate(dir); err != nil {
 		return nil, err
 	}
-	return sera.LockFile(filepath.Join(dir, "accounts.lock"))
+	return safefile.Lock(filepath.Join(dir, "accounts.lock"))
 }
 
 // addDryRun gives a changing command its --dry-run flag.

@@ -4,25 +4,25 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/spool"
 	"github.com/sera-dev/sera/transport/sqs"
 )
 
 // OpenTransport opens the transport SERA_TRANSPORT names.
-func OpenTransport(ctx context.Context, cfg *sera.Config) (transport.Transport, error) {
-	switch t := cfg.Get(sera.KeyTransport); t {
-	case sera.TransportSpool:
-		return spool.New(cfg.Get(sera.KeySpool))
-	case sera.TransportSQS:
+func OpenTransport(ctx context.Context, cfg *settings.Config) (transport.Transport, error) {
+	switch t := cfg.Get(settings.KeyTransport); t {
+	case settings.TransportSpool:
+		return spool.New(cfg.Get(settings.KeySpool))
+	case settings.TransportSQS:
 		return sqs.New(ctx, sqs.Options{
-			Region:    cfg.Get(sera.KeyRegion),
-			AccessKey: cfg.Get(sera.KeyAccessKey),
-			SecretKey: cfg.Get(sera.KeySecretKey),
-			Account:   cfg.Get(sera.KeyAccount),
+			Region:    cfg.Get(settings.KeyRegion),
+			AccessKey: cfg.Get(settings.KeyAccessKey),
+			SecretKey: cfg.Get(settings.KeySecretKey),
+			Account:   cfg.Get(settings.KeyAccount),
 		})
 	default:
-		return nil, fmt.Errorf("unknown %s %q", sera.KeyTransport, t)
+		return nil, fmt.Errorf("unknown %s %q", settings.KeyTransport, t)
 	}
 }

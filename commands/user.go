@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // expiredDay is the expiry usermod -e 1970-01-02 sets (days since 1970):
@@ -523,10 +524,10 @@ func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (pla
 		rec := lockRecord{PasswordLocked: !sh.Locked(), ExpiresBefore: sh.Expires}
 		p.add("record the state to restore on unlock in "+recPath, func(context.Context) error {
 			b, _ := json.Marshal(rec)
-			if err := sera.MkdirPrivate(filepath.Dir(recPath)); err != nil {
+			if err := safefile.MkdirPrivate(filepath.Dir(recPath)); err != nil {
 				return err
 			}
-			return sera.WriteFileAtomic(recPath, b, 0o600)
+			return safefile.WriteAtomic(recPath, b, 0o600)
 		})
 	}
 	if !sh.Locked() {
@@ -566,7 +567,7 @@ func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan, error) {
 	// taken for sera's only on an account expired as lock expires it: a
 	// password locked on an account sera did not lock stays locked.
 	rec := lockRecord{PasswordLocked: sh.Locked() && len(sh.Hash) > 2 && sh.Expires == expiredDay, ExpiresBefore: -1}
-	b, err := sera.ReadFileNoFollow(recPath)
+	b, err := safefile.ReadNoFollow(recPath)
 	hasRec := err == nil
 	if hasRec {
 		if err := json.Unmarshal(b, &rec); err != nil {
@@ -747,7 +748,7 @@ func (h *Host) planArchive(p *plan, u *passwdEntry) {
 	archive := filepath.Join(dir, fmt.Sprintf("%s-%s.tar.gz", u.Name, now.UTC().Format("20060102T150405Z")))
 	argv := []string{"tar", "--create", "--gzip", "--file", archive, "--directory", u.Home, "--", "."}
 	p.add("archive "+u.Home+": "+strings.Join(quoteArgs(argv), " "), func(ctx context.Context) error {
-		if err := sera.MkdirPrivate(dir); err != nil {
+		if err := safefile.MkdirPrivate(dir); err != nil {
 			return err
 		}
 		f, err := os.OpenFile(archive, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)

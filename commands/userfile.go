@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // A user owns their home and can put a symbolic link or a hard link
@@ -75,7 +75,7 @@ func (d *userDir) openChild(name string, perm uint32, create bool) (*userDir, er
 		}
 	}
 	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-		return nil, fmt.Errorf("refusing %s: %w or not a directory", p, sera.ErrSymlink)
+		return nil, fmt.Errorf("refusing %s: %w or not a directory", p, safefile.ErrSymlink)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("failed to open %s: %w", p, err)
@@ -101,7 +101,7 @@ func (d *userDir) readFile(name string) ([]byte, error) {
 	case errors.Is(err, unix.ENOENT):
 		return nil, nil
 	case errors.Is(err, unix.ELOOP):
-		return nil, fmt.Errorf("refusing %s: %w", p, sera.ErrSymlink)
+		return nil, fmt.Errorf("refusing %s: %w", p, safefile.ErrSymlink)
 	case err != nil:
 		return nil, fmt.Errorf("failed to read %s: %w", p, err)
 	}

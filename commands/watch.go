@@ -12,6 +12,8 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/install"
+	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/settings"
 )
 
 func newWatchCmd(o *Options) *cobra.Command {
@@ -50,26 +52,26 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	if err != nil {
 		return err
 	}
-	state := cfg.Get(sera.KeyState)
+	state := cfg.Get(settings.KeyState)
 	// StrictModes, as sshd's: whoever can write these decides what this
 	// watcher runs as root.
 	strict := []string{cfg.Home, cfg.KeyFile(), cfg.EnvFile, cfg.KnownClientsFile(), state,
 		filepath.Join(state, "replay"), filepath.Join(state, "audit.log")}
-	if spoolDir := cfg.Get(sera.KeySpool); strings.HasPrefix(spoolDir, filepath.Clean(state)+"/") {
+	if spoolDir := cfg.Get(settings.KeySpool); strings.HasPrefix(spoolDir, filepath.Clean(state)+"/") {
 		strict = append(strict, spoolDir)
 	}
-	if err := sera.CheckStrictModes(strict...); err != nil {
+	if err := safefile.CheckStrictModes(strict...); err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
 	id, err := loadIdentity(cfg)
 	if err != nil {
 		return err
 	}
-	name := cfg.Get(sera.KeyName)
+	name := cfg.Get(settings.KeyName)
 	if err := sera.CheckName(name); err != nil {
-		return fmt.Errorf("invalid %s (set it with 'sera config set %s=…'): %w", sera.KeyName, sera.KeyName, err)
+		return fmt.Errorf("invalid %s (set it with 'sera config set %s=…'): %w", settings.KeyName, settings.KeyName, err)
 	}
-	if err := sera.MkdirPrivate(state); err != nil {
+	if err := safefile.MkdirPrivate(state); err != nil {
 		return err
 	}
 	replay, err := sera.OpenReplayCache(filepath.Join(state, "replay"))
@@ -92,11 +94,11 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 		Config: cfg,
 	}
 	w := &sera.Watcher{
-		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(sera.KeyPrefix),
+		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(settings.KeyPrefix),
 		Transport: tr, Clients: &sera.ClientFile{Path: cfg.KnownClientsFile()},
 		Handler: &Handler{Host: host}, Replay: replay,
 		// A command running longer is killed and answered with 124.
-		ExecTimeout: cfg.Duration(sera.KeyExecTimeout),
+		ExecTimeout: cfg.Duration(settings.KeyExecTimeout),
 		// A JSON line in audit.log ('sera audit'), and journald fields.
 		Audit: install.NewAudit(filepath.Join(state, "audit.log")),
 		Log:   log, Now: o.Now, Rand: o.Rand,
@@ -104,7 +106,7 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 		// one ufw run; at start, those that expired while it was stopped.
 		Housekeeping: Housekeeper(host, log), HousekeepingEvery: 10 * time.Second,
 	}
-	log.Info("watching", "queue", w.Queue(), "transport", cfg.Get(sera.KeyTransport),
+	log.Info("watching", "queue", w.Queue(), "transport", cfg.Get(settings.KeyTransport),
 		"fingerprint", id.Public().Fingerprint(), "version", o.Version)
 	// READY=1, WATCHDOG=1, STATUS= and STOPPING=1 for systemd.
 	notify, err := install.NewNotifier()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/settings"
 )
 
 // --addr takes the addresses and host names 'known-hosts sync' trusts a
@@ -24,7 +25,7 @@ func TestWatchersAddAddrs(t *testing.T) {
 	run := func(args ...string) (string, string, error) {
 		var stdout, stderr bytes.Buffer
 		root := NewRoot(&Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
-			Env: sera.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "laptop"}})
+			Env: settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "laptop"}})
 		root.SetArgs(args)
 		err := root.ExecuteContext(context.Background())
 		return stdout.String(), stderr.String(), err

@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
 
 // Service installs and removes the watcher's systemd service on a host.
@@ -135,7 +135,7 @@ func (s *Service) PlanInstall(ctx context.Context) (Plan, error) {
 		}
 	}
 	if fi, err := os.Lstat(s.path(ConfigDir)); errors.Is(err, fs.ErrNotExist) {
-		p.add("create "+ConfigDir+" (0700)", func(context.Context) error { return sera.MkdirPrivate(s.path(ConfigDir)) })
+		p.add("create "+ConfigDir+" (0700)", func(context.Context) error { return safefile.MkdirPrivate(s.path(ConfigDir)) })
 	} else if err != nil {
 		return nil, err
 	} else if !fi.IsDir() {
@@ -143,7 +143,7 @@ func (s *Service) PlanInstall(ctx context.Context) (Plan, error) {
 	}
 	if _, err := os.Lstat(s.path(EnvPath)); errors.Is(err, fs.ErrNotExist) {
 		p.add("write "+EnvPath+" (0600, every setting commented out)", func(context.Context) error {
-			return sera.WriteFileAtomic(s.path(EnvPath), []byte(EnvTemplate), 0o600)
+			return safefile.WriteAtomic(s.path(EnvPath), []byte(EnvTemplate), 0o600)
 		})
 	} else if err != nil {
 		return nil, err
@@ -193,7 +193,7 @@ func (s *Service) writeUnit(path, unit string) func(context.Context) error {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return err
 		}
-		return sera.WriteFileAtomic(path, []byte(unit), 0o644)
+		return safefile.WriteAtomic(path, []byte(unit), 0o644)
 	}
 }
 

@@ -10,8 +10,8 @@ import (
 	"runtime/debug"
 	"syscall"
 
-	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands"
+	"github.com/sera-dev/sera/settings"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=…".
@@ -25,7 +25,7 @@ func run() int {
 	defer stop()
 	root := commands.NewRoot(&commands.Options{
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-		Env: sera.OSEnv(), Version: buildVersion(),
+		Env: settings.OSEnv(), Version: buildVersion(),
 	})
 	err := root.ExecuteContext(ctx)
 	code, show := commands.ExitCode(err)

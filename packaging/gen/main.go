@@ -25,9 +25,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
 
-	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands"
 	"github.com/sera-dev/sera/install"
+	"github.com/sera-dev/sera/settings"
 )
 
 func main() {
@@ -57,7 +57,7 @@ func run(out, version, maintainer string) error {
 	}
 	root := commands.NewRoot(&commands.Options{
 		Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard,
-		Env: sera.Env{Getenv: func(string) string { return "" }}, Version: version,
+		Env: settings.Env{Getenv: func(string) string { return "" }}, Version: version,
 	})
 	root.DisableAutoGenTag = true
 	if err := manPages(root, filepath.Join(out, "man"), version, date); err != nil {

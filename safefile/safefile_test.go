@@ -1,4 +1,4 @@
-package sera_test
+package safefile_test
 
 import (
 	"errors"
@@ -7,8 +7,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
 )
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // listDir returns the names in dir.
 func listDir(t *testing.T, dir string) []string {
@@ -28,10 +35,10 @@ func TestWriteFileAtomic(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "known_clients")
-	if err := sera.WriteFileAtomic(path, []byte("one\n"), 0o600); err != nil {
+	if err := safefile.WriteAtomic(path, []byte("one\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := sera.WriteFileAtomic(path, []byte("two\n"), 0o640); err != nil {
+	if err := safefile.WriteAtomic(path, []byte("two\n"), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)
@@ -57,7 +64,7 @@ func TestWriteFileAtomicRefusesSymlinks(t *testing.T) {
 		if err := os.Symlink(victim, link); err != nil {
 			t.Fatal(err)
 		}
-		if err := sera.WriteFileAtomic(link, []byte("evil\n"), 0o600); !errors.Is(err, sera.ErrSymlink) {
+		if err := safefile.WriteAtomic(link, []byte("evil\n"), 0o600); !errors.Is(err, safefile.ErrSymlink) {
 			t.Errorf("write through a symlinked file: %v", err)
 		}
 		if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
@@ -81,7 +88,7 @@ func TestWriteFileAtomicRefusesSymlinks(t *testing.T) {
 		if err := os.Symlink(real, link); err != nil {
 			t.Fatal(err)
 		}
-		if err := sera.WriteFileAtomic(filepath.Join(link, "env"), []byte("x\n"), 0o600); !errors.Is(err, sera.ErrSymlink) {
+		if err := safefile.WriteAtomic(filepath.Join(link, "env"), []byte("x\n"), 0o600); !errors.Is(err, safefile.ErrSymlink) {
 			t.Errorf("write into a symlinked directory: %v", err)
 		}
 		if names := listDir(t, real); len(names) != 0 {
@@ -90,7 +97,7 @@ func TestWriteFileAtomicRefusesSymlinks(t *testing.T) {
 	})
 	t.Run("missing directory", func(t *testing.T) {
 		t.Parallel()
-		if err := sera.WriteFileAtomic(filepath.Join(t.TempDir(), "no", "env"), nil, 0o600); err == nil {
+		if err := safefile.WriteAtomic(filepath.Join(t.TempDir(), "no", "env"), nil, 0o600); err == nil {
 			t.Error("write into a missing directory succeeded")
 		}
 	})
@@ -100,7 +107,7 @@ func TestWriteFileAtomicRefusesSymlinks(t *testing.T) {
 		if err := os.Mkdir(filepath.Join(dir, "env"), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := sera.WriteFileAtomic(filepath.Join(dir, "env"), []byte("x"), 0o600); err == nil {
+		if err := safefile.WriteAtomic(filepath.Join(dir, "env"), []byte("x"), 0o600); err == nil {
 			t.Error("replaced a directory")
 		}
 		if names := listDir(t, dir); len(names) != 1 {
@@ -113,19 +120,19 @@ func TestReadFileNoFollow(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "f"), "data")
-	if b, err := sera.ReadFileNoFollow(filepath.Join(dir, "f")); err != nil || string(b) != "data" {
+	if b, err := safefile.ReadNoFollow(filepath.Join(dir, "f")); err != nil || string(b) != "data" {
 		t.Errorf("read %q, %v", b, err)
 	}
 	if err := os.Symlink(filepath.Join(dir, "f"), filepath.Join(dir, "l")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sera.ReadFileNoFollow(filepath.Join(dir, "l")); !errors.Is(err, sera.ErrSymlink) {
+	if _, err := safefile.ReadNoFollow(filepath.Join(dir, "l")); !errors.Is(err, safefile.ErrSymlink) {
 		t.Errorf("read through a symlink: %v", err)
 	}
-	if _, err := sera.ReadFileNoFollow(dir); err == nil {
+	if _, err := safefile.ReadNoFollow(dir); err == nil {
 		t.Error("read a directory")
 	}
-	if _, err := sera.ReadFileNoFollow(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := safefile.ReadNoFollow(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}
 }
@@ -134,55 +141,20 @@ func TestMkdirPrivate(t *testing.T) {
 	t.Parallel()
 	base := t.TempDir()
 	d := filepath.Join(base, "a", "b")
-	if err := sera.MkdirPrivate(d); err != nil {
+	if err := safefile.MkdirPrivate(d); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("mode %v, %v", fi.Mode(), err)
 	}
-	if err := sera.MkdirPrivate(d); err != nil {
+	if err := safefile.MkdirPrivate(d); err != nil {
 		t.Errorf("existing directory: %v", err)
 	}
 	if err := os.Symlink(d, filepath.Join(base, "l")); err != nil {
 		t.Fatal(err)
 	}
-	if err := sera.MkdirPrivate(filepath.Join(base, "l")); !errors.Is(err, sera.ErrSymlink) {
+	if err := safefile.MkdirPrivate(filepath.Join(base, "l")); !errors.Is(err, safefile.ErrSymlink) {
 		t.Errorf("symlink: %v", err)
-	}
-}
-
-func TestAuditLog(t *testing.T) {
-	t.Parallel()
-	path := filepath.Join(t.TempDir(), "audit.log")
-	l := &sera.AuditLog{Path: path}
-	exit := 0
-	for _, r := range []sera.AuditRecord{
-		{Decision: sera.DecisionAccepted, RequestID: "a", Argv: []string{"ping"}, Exit: &exit},
-		{Decision: sera.DecisionRejected, Rule: 2, Reason: "unknown client"},
-	} {
-		if err := l.Audit(r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `{"time":"0001-01-01T00:00:00Z","request_id":"a","argv":["ping"],"decision":"accepted","exit":0}
-{"time":"0001-01-01T00:00:00Z","decision":"rejected","rule":2,"reason":"unknown client"}
-`
-	if string(b) != want {
-		t.Errorf("audit log\n%s\nwant\n%s", b, want)
-	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("mode %v, %v", fi.Mode(), err)
-	}
-	link := filepath.Join(filepath.Dir(path), "link.log")
-	if err := os.Symlink(path, link); err != nil {
-		t.Fatal(err)
-	}
-	if err := (&sera.AuditLog{Path: link}).Audit(sera.AuditRecord{Decision: "x"}); err == nil {
-		t.Error("audit log written through a symlink")
 	}
 }
 
@@ -193,7 +165,7 @@ func TestCheckStrictModes(t *testing.T) {
 	if err := os.WriteFile(file, []byte("# none\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := sera.CheckStrictModes(file, filepath.Join(dir, "missing")); err != nil {
+	if err := safefile.CheckStrictModes(file, filepath.Join(dir, "missing")); err != nil {
 		t.Fatalf("private files: %v", err)
 	}
 	for _, tt := range []struct {
@@ -208,8 +180,8 @@ func TestCheckStrictModes(t *testing.T) {
 		if err := os.Chmod(tt.path, tt.mode); err != nil {
 			t.Fatal(err)
 		}
-		err := sera.CheckStrictModes(file)
-		if !errors.Is(err, sera.ErrInsecureMode) || !strings.Contains(err.Error(), tt.want) {
+		err := safefile.CheckStrictModes(file)
+		if !errors.Is(err, safefile.ErrInsecureMode) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("mode %o of %s: %v, want %q", tt.mode, tt.path, err, tt.want)
 		}
 		os.Chmod(tt.path, map[bool]os.FileMode{true: 0o700, false: 0o600}[tt.path == dir])
@@ -218,26 +190,16 @@ func TestCheckStrictModes(t *testing.T) {
 	if err := os.Symlink(file, link); err != nil {
 		t.Fatal(err)
 	}
-	if err := sera.CheckStrictModes(link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+	if err := safefile.CheckStrictModes(link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
 		t.Errorf("symlink: %v", err)
 	}
 	if os.Geteuid() == 0 {
 		if err := os.Chown(file, 1234, 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := sera.CheckStrictModes(file); err == nil || !strings.Contains(err.Error(), "owned by uid 1234") {
+		if err := safefile.CheckStrictModes(file); err == nil || !strings.Contains(err.Error(), "owned by uid 1234") {
 			t.Errorf("owned by another user: %v", err)
 		}
 		os.Chown(file, 0, 0)
-	}
-	// ClientFile fails closed when the file becomes writable to others
-	// while the watcher runs.
-	kc := &sera.ClientFile{Path: file}
-	if _, err := kc.Lookup(newIdentity(t).Public()); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(file, 0o666)
-	if c, err := kc.Lookup(newIdentity(t).Public()); err == nil || c != nil {
-		t.Errorf("world-writable known_clients: %v, %v; want a refusal", c, err)
 	}
 }

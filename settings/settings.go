@@ -1,4 +1,4 @@
-package sera
+package settings
 
 import (
 	"errors"
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/transport"
 )
 
@@ -59,11 +60,11 @@ const (
 	MaxAllowLifetime = 30 * 24 * time.Hour
 )
 
-// ErrUnknownSetting is returned for a key that is not a sera setting.
-var ErrUnknownSetting = errors.New("unknown setting")
+// ErrUnknown is returned for a key that is not a sera setting.
+var ErrUnknown = errors.New("unknown setting")
 
-// SettingDef describes one setting.
-type SettingDef struct {
+// Def describes one setting.
+type Def struct {
 	Key  string
 	Help string
 	// Secret settings are shown masked by "config list".
@@ -72,15 +73,15 @@ type SettingDef struct {
 	check func(string) error
 }
 
-// Settings lists every setting sera reads, in the order "config list"
+// All lists every setting sera reads, in the order "config list"
 // shows them.
-var Settings = []SettingDef{
+var All = []Def{
 	{Key: KeyHome, Help: "config directory (env, key, known_*); only from the environment"},
 	{Key: KeyState, Help: "watcher state: replay cache, audit log"},
 	{Key: KeyTransport, Help: strings.Join(Transports, " or "), check: oneOf(Transports...)},
 	{Key: KeySpool, Help: "spool directory shared by client and watcher"},
-	{Key: KeyName, Help: "this watcher's name", check: checkName},
-	{Key: KeyGroups, Help: "this watcher's groups, comma-separated", check: checkGroups},
+	{Key: KeyName, Help: "this watcher's name", check: sera.CheckName},
+	{Key: KeyGroups, Help: "this watcher's groups, comma-separated", check: sera.CheckGroups},
 	{Key: KeyPrefix, Help: "queue and topic name prefix", check: checkPrefix},
 	{Key: KeyRegion, Help: "AWS region; else the SDK's default chain"},
 	{Key: KeyAccessKey, Help: "AWS access key id; else the SDK's default chain"},
@@ -96,21 +97,21 @@ var Settings = []SettingDef{
 	{Key: KeyDomain, Help: "client: DNS domain of the watchers' hosts; 'known-hosts sync' trusts each watcher's host keys for NAME.DOMAIN too", check: checkDomain},
 }
 
-// LookupSetting returns the definition of key.
-func LookupSetting(key string) (SettingDef, bool) {
-	for _, d := range Settings {
+// Lookup returns the definition of key.
+func Lookup(key string) (Def, bool) {
+	for _, d := range All {
 		if d.Key == key {
 			return d, true
 		}
 	}
-	return SettingDef{}, false
+	return Def{}, false
 }
 
-// CheckSetting validates value for key without storing it.
-func CheckSetting(key, value string) error {
-	d, ok := LookupSetting(key)
+// Check validates value for key without storing it.
+func Check(key, value string) error {
+	d, ok := Lookup(key)
 	if !ok {
-		return fmt.Errorf("%w %q (see 'sera config list')", ErrUnknownSetting, key)
+		return fmt.Errorf("%w %q (see 'sera config list')", ErrUnknown, key)
 	}
 	if key == KeyHome {
 		return fmt.Errorf("%s cannot be stored in the env file it locates; set it in the environment", KeyHome)
@@ -171,9 +172,9 @@ func DefaultHome(env Env, system bool) string {
 	return filepath.Join(env.UserHome, ".sera")
 }
 
-// LoadConfig resolves every setting: the environment wins over the env
+// Load resolves every setting: the environment wins over the env
 // file, which wins over the default. A missing env file is not an error.
-func LoadConfig(env Env, system bool) (*Config, error) {
+func Load(env Env, system bool) (*Config, error) {
 	home := env.Getenv(KeyHome)
 	homeSrc := SourceEnv
 	if home == "" || system {
@@ -185,7 +186,7 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	for _, d := range Settings {
+	for _, d := range All {
 		if d.Key == KeyHome {
 			continue
 		}
@@ -225,7 +226,7 @@ func LoadConfig(env Env, system bool) (*Config, error) {
 	def(KeyFanout, "direct")
 	def(KeyAccount, "")
 	def(KeyDomain, "")
-	for _, d := range Settings {
+	for _, d := range All {
 		v := c.values[d.Key]
 		if d.check != nil && v.Value != "" {
 			if err := d.check(v.Value); err != nil {
@@ -242,7 +243,7 @@ func (c *Config) Get(key string) string { return c.values[key].Value }
 // Lookup returns the value of key and its source.
 func (c *Config) Lookup(key string) Value { return c.values[key] }
 
-// Duration returns a duration setting; LoadConfig has validated it.
+// Duration returns a duration setting; Load has validated it.
 func (c *Config) Duration(key string) time.Duration {
 	d, _ := time.ParseDuration(c.Get(key))
 	return d
@@ -266,7 +267,7 @@ func (c *Config) Fanout() (sns bool, err error) {
 }
 
 // Groups returns SERA_GROUPS as a list.
-func (c *Config) Groups() []string { return SplitList(c.Get(KeyGroups)) }
+func (c *Config) Groups() []string { return sera.SplitList(c.Get(KeyGroups)) }
 
 // KeyFile, KnownClientsFile and KnownWatchersFile are the files under
 // SERA_HOME.
@@ -288,42 +289,6 @@ const (
 // Transports are the values SERA_TRANSPORT takes, the default first.
 var Transports = []string{TransportSpool, TransportSQS}
 
-// SplitList splits a comma-separated list, dropping empty items.
-func SplitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
-
-// MaxNameLen keeps "PREFIX-w-NAME" within SQS's 80-character queue names.
-const MaxNameLen = 63
-
-// CheckName validates a watcher, client or group name: it becomes part of
-// queue and topic names, so it is limited to what SQS and SNS accept.
-func CheckName(s string) error { return checkName(s) }
-
-func checkName(s string) error {
-	if len(s) > MaxNameLen || !nameRE.MatchString(s) {
-		return fmt.Errorf("%q is not a valid name: use letters, digits, '-' and '_', starting with a letter or digit, at most %d characters", s, MaxNameLen)
-	}
-	return nil
-}
-
-func checkGroups(s string) error {
-	for _, g := range SplitList(s) {
-		if err := checkName(g); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 func checkPrefix(s string) error {
 	if len(s) > 12 || !transport.ValidQueueName(s) {
 		return fmt.Errorf("%q is not a valid prefix: use at most 12 letters, digits, '-' or '_'", s)
@@ -343,20 +308,20 @@ func checkTTL(s string) error {
 	if err := checkDuration(s); err != nil {
 		return err
 	}
-	if d, _ := time.ParseDuration(s); d > MaxRequestLifetime {
-		return fmt.Errorf("%s is longer than the longest request lifetime watchers accept (%s)", s, MaxRequestLifetime)
+	if d, _ := time.ParseDuration(s); d > sera.MaxRequestLifetime {
+		return fmt.Errorf("%s is longer than the longest request lifetime watchers accept (%s)", s, sera.MaxRequestLifetime)
 	}
 	return nil
 }
 
 // checkExecTimeout accepts what a request's exec_timeout_ms may say: a
-// positive duration of at most MaxRequestLifetime (24h).
+// positive duration of at most sera.MaxRequestLifetime (24h).
 func checkExecTimeout(s string) error {
 	if err := checkDuration(s); err != nil {
 		return err
 	}
-	if d, _ := time.ParseDuration(s); d > MaxRequestLifetime {
-		return fmt.Errorf("%s is longer than the longest execution timeout sera allows (%s)", s, MaxRequestLifetime)
+	if d, _ := time.ParseDuration(s); d > sera.MaxRequestLifetime {
+		return fmt.Errorf("%s is longer than the longest execution timeout sera allows (%s)", s, sera.MaxRequestLifetime)
 	}
 	return nil
 }
@@ -380,8 +345,8 @@ func checkAccount(s string) error {
 }
 
 // MaxDomainLen leaves room in a 253-character host name for a watcher name
-// (MaxNameLen) and the dot before SERA_DOMAIN.
-const MaxDomainLen = 253 - MaxNameLen - 1
+// (sera.MaxNameLen) and the dot before SERA_DOMAIN.
+const MaxDomainLen = 253 - sera.MaxNameLen - 1
 
 // checkDomain accepts a DNS domain as a host name's suffix: dot-separated
 // RFC 1123 labels, no leading or trailing dot, no wildcard, a last label

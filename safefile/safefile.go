@@ -1,4 +1,4 @@
-package sera
+package safefile
 
 import (
 	"errors"
@@ -13,13 +13,13 @@ import (
 // ErrSymlink is returned when sera would write through a symbolic link.
 var ErrSymlink = errors.New("refusing to follow a symbolic link")
 
-// WriteFileAtomic replaces path with data: a temporary file in the same
+// WriteAtomic replaces path with data: a temporary file in the same
 // directory is written, fsynced, given mode perm and renamed over path,
 // and the directory is fsynced, so a reader sees the old or the new file,
 // never a torn one. It refuses to write if path or its directory is a
 // symbolic link: the rename would replace a link, and a hostile link in a
 // user-writable directory must never redirect a root-owned write.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
+func WriteAtomic(path string, data []byte, perm fs.FileMode) error {
 	dir := filepath.Dir(path)
 	if fi, err := os.Lstat(dir); err != nil {
 		return fmt.Errorf("failed to write %s: %w", path, err)
@@ -57,10 +57,12 @@ func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
 		return fmt.Errorf("failed to write %s: %w", path, err)
 	}
 	ok = true
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory, so a rename or a new name in it survives a
+// crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("failed to sync %s: %w", dir, err)
@@ -72,8 +74,8 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// ReadFileNoFollow reads path, refusing a symbolic link at path itself.
-func ReadFileNoFollow(path string) ([]byte, error) {
+// ReadNoFollow reads path, refusing a symbolic link at path itself.
+func ReadNoFollow(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
@@ -108,11 +110,11 @@ func MkdirPrivate(dir string) error {
 	return nil
 }
 
-// LockFile takes an exclusive advisory lock on path (created 0600 if
+// Lock takes an exclusive advisory lock on path (created 0600 if
 // missing) and returns the function that releases it. Read-modify-write
 // updates of sera's files hold it, so a local command and a remote one
 // cannot lose each other's change.
-func LockFile(path string) (unlock func(), err error) {
+func Lock(path string) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("failed to lock %s: %w", path, err)

@@ -1,7 +1,8 @@
-package sera
+package settings
 
 import (
 	"fmt"
+	"github.com/sera-dev/sera/safefile"
 	"strings"
 )
 
@@ -15,7 +16,7 @@ type EnvFile struct {
 // ReadEnvFile reads path. A missing file gives an empty EnvFile and an
 // error wrapping os.ErrNotExist.
 func ReadEnvFile(path string) (*EnvFile, error) {
-	b, err := ReadFileNoFollow(path)
+	b, err := safefile.ReadNoFollow(path)
 	if err != nil {
 		return &EnvFile{}, err
 	}
@@ -87,7 +88,7 @@ func (f *EnvFile) Get(key string) (string, bool) {
 // changed.
 func (f *EnvFile) Set(key, value string) bool {
 	if strings.ContainsAny(value, "\n\r\x00") {
-		// CheckSetting callers never pass these; a line break would
+		// Check callers never pass these; a line break would
 		// smuggle a second setting into the file.
 		panic("sera: env value contains a line break")
 	}
@@ -155,7 +156,7 @@ func (f *EnvFile) Bytes() []byte {
 // Write stores the file at path atomically, mode 0600 (it may hold an AWS
 // secret key).
 func (f *EnvFile) Write(path string) error {
-	if err := WriteFileAtomic(path, f.Bytes(), 0o600); err != nil {
+	if err := safefile.WriteAtomic(path, f.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("failed to save settings: %w", err)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package sera_test
+package settings_test
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/settings"
 )
 
 func mapEnv(m map[string]string) func(string) string {
@@ -32,7 +34,7 @@ SERA_REGION="eu-west-1"
 SERA_HOME=/elsewhere
 SERA_GROUPS=
 `)
-	env := sera.Env{
+	env := settings.Env{
 		Getenv: mapEnv(map[string]string{
 			"SERA_HOME":    home,
 			"SERA_TIMEOUT": "10s",
@@ -40,26 +42,26 @@ SERA_GROUPS=
 		}),
 		UserHome: "/home/u", Hostname: "box.example.com",
 	}
-	c, err := sera.LoadConfig(env, false)
+	c, err := settings.Load(env, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Home != home || c.EnvFile != filepath.Join(home, "env") {
 		t.Errorf("home %s, env file %s", c.Home, c.EnvFile)
 	}
-	want := map[string]sera.Value{
-		sera.KeyHome:       {home, sera.SourceEnv},
-		sera.KeyTimeout:    {"10s", sera.SourceEnv},
-		sera.KeyName:       {"envname", sera.SourceEnv},
-		sera.KeyPrefix:     {"filepfx", sera.SourceFile},
-		sera.KeyRegion:     {"eu-west-1", sera.SourceFile},
-		sera.KeyGroups:     {"", sera.SourceFile},
-		sera.KeyState:      {filepath.Join(home, "state"), sera.SourceDefault},
-		sera.KeySpool:      {filepath.Join(home, "state", "spool"), sera.SourceDefault},
-		sera.KeyTransport:  {"spool", sera.SourceDefault},
-		sera.KeyRequestTTL: {"5m", sera.SourceDefault},
-		sera.KeyAccessKey:  {"", sera.SourceDefault},
-		sera.KeySecretKey:  {"", sera.SourceDefault},
+	want := map[string]settings.Value{
+		settings.KeyHome:       {home, settings.SourceEnv},
+		settings.KeyTimeout:    {"10s", settings.SourceEnv},
+		settings.KeyName:       {"envname", settings.SourceEnv},
+		settings.KeyPrefix:     {"filepfx", settings.SourceFile},
+		settings.KeyRegion:     {"eu-west-1", settings.SourceFile},
+		settings.KeyGroups:     {"", settings.SourceFile},
+		settings.KeyState:      {filepath.Join(home, "state"), settings.SourceDefault},
+		settings.KeySpool:      {filepath.Join(home, "state", "spool"), settings.SourceDefault},
+		settings.KeyTransport:  {"spool", settings.SourceDefault},
+		settings.KeyRequestTTL: {"5m", settings.SourceDefault},
+		settings.KeyAccessKey:  {"", settings.SourceDefault},
+		settings.KeySecretKey:  {"", settings.SourceDefault},
 	}
 	for k, v := range want {
 		if got := c.Lookup(k); got != v {
@@ -67,13 +69,13 @@ SERA_GROUPS=
 		}
 	}
 	// Every setting has a value and a source.
-	for _, d := range sera.Settings {
+	for _, d := range settings.All {
 		if c.Lookup(d.Key).Source == "" {
 			t.Errorf("%s has no source", d.Key)
 		}
 	}
-	if c.Duration(sera.KeyTimeout) != 10*time.Second || c.Duration(sera.KeyRequestTTL) != 5*time.Minute {
-		t.Errorf("durations %s %s", c.Duration(sera.KeyTimeout), c.Duration(sera.KeyRequestTTL))
+	if c.Duration(settings.KeyTimeout) != 10*time.Second || c.Duration(settings.KeyRequestTTL) != 5*time.Minute {
+		t.Errorf("durations %s %s", c.Duration(settings.KeyTimeout), c.Duration(settings.KeyRequestTTL))
 	}
 	if c.KeyFile() != filepath.Join(home, "key") || c.KnownClientsFile() != filepath.Join(home, "known_clients") || c.KnownWatchersFile() != filepath.Join(home, "known_watchers") {
 		t.Errorf("files %s %s %s", c.KeyFile(), c.KnownClientsFile(), c.KnownWatchersFile())
@@ -85,38 +87,38 @@ func TestLoadConfigDefaults(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nothing-here")
 	tests := []struct {
 		name string
-		env  sera.Env
-		want map[string]sera.Value
+		env  settings.Env
+		want map[string]settings.Value
 	}{
-		{"user", sera.Env{Getenv: mapEnv(nil), UserHome: missing, Hostname: "laptop.local"}, map[string]sera.Value{
-			sera.KeyHome:      {filepath.Join(missing, ".sera"), sera.SourceDefault},
-			sera.KeyState:     {filepath.Join(missing, ".sera", "state"), sera.SourceDefault},
-			sera.KeySpool:     {filepath.Join(missing, ".sera", "state", "spool"), sera.SourceDefault},
-			sera.KeyName:      {"laptop", sera.SourceDefault},
-			sera.KeyTransport: {"spool", sera.SourceDefault},
-			sera.KeyPrefix:    {"sera", sera.SourceDefault},
-			sera.KeyTimeout:   {"60s", sera.SourceDefault},
-			sera.KeyFanout:    {"direct", sera.SourceDefault},
-			sera.KeyAccount:   {"", sera.SourceDefault},
-			sera.KeyDomain:    {"", sera.SourceDefault},
+		{"user", settings.Env{Getenv: mapEnv(nil), UserHome: missing, Hostname: "laptop.local"}, map[string]settings.Value{
+			settings.KeyHome:      {filepath.Join(missing, ".sera"), settings.SourceDefault},
+			settings.KeyState:     {filepath.Join(missing, ".sera", "state"), settings.SourceDefault},
+			settings.KeySpool:     {filepath.Join(missing, ".sera", "state", "spool"), settings.SourceDefault},
+			settings.KeyName:      {"laptop", settings.SourceDefault},
+			settings.KeyTransport: {"spool", settings.SourceDefault},
+			settings.KeyPrefix:    {"sera", settings.SourceDefault},
+			settings.KeyTimeout:   {"60s", settings.SourceDefault},
+			settings.KeyFanout:    {"direct", settings.SourceDefault},
+			settings.KeyAccount:   {"", settings.SourceDefault},
+			settings.KeyDomain:    {"", settings.SourceDefault},
 		}},
 		// As root, SERA_HOME from the environment keeps the test away
 		// from /etc/sera; the state default is still the system one.
-		{"root", sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": missing}), IsRoot: true, Hostname: "web1"}, map[string]sera.Value{
-			sera.KeyHome:  {missing, sera.SourceEnv},
-			sera.KeyState: {"/var/lib/sera", sera.SourceDefault},
-			sera.KeySpool: {"/var/lib/sera/spool", sera.SourceDefault},
-			sera.KeyName:  {"web1", sera.SourceDefault},
+		{"root", settings.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": missing}), IsRoot: true, Hostname: "web1"}, map[string]settings.Value{
+			settings.KeyHome:  {missing, settings.SourceEnv},
+			settings.KeyState: {"/var/lib/sera", settings.SourceDefault},
+			settings.KeySpool: {"/var/lib/sera/spool", settings.SourceDefault},
+			settings.KeyName:  {"web1", settings.SourceDefault},
 		}},
-		{"state from env", sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": missing, "SERA_STATE": "/srv/sera"}), IsRoot: true, Hostname: "web1"}, map[string]sera.Value{
-			sera.KeyState: {"/srv/sera", sera.SourceEnv},
-			sera.KeySpool: {"/srv/sera/spool", sera.SourceDefault},
+		{"state from env", settings.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": missing, "SERA_STATE": "/srv/sera"}), IsRoot: true, Hostname: "web1"}, map[string]settings.Value{
+			settings.KeyState: {"/srv/sera", settings.SourceEnv},
+			settings.KeySpool: {"/srv/sera/spool", settings.SourceDefault},
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := sera.LoadConfig(tt.env, false)
+			c, err := settings.Load(tt.env, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,13 +129,13 @@ func TestLoadConfigDefaults(t *testing.T) {
 			}
 		})
 	}
-	if h := sera.DefaultHome(sera.Env{IsRoot: true, UserHome: "/root"}, false); h != "/etc/sera" {
+	if h := settings.DefaultHome(settings.Env{IsRoot: true, UserHome: "/root"}, false); h != "/etc/sera" {
 		t.Errorf("root's default home %s", h)
 	}
-	if h := sera.DefaultHome(sera.Env{UserHome: "/home/u"}, true); h != "/etc/sera" {
+	if h := settings.DefaultHome(settings.Env{UserHome: "/home/u"}, true); h != "/etc/sera" {
 		t.Errorf("--system default home %s", h)
 	}
-	if h := sera.DefaultHome(sera.Env{UserHome: "/home/u"}, false); h != "/home/u/.sera" {
+	if h := settings.DefaultHome(settings.Env{UserHome: "/home/u"}, false); h != "/home/u/.sera" {
 		t.Errorf("user's default home %s", h)
 	}
 }
@@ -142,17 +144,17 @@ func TestLoadConfigInvalid(t *testing.T) {
 	t.Parallel()
 	home := t.TempDir()
 	writeFile(t, filepath.Join(home, "env"), "SERA_TRANSPORT=carrier-pigeon\n")
-	env := sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": home}), Hostname: "h"}
-	if _, err := sera.LoadConfig(env, false); err == nil || !strings.Contains(err.Error(), "SERA_TRANSPORT") || !strings.Contains(err.Error(), "file") {
+	env := settings.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": home}), Hostname: "h"}
+	if _, err := settings.Load(env, false); err == nil || !strings.Contains(err.Error(), "SERA_TRANSPORT") || !strings.Contains(err.Error(), "file") {
 		t.Errorf("bad value in the file: %v", err)
 	}
 	// The environment overrides the bad file value.
 	env.Getenv = mapEnv(map[string]string{"SERA_HOME": home, "SERA_TRANSPORT": "sqs"})
-	if c, err := sera.LoadConfig(env, false); err != nil || c.Get(sera.KeyTransport) != "sqs" {
+	if c, err := settings.Load(env, false); err != nil || c.Get(settings.KeyTransport) != "sqs" {
 		t.Errorf("env over a bad file: %v", err)
 	}
 	env.Getenv = mapEnv(map[string]string{"SERA_HOME": home, "SERA_TRANSPORT": "spool", "SERA_TIMEOUT": "soon"})
-	if _, err := sera.LoadConfig(env, false); err == nil || !strings.Contains(err.Error(), "SERA_TIMEOUT") || !strings.Contains(err.Error(), "env") {
+	if _, err := settings.Load(env, false); err == nil || !strings.Contains(err.Error(), "SERA_TIMEOUT") || !strings.Contains(err.Error(), "env") {
 		t.Errorf("bad value in the environment: %v", err)
 	}
 	// An env file that is a symlink is not read.
@@ -162,7 +164,7 @@ func TestLoadConfigInvalid(t *testing.T) {
 		t.Fatal(err)
 	}
 	env.Getenv = mapEnv(map[string]string{"SERA_HOME": home2})
-	if _, err := sera.LoadConfig(env, false); !errors.Is(err, sera.ErrSymlink) {
+	if _, err := settings.Load(env, false); !errors.Is(err, safefile.ErrSymlink) {
 		t.Errorf("symlinked env file: %v", err)
 	}
 }
@@ -237,22 +239,22 @@ func TestCheckSetting(t *testing.T) {
 		{"", "", false},
 	}
 	for _, tt := range tests {
-		err := sera.CheckSetting(tt.key, tt.value)
+		err := settings.Check(tt.key, tt.value)
 		if (err == nil) != tt.ok {
 			t.Errorf("CheckSetting(%q, %q) = %v, want ok %v", tt.key, tt.value, err, tt.ok)
 		}
 	}
-	if err := sera.CheckSetting("SERA_NOPE", "x"); !errors.Is(err, sera.ErrUnknownSetting) {
+	if err := settings.Check("SERA_NOPE", "x"); !errors.Is(err, settings.ErrUnknown) {
 		t.Errorf("unknown key: %v", err)
 	}
-	if err := sera.CheckSetting(sera.KeySecretKey, "x"); err != nil {
+	if err := settings.Check(settings.KeySecretKey, "x"); err != nil {
 		t.Error(err)
 	}
-	if d, ok := sera.LookupSetting(sera.KeySecretKey); !ok || !d.Secret {
-		t.Errorf("%s is not secret", sera.KeySecretKey)
+	if d, ok := settings.Lookup(settings.KeySecretKey); !ok || !d.Secret {
+		t.Errorf("%s is not secret", settings.KeySecretKey)
 	}
 	seen := map[string]bool{}
-	for _, d := range sera.Settings {
+	for _, d := range settings.All {
 		if seen[d.Key] || !strings.HasPrefix(d.Key, "SERA_") || d.Help == "" {
 			t.Errorf("setting %+v", d)
 		}
@@ -287,7 +289,7 @@ func TestConfigFanout(t *testing.T) {
 			for k, v := range tt.env {
 				env[k] = v
 			}
-			c, err := sera.LoadConfig(sera.Env{Getenv: mapEnv(env), Hostname: "h"}, false)
+			c, err := settings.Load(settings.Env{Getenv: mapEnv(env), Hostname: "h"}, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -298,8 +300,8 @@ func TestConfigFanout(t *testing.T) {
 		})
 	}
 	// A bad account is refused when the settings load.
-	env := sera.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": t.TempDir(), "SERA_ACCOUNT": "12345"}), Hostname: "h"}
-	if _, err := sera.LoadConfig(env, false); err == nil || !strings.Contains(err.Error(), "SERA_ACCOUNT") {
+	env := settings.Env{Getenv: mapEnv(map[string]string{"SERA_HOME": t.TempDir(), "SERA_ACCOUNT": "12345"}), Hostname: "h"}
+	if _, err := settings.Load(env, false); err == nil || !strings.Contains(err.Error(), "SERA_ACCOUNT") {
 		t.Errorf("bad SERA_ACCOUNT: %v", err)
 	}
 }

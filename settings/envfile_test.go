@@ -1,4 +1,4 @@
-package sera_test
+package settings_test
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/settings"
 )
 
 const sampleEnv = `# sera settings
@@ -24,7 +24,7 @@ not a setting line
 
 func TestEnvFileGet(t *testing.T) {
 	t.Parallel()
-	f := sera.ParseEnvFile([]byte(sampleEnv))
+	f := settings.ParseEnvFile([]byte(sampleEnv))
 	for k, want := range map[string]string{
 		"SERA_PREFIX": "sera",
 		"SERA_NAME":   "web1",
@@ -48,7 +48,7 @@ func TestEnvFileGet(t *testing.T) {
 
 func TestEnvFileSetKeepsLayout(t *testing.T) {
 	t.Parallel()
-	f := sera.ParseEnvFile([]byte(sampleEnv))
+	f := settings.ParseEnvFile([]byte(sampleEnv))
 	if f.Set("SERA_PREFIX", "sera") {
 		t.Error("setting the same value reported a change")
 	}
@@ -73,7 +73,7 @@ SERA_TIMEOUT=30s
 
 func TestEnvFileDuplicates(t *testing.T) {
 	t.Parallel()
-	f := sera.ParseEnvFile([]byte("A=1\n# c\nB=2\nA=3\n"))
+	f := settings.ParseEnvFile([]byte("A=1\n# c\nB=2\nA=3\n"))
 	// The last one wins, as with systemd.
 	if v, _ := f.Get("A"); v != "3" {
 		t.Errorf("Get(A) = %q", v)
@@ -85,7 +85,7 @@ func TestEnvFileDuplicates(t *testing.T) {
 	if got := string(f.Bytes()); got != "# c\nB=2\nA=3\n" {
 		t.Errorf("after Set: %q", got)
 	}
-	f = sera.ParseEnvFile([]byte("A=1\nA=2\nB=0\nA=3\n"))
+	f = settings.ParseEnvFile([]byte("A=1\nA=2\nB=0\nA=3\n"))
 	if !f.Unset("A") || string(f.Bytes()) != "B=0\n" {
 		t.Errorf("Unset left %q", f.Bytes())
 	}
@@ -99,7 +99,7 @@ func TestEnvFileValuesRoundTrip(t *testing.T) {
 		"$HOME", "`cmd`", "ünïcödé", "=", "a b = c d",
 		"\v", "x\u00a0", "\u00a0x", "\u0085", "\fform",
 	}
-	f := &sera.EnvFile{}
+	f := &settings.EnvFile{}
 	for i, v := range values {
 		k := "K" + string(rune('A'+i))
 		f.Set(k, v)
@@ -115,7 +115,7 @@ func TestEnvFileValuesRoundTrip(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("env file mode %v, %v", fi.Mode(), err)
 	}
-	g, err := sera.ReadEnvFile(path)
+	g, err := settings.ReadEnvFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,14 +136,14 @@ func TestEnvFileLineBreakRefused(t *testing.T) {
 					t.Errorf("Set(%q) did not refuse the value", v)
 				}
 			}()
-			(&sera.EnvFile{}).Set("K", v)
+			(&settings.EnvFile{}).Set("K", v)
 		}()
 	}
 }
 
 func TestReadEnvFileMissing(t *testing.T) {
 	t.Parallel()
-	f, err := sera.ReadEnvFile(filepath.Join(t.TempDir(), "env"))
+	f, err := settings.ReadEnvFile(filepath.Join(t.TempDir(), "env"))
 	if !errors.Is(err, fs.ErrNotExist) || f == nil {
 		t.Fatalf("missing file: %v, %v", f, err)
 	}
