@@ -24,12 +24,13 @@ var importRules = []struct {
 	{"crypto", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"transport", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"transport/spool", []string{"transport"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"transport/sqs", []string{"transport"}, []string{"github.com/spf13/cobra"}},
+	{"transport/sqs", []string{"transport", "plan"}, []string{"github.com/spf13/cobra"}},
+	{"plan", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"safefile", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"", []string{"crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"settings", []string{"", "crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"install", []string{"", "crypto", "transport", "safefile", "settings"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings"}, nil},
+	{"install", []string{"", "crypto", "transport", "safefile", "settings", "plan"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan"}, nil},
 	{"hosttest", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 )
@@ -520,13 +521,13 @@ func fmtDuration(d time.Duration) string {
 // planAllow plans opening spec for d from now. An opening for the same
 // spec is extended, never duplicated and never shortened; a rule sera did
 // not add is recorded and left alone.
-func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Duration, by string) (plan, string) {
+func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Duration, by string) (plan.Plan, string) {
 	now := h.now()
 	want := expiryAfter(now, d)
 	cur := st.find(s)
 	rule := findRule(rules, s)
 	path := h.allowStatePath()
-	var p plan
+	var p plan.Plan
 
 	save := func(o *opening, then func(ctx context.Context) error) func(ctx context.Context) error {
 		return func(ctx context.Context) error {
@@ -562,13 +563,13 @@ func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Du
 				o.Expires = cur.Expires
 			}
 			if !cur.Owned && o.Expires.Equal(cur.Expires) {
-				return nil, fmt.Sprintf("%s is already allowed by a ufw rule sera did not add (left in place); recorded until %s (%s left); nothing was changed",
+				return plan.Plan{}, fmt.Sprintf("%s is already allowed by a ufw rule sera did not add (left in place); recorded until %s (%s left); nothing was changed",
 					s, cur.Expires.Format(time.RFC3339), formatLeft(cur.Expires.Sub(now)))
 			}
 		}
 		o.Owned = false
-		p.add(fmt.Sprintf("record opening %s (%s) until %s in %s, without a rule of its own", o.ID, s, o.Expires.Format(time.RFC3339), path), save(o, nil))
-		p.note(fmt.Sprintf("ufw already has a rule %s that sera did not add (comment %q): sera leaves it in place, also when the opening ends", s, rule.comment))
+		p.Add(fmt.Sprintf("record opening %s (%s) until %s in %s, without a rule of its own", o.ID, s, o.Expires.Format(time.RFC3339), path), save(o, nil))
+		p.Note("%s", fmt.Sprintf("ufw already has a rule %s that sera did not add (comment %q): sera leaves it in place, also when the opening ends", s, rule.comment))
 
 	case rule != nil:
 		// sera's rule: extend it. The id is the rule's (an opening whose
@@ -584,7 +585,7 @@ func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Du
 			o.Expires = until
 		}
 		if !o.Expires.Before(want) && cur != nil && cur.ID == id && cur.Owned && o.comment() == rule.comment {
-			return nil, fmt.Sprintf("%s is already open until %s (%s left); nothing was changed (sera never shortens an opening: close it with 'sera disallow')",
+			return plan.Plan{}, fmt.Sprintf("%s is already open until %s (%s left); nothing was changed (sera never shortens an opening: close it with 'sera disallow')",
 				s, o.Expires.Format(time.RFC3339), formatLeft(o.Expires.Sub(now)))
 		}
 		was := o.Expires
@@ -592,15 +593,15 @@ func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Du
 		o.Owned = true
 		argv := s.ufwArgv(false, o.comment())
 		if o.comment() != rule.comment {
-			p.add(strings.Join(quoteArgs(argv), " "), save(o, func(ctx context.Context) error {
+			p.Add(strings.Join(plan.Quote(argv), " "), save(o, func(ctx context.Context) error {
 				_, err := h.runner().Run(ctx, argv...)
 				return err
 			}))
 		} else {
-			p.add(fmt.Sprintf("record opening %s (%s) until %s in %s", o.ID, s, o.Expires.Format(time.RFC3339), path), save(o, nil))
+			p.Add(fmt.Sprintf("record opening %s (%s) until %s in %s", o.ID, s, o.Expires.Format(time.RFC3339), path), save(o, nil))
 		}
 		if was.Before(o.Expires) {
-			p.note(fmt.Sprintf("extends opening %s: open until %s (was until %s); sera closes it then", o.ID, o.Expires.Format(time.RFC3339), was.Format(time.RFC3339)))
+			p.Note("%s", fmt.Sprintf("extends opening %s: open until %s (was until %s); sera closes it then", o.ID, o.Expires.Format(time.RFC3339), was.Format(time.RFC3339)))
 		}
 
 	default:
@@ -615,11 +616,11 @@ func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Du
 		argv := s.ufwArgv(false, o.comment())
 		// Recorded before ufw runs: a crash in between leaves a record of
 		// a rule that is not there, never a rule without a record.
-		p.add(strings.Join(quoteArgs(argv), " "), save(o, func(ctx context.Context) error {
+		p.Add(strings.Join(plan.Quote(argv), " "), save(o, func(ctx context.Context) error {
 			_, err := h.runner().Run(ctx, argv...)
 			return err
 		}))
-		p.note(fmt.Sprintf("%s open until %s (for %s); sera closes it then (recorded in %s)",
+		p.Note("%s", fmt.Sprintf("%s open until %s (for %s); sera closes it then (recorded in %s)",
 			s, o.Expires.Format(time.RFC3339), formatLeft(o.Expires.Sub(now)), path))
 	}
 	return p, ""
@@ -635,7 +636,7 @@ func laterOf(a, b time.Time) time.Time {
 // planClose plans removing opening o (nil: an orphan rule of sera's with
 // no record), given ufw's rules: sera's rule goes only if ufw still has
 // it with the opening's id; otherwise only the record goes.
-func (h *Host) planClose(p *plan, st *allowState, o *opening, rule *ufwRule) {
+func (h *Host) planClose(p *plan.Plan, st *allowState, o *opening, rule *ufwRule) {
 	forget := func(ctx context.Context) error {
 		if o == nil {
 			return nil
@@ -644,12 +645,12 @@ func (h *Host) planClose(p *plan, st *allowState, o *opening, rule *ufwRule) {
 		return h.saveAllowState(st)
 	}
 	if o != nil && !o.Owned {
-		p.add(fmt.Sprintf("forget opening %s (%s): its rule is not sera's and stays in place", o.ID, o.spec()), forget)
+		p.Add(fmt.Sprintf("forget opening %s (%s): its rule is not sera's and stays in place", o.ID, o.spec()), forget)
 		return
 	}
 	if rule != nil && rule.seraID() != "" && (o == nil || rule.seraID() == o.ID) {
 		s, comment := rule.spec, rule.comment
-		p.add(strings.Join(quoteArgs(s.ufwArgv(true, comment)), " "), func(ctx context.Context) error {
+		p.Add(strings.Join(plan.Quote(s.ufwArgv(true, comment)), " "), func(ctx context.Context) error {
 			if err := h.ufwDelete(ctx, s, comment); err != nil {
 				return err
 			}
@@ -661,16 +662,16 @@ func (h *Host) planClose(p *plan, st *allowState, o *opening, rule *ufwRule) {
 	if rule != nil {
 		why = fmt.Sprintf("the rule in ufw is no longer sera's (comment %q) and stays in place", rule.comment)
 	}
-	p.add(fmt.Sprintf("forget opening %s (%s): %s", o.ID, o.spec(), why), forget)
+	p.Add(fmt.Sprintf("forget opening %s (%s): %s", o.ID, o.spec(), why), forget)
 }
 
 // planDisallow plans closing the openings from source (on port/proto if
 // given), and sera's rules from source that lost their record.
-func (h *Host) planDisallow(st *allowState, rules []ufwRule, source string, port int, proto string) (plan, string) {
+func (h *Host) planDisallow(st *allowState, rules []ufwRule, source string, port int, proto string) (plan.Plan, string) {
 	match := func(s allowSpec) bool {
 		return s.Source == source && (port == 0 || s.Port == port) && (proto == "" || s.Proto == proto)
 	}
-	var p plan
+	var p plan.Plan
 	for _, o := range st.Openings {
 		if match(o.spec()) {
 			h.planClose(&p, st, o, findRule(rules, o.spec()))
@@ -749,14 +750,14 @@ func (h *Host) closeExpired(ctx context.Context, all bool) ([]string, error) {
 		if o.Owned && !ufwOK {
 			continue // retried at the next pass
 		}
-		var p plan
+		var p plan.Plan
 		h.planClose(&p, st, o, findRule(rules, o.spec()))
-		for _, c := range p {
-			if err := c.apply(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("failed to close opening %s (%s): %s: %w", o.ID, o.spec(), c.desc, err))
+		for _, c := range p.Steps {
+			if err := c.Do(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("failed to close opening %s (%s): %s: %w", o.ID, o.spec(), c.Desc, err))
 				continue
 			}
-			done = append(done, fmt.Sprintf("opening %s (%s) expired at %s: %s", o.ID, o.spec(), o.Expires.Format(time.RFC3339), c.desc))
+			done = append(done, fmt.Sprintf("opening %s (%s) expired at %s: %s", o.ID, o.spec(), o.Expires.Format(time.RFC3339), c.Desc))
 		}
 	}
 	if ufwOK {
@@ -776,13 +777,13 @@ func (h *Host) closeExpired(ctx context.Context, all bool) ([]string, error) {
 				done = append(done, fmt.Sprintf("recorded again sera's rule %s with no record (comment %q)", r.spec, r.comment))
 				continue
 			}
-			var p plan
+			var p plan.Plan
 			h.planClose(&p, st, nil, r)
-			if err := p[0].apply(ctx); err != nil {
+			if err := p.Steps[0].Do(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("failed to delete expired rule %s: %w", r.spec, err))
 				continue
 			}
-			done = append(done, fmt.Sprintf("sera's rule %s with no record expired at %s: %s", r.spec, until.Format(time.RFC3339), p[0].desc))
+			done = append(done, fmt.Sprintf("sera's rule %s with no record expired at %s: %s", r.spec, until.Format(time.RFC3339), p.Steps[0].Desc))
 		}
 		if changed {
 			if err := h.saveAllowState(st); err != nil {
@@ -1128,7 +1129,7 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 				return err
 			}
 			p, noChange := h.planAllow(st, rules, s, d, callerName(t.caller))
-			return p.execute(ctx, out, dryRun, noChange)
+			return p.Execute(ctx, out, dryRun, noChange)
 		})
 	})
 }
@@ -1185,7 +1186,7 @@ does.`,
 				return err
 			}
 			p, noChange := h.planDisallow(st, rules, src, port, proto)
-			return p.execute(ctx, out, dryRun, noChange)
+			return p.Execute(ctx, out, dryRun, noChange)
 		})
 	})
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/install"
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/settings"
 )
 
@@ -126,7 +127,7 @@ func formatAudit(r sera.AuditRecord) string {
 	if who == "" {
 		who = "-"
 	}
-	what := strings.Join(quoteArgs(r.Argv), " ")
+	what := strings.Join(plan.Quote(r.Argv), " ")
 	switch {
 	case r.Rule != 0:
 		what = fmt.Sprintf("rule %d: %s", r.Rule, r.Reason)

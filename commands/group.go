@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/plan"
 	"github.com/spf13/cobra"
 )
 
@@ -122,34 +123,34 @@ nothing.`,
 			if err != nil {
 				return err
 			}
-			if len(p) > 0 {
+			if len(p.Steps) > 0 {
 				if err := h.guardGroupAdd(t.caller, db, args[0], gid, gidSet); err != nil {
 					return err
 				}
 			}
-			return p.execute(ctx, out, dryRun, noChange)
+			return p.Execute(ctx, out, dryRun, noChange)
 		})
 	})
 }
 
-func (h *Host) planGroupAdd(db *accountDB, name string, gid int, gidSet bool) (plan, string, error) {
+func (h *Host) planGroupAdd(db *accountDB, name string, gid int, gidSet bool) (plan.Plan, string, error) {
 	if gidSet && !db.managedGID(gid) {
-		return nil, "", fmt.Errorf("refusing --gid %d: outside this host's regular range %d..%d (GID_MIN..GID_MAX); nothing was changed",
+		return plan.Plan{}, "", fmt.Errorf("refusing --gid %d: outside this host's regular range %d..%d (GID_MIN..GID_MAX); nothing was changed",
 			gid, db.defs.GIDMin, db.defs.GIDMax)
 	}
 	if g := db.group(name); g != nil {
 		if !db.managedGID(g.GID) {
-			return nil, "", fmt.Errorf("refusing group %s: it is a system group (gid %d, outside %d..%d); nothing was changed",
+			return plan.Plan{}, "", fmt.Errorf("refusing group %s: it is a system group (gid %d, outside %d..%d); nothing was changed",
 				name, g.GID, db.defs.GIDMin, db.defs.GIDMax)
 		}
 		if gidSet && g.GID != gid {
-			return nil, "", fmt.Errorf("group %s exists with gid %d, not %d; sera does not renumber groups (nothing was changed)", name, g.GID, gid)
+			return plan.Plan{}, "", fmt.Errorf("group %s exists with gid %d, not %d; sera does not renumber groups (nothing was changed)", name, g.GID, gid)
 		}
-		return nil, fmt.Sprintf("group %s already present (gid %d)", name, g.GID), nil
+		return plan.Plan{}, fmt.Sprintf("group %s already present (gid %d)", name, g.GID), nil
 	}
 	if gidSet {
 		if other := db.groupByGID(gid); other != nil {
-			return nil, "", fmt.Errorf("gid %d is already used by group %s; nothing was changed", gid, other.Name)
+			return plan.Plan{}, "", fmt.Errorf("gid %d is already used by group %s; nothing was changed", gid, other.Name)
 		}
 	}
 	argv := []string{"groupadd"}
@@ -157,12 +158,12 @@ func (h *Host) planGroupAdd(db *accountDB, name string, gid int, gidSet bool) (p
 		argv = append(argv, "--gid", strconv.Itoa(gid))
 	}
 	argv = append(argv, "--", name)
-	var p plan
-	p.run(h, argv...)
+	var p plan.Plan
+	p.Run(h.runner(), argv...)
 	// A drop-in left by a group of the same name, deleted behind sera's
 	// back, gives the new group sudo at once: say so.
 	if h.sudoersPresent(name) {
-		p.note(fmt.Sprintf("%s grants sudo to the members of %s (remove it with 'sera sudo revoke %s')", sudoersPath(name), name, name))
+		p.Note("%s", fmt.Sprintf("%s grants sudo to the members of %s (remove it with 'sera sudo revoke %s')", sudoersPath(name), name, name))
 	}
 	return p, "", nil
 }
@@ -195,7 +196,7 @@ the same name does not inherit sudo.`,
 				return err
 			}
 			// Deleting a group changes the groups of every member.
-			if g := db.group(args[0]); g != nil && len(p) > 0 {
+			if g := db.group(args[0]); g != nil && len(p.Steps) > 0 {
 				for _, name := range g.Members {
 					if u := db.user(name); u != nil {
 						if err := h.guardAccount(t.caller, db, "delete group "+args[0], db.current(u)); err != nil {
@@ -204,17 +205,17 @@ the same name does not inherit sudo.`,
 					}
 				}
 			}
-			return p.execute(ctx, out, dryRun, noChange)
+			return p.Execute(ctx, out, dryRun, noChange)
 		})
 	})
 }
 
-func (h *Host) planGroupDel(db *accountDB, name string) (plan, string, error) {
-	var p plan
+func (h *Host) planGroupDel(db *accountDB, name string) (plan.Plan, string, error) {
+	var p plan.Plan
 	g := db.group(name)
 	if g != nil {
 		if _, err := db.manageableGroup(name); err != nil {
-			return nil, "", fmt.Errorf("%w; nothing was changed", err)
+			return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
 		}
 		var primaryOf []string
 		for _, u := range db.users {
@@ -223,17 +224,17 @@ func (h *Host) planGroupDel(db *accountDB, name string) (plan, string, error) {
 			}
 		}
 		if len(primaryOf) > 0 {
-			return nil, "", fmt.Errorf("refusing to delete group %s: it is the primary group of user %s (delete the user or change its group first); nothing was changed",
+			return plan.Plan{}, "", fmt.Errorf("refusing to delete group %s: it is the primary group of user %s (delete the user or change its group first); nothing was changed",
 				name, strings.Join(primaryOf, ", "))
 		}
 	}
 	// Revoke first: if groupdel then fails, the group has lost sudo, the
 	// safe way round.
 	if err := h.planSudoRevoke(&p, name); err != nil {
-		return nil, "", err
+		return plan.Plan{}, "", err
 	}
 	if g != nil {
-		p.run(h, "groupdel", "--", name)
+		p.Run(h.runner(), "groupdel", "--", name)
 	}
 	return p, "group " + name + " already absent", nil
 }
@@ -293,15 +294,15 @@ group are left as they are. A user's primary group is not changed.`
 					return err
 				}
 			}
-			return p.execute(ctx, out, dryRun, noChange)
+			return p.Execute(ctx, out, dryRun, noChange)
 		})
 	})
 }
 
-func (h *Host) planGroupMembers(db *accountDB, add bool, name string, users []string) (plan, string, error) {
+func (h *Host) planGroupMembers(db *accountDB, add bool, name string, users []string) (plan.Plan, string, error) {
 	g, err := db.manageableGroup(name)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w; nothing was changed", err)
+		return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
 	}
 	users = dedupe(users)
 	var problems []string
@@ -317,17 +318,17 @@ func (h *Host) planGroupMembers(db *accountDB, add bool, name string, users []st
 		}
 	}
 	if len(problems) > 0 {
-		return nil, "", fmt.Errorf("%s; nothing was changed", strings.Join(problems, "; "))
+		return plan.Plan{}, "", fmt.Errorf("%s; nothing was changed", strings.Join(problems, "; "))
 	}
-	var p plan
+	var p plan.Plan
 	var unchanged []string
 	for _, u := range users {
 		member := slices.Contains(g.Members, u)
 		switch {
 		case add && !member:
-			p.run(h, "gpasswd", "-a", u, "--", name)
+			p.Run(h.runner(), "gpasswd", "-a", u, "--", name)
 		case !add && member:
-			p.run(h, "gpasswd", "-d", u, "--", name)
+			p.Run(h.runner(), "gpasswd", "-d", u, "--", name)
 		default:
 			unchanged = append(unchanged, u)
 		}

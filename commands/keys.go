@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/plan"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
@@ -232,13 +233,13 @@ func (h *Host) loadKeys(u *passwdEntry) (*authorizedKeys, error) {
 }
 
 // planKeys adds the write of ak to p when it differs from what is on disk.
-func (h *Host) planKeys(p *plan, u *passwdEntry, before, ak *authorizedKeys, what string) {
+func (h *Host) planKeys(p *plan.Plan, u *passwdEntry, before, ak *authorizedKeys, what string) {
 	data := ak.bytes()
 	if bytes.Equal(before.bytes(), data) {
 		return
 	}
 	path := u.Home + "/.ssh/authorized_keys"
-	p.add(fmt.Sprintf("write %s (0600 %s): %s", path, u.Name, what), func(ctx context.Context) error {
+	p.Add(fmt.Sprintf("write %s (0600 %s): %s", path, u.Name, what), func(ctx context.Context) error {
 		d, err := openUserDir(h.path(u.Home), u.UID, u.GID, 0o700, true, ".ssh")
 		if err != nil {
 			return err
@@ -535,10 +536,10 @@ func (h *Host) withUserKeys(ctx context.Context, who *sera.KnownClient, out io.W
 			return err
 		}
 	}
-	var p plan
+	var p plan.Plan
 	if h.lockedBySera(db, u) && disableNewKeys(before, ak) {
-		p.note(user + " is locked: the new keys are added disabled; 'sera user unlock " + user + "' enables them")
+		p.Note("%s", user+" is locked: the new keys are added disabled; 'sera user unlock "+user+"' enables them")
 	}
 	h.planKeys(&p, u, before, ak, strings.Join(did, "; "))
-	return p.execute(ctx, out, dryRun, "keys of "+user+": no change")
+	return p.Execute(ctx, out, dryRun, "keys of "+user+": no change")
 }

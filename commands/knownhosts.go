@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 )
@@ -599,7 +600,7 @@ func (k *knownHostsPath) edit(ctx context.Context, out, errOut io.Writer, dryRun
 	for _, w := range after.outsideWarnings(k.show) {
 		fmt.Fprintf(errOut, "warning: %s\n", w)
 	}
-	var p plan
+	var p plan.Plan
 	data := after.bytes()
 	if !bytes.Equal(before.bytes(), data) {
 		changes := diffHosts(before.hosts, after.hosts)
@@ -612,7 +613,7 @@ func (k *knownHostsPath) edit(ctx context.Context, out, errOut io.Writer, dryRun
 		} else if k.keepMode {
 			newMode = mode
 		}
-		p.add(fmt.Sprintf("%s %s (%04o): %s", verb, k.show, newMode, strings.Join(changes, "; ")), func(context.Context) error {
+		p.Add(fmt.Sprintf("%s %s (%04o): %s", verb, k.show, newMode, strings.Join(changes, "; ")), func(context.Context) error {
 			cur, _, err := k.read()
 			if err != nil {
 				return err
@@ -626,7 +627,7 @@ func (k *knownHostsPath) edit(ctx context.Context, out, errOut io.Writer, dryRun
 			return safefile.WriteAtomic(k.path, data, newMode)
 		})
 	}
-	return p.execute(ctx, out, dryRun, noChange)
+	return p.Execute(ctx, out, dryRun, noChange)
 }
 
 // known-hosts sync, the client side.

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
@@ -97,28 +98,11 @@ func provisionErr(err error) error {
 	}
 }
 
-// toPlan turns a provisioning plan into the commands' plan.
-func toPlan(pl *sqs.Plan) plan {
-	var p plan
-	for _, s := range pl.Steps {
-		p.add(s.Desc, s.Apply)
-	}
-	return p
-}
-
-// runPlan prints what was found, then executes (or with dryRun prints) p,
-// then prints pl's notes.
-func (o *Options) runPlan(ctx context.Context, pl *sqs.Plan, p plan, found []string, dryRun bool, noChange string) error {
-	for _, f := range append(slices.Clone(pl.Found), found...) {
-		fmt.Fprintf(o.Stdout, "unchanged: %s\n", f)
-	}
-	if err := p.execute(ctx, o.Stdout, dryRun, noChange); err != nil {
-		return err
-	}
-	for _, n := range pl.Notes {
-		fmt.Fprintf(o.Stdout, "note: %s\n", n)
-	}
-	return nil
+// runPlan executes (or with dryRun prints) p, after what was found as
+// wanted outside it.
+func (o *Options) runPlan(ctx context.Context, p plan.Plan, found []string, dryRun bool, noChange string) error {
+	p.Found = append(p.Found, found...)
+	return p.Execute(ctx, o.Stdout, dryRun, noChange)
 }
 
 func newProvisionCmd(o *Options) *cobra.Command {
@@ -153,7 +137,7 @@ func newProvisionCmd(o *Options) *cobra.Command {
 			if err != nil {
 				return provisionErr(err)
 			}
-			return o.runPlan(ctx, pl, toPlan(pl), nil, f.dryRun,
+			return o.runPlan(ctx, pl.Plan, nil, f.dryRun,
 				fmt.Sprintf("nothing to change: the IAM groups, their policies and topic %s are in place in %s", sqs.AllTopic(p.Prefix), p.Account.Region))
 		},
 	}
@@ -192,7 +176,7 @@ func configSetLine(kvs [][2]string) string {
 	for _, kv := range kvs {
 		argv = append(argv, kv[0]+"="+kv[1])
 	}
-	return strings.Join(quoteArgs(argv), " ")
+	return strings.Join(plan.Quote(argv), " ")
 }
 
 // checkEnvOut refuses an --env-out path that cannot be written, before
@@ -304,13 +288,13 @@ NAME' replaces a lost one.
 			if err != nil {
 				return provisionErr(err)
 			}
-			steps := toPlan(pl)
+			steps := pl.Plan
 			var found []string
 			cur := kw.ByName(name)
 			if cur != nil && cur.Key.Equal(key) && slices.Equal(cur.Groups, groups) {
 				found = append(found, fmt.Sprintf("%s in %s", name, cfg.KnownWatchersFile()))
 			} else {
-				steps.add(fmt.Sprintf("add watcher %s (%s) groups=%s to %s", name, key.Fingerprint(), strings.Join(groups, ","), cfg.KnownWatchersFile()),
+				steps.Add(fmt.Sprintf("add watcher %s (%s) groups=%s to %s", name, key.Fingerprint(), strings.Join(groups, ","), cfg.KnownWatchersFile()),
 					func(context.Context) error {
 						return updateKnownWatchers(o.quiet(), func(kw *sera.KnownWatchers) (string, error) {
 							w := &sera.KnownWatcher{Name: name, Key: key, Groups: groups}
@@ -324,7 +308,7 @@ NAME' replaces a lost one.
 						})
 					})
 			}
-			if err := o.runPlan(ctx, pl, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
+			if err := o.runPlan(ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
 				return err
 			}
 			if len(pl.Keys) > 0 {
@@ -394,19 +378,19 @@ them. AWS lets a deleted queue's name be used again after 60 seconds.
 			if err != nil {
 				return provisionErr(err)
 			}
-			steps := toPlan(pl)
+			steps := pl.Plan
 			var found []string
 			if kw.ByName(name) == nil {
 				found = append(found, fmt.Sprintf("%s absent from %s", name, cfg.KnownWatchersFile()))
 			} else {
-				steps.add(fmt.Sprintf("remove watcher %s from %s", name, cfg.KnownWatchersFile()), func(context.Context) error {
+				steps.Add(fmt.Sprintf("remove watcher %s from %s", name, cfg.KnownWatchersFile()), func(context.Context) error {
 					return updateKnownWatchers(o.quiet(), func(kw *sera.KnownWatchers) (string, error) {
 						kw.Watchers = slices.DeleteFunc(kw.Watchers, func(w *sera.KnownWatcher) bool { return w.Name == name })
 						return "", nil
 					})
 				})
 			}
-			return o.runPlan(ctx, pl, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is not registered", name))
+			return o.runPlan(ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is not registered", name))
 		},
 	}
 	f.add(c)
@@ -476,7 +460,7 @@ as 'sera config set' lines or, with --env-out, written to FILE (mode 0600).
 			if err != nil {
 				return rotateErr(err, "sera watcher rotate-key "+name)
 			}
-			return o.runPlan(ctx, pl, toPlan(pl), nil, f.dryRun, fmt.Sprintf("nothing to change: watcher %s has one access key", name))
+			return o.runPlan(ctx, pl.Plan, nil, f.dryRun, fmt.Sprintf("nothing to change: watcher %s has one access key", name))
 		},
 	}
 	f.add(c)
@@ -563,7 +547,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 				return provisionErr(err)
 			}
 			var found []string
-			steps := toPlan(pl)
+			steps := pl.Plan
 			lacking := false
 			if len(pl.Keys) > 0 {
 				ids := make([]string, len(pl.Keys))
@@ -583,7 +567,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 					lacking = true
 				}
 			}
-			if err := o.runPlan(ctx, pl, steps, found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
+			if err := o.runPlan(ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
 				return err
 			}
 			if lacking {
@@ -601,7 +585,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 
 // planFanoutSettings adds a step that writes the fan-out settings to the
 // client's env file when the file lacks them, or says they are there.
-func (o *Options) planFanoutSettings(cfg *settings.Config, p *sqs.Provisioner, steps *plan) (found []string, err error) {
+func (o *Options) planFanoutSettings(cfg *settings.Config, p *sqs.Provisioner, steps *plan.Plan) (found []string, err error) {
 	file, err := settings.ReadEnvFile(cfg.EnvFile)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
@@ -618,7 +602,7 @@ func (o *Options) planFanoutSettings(cfg *settings.Config, p *sqs.Provisioner, s
 	if same {
 		return []string{fmt.Sprintf("%s in %s", strings.Join(kv, " "), cfg.EnvFile)}, nil
 	}
-	steps.add(fmt.Sprintf("write %s to %s", strings.Join(kv, " "), cfg.EnvFile), func(context.Context) error {
+	steps.Add(fmt.Sprintf("write %s to %s", strings.Join(kv, " "), cfg.EnvFile), func(context.Context) error {
 		if err := safefile.MkdirPrivate(cfg.Home); err != nil {
 			return err
 		}
@@ -652,7 +636,7 @@ settings ($SERA_HOME/env, mode 0600).
 			if err != nil {
 				return rotateErr(err, "sera client rotate-key")
 			}
-			return o.runPlan(ctx, pl, toPlan(pl), nil, f.dryRun, "nothing to change: this client has one access key")
+			return o.runPlan(ctx, pl.Plan, nil, f.dryRun, "nothing to change: this client has one access key")
 		},
 	}
 	f.add(c)

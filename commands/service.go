@@ -1,10 +1,8 @@
 package commands
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -73,7 +71,7 @@ Run it as root. A second run changes nothing and says so.`,
 			if err != nil {
 				return err
 			}
-			return runPlan(c.Context(), o.Stdout, p, dryRun, "nothing to do")
+			return p.Execute(c.Context(), o.Stdout, dryRun, "nothing to do")
 		},
 	}
 	addDryRun(c, &dryRun)
@@ -102,31 +100,9 @@ is removed with the package (apt remove sera).`,
 			if err != nil {
 				return err
 			}
-			return runPlan(c.Context(), o.Stdout, p, dryRun, install.UnitName+" is not installed; nothing to do")
+			return p.Execute(c.Context(), o.Stdout, dryRun, install.UnitName+" is not installed; nothing to do")
 		},
 	}
 	addDryRun(c, &dryRun)
 	return c
-}
-
-// runPlan shows and applies an install plan like a host command's plan:
-// "would:" lines with --dry-run, "done:" lines as it goes, "note:" lines
-// for what is not done.
-func runPlan(ctx context.Context, out io.Writer, p install.Plan, dryRun bool, nothing string) error {
-	if !p.Changes() {
-		for _, s := range p {
-			fmt.Fprintf(out, "note: %s\n", s.Desc)
-		}
-		_, err := fmt.Fprintln(out, nothing)
-		return err
-	}
-	var pl plan
-	for _, s := range p {
-		if s.Do == nil {
-			pl.note(s.Desc)
-		} else {
-			pl.add(s.Desc, s.Do)
-		}
-	}
-	return pl.execute(ctx, out, dryRun, nothing)
 }

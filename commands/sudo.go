@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 )
 
@@ -110,35 +111,35 @@ func (t *hostTree) sudoGrantCmd() *cobra.Command {
 				return err
 			}
 			h.warnNoIncludedir(errOut)
-			return p.execute(ctx, out, dryRun, noChange)
+			return p.Execute(ctx, out, dryRun, noChange)
 		})
 	})
 }
 
-func (h *Host) planSudoGrant(db *accountDB, name string, nopasswd bool) (plan, string, error) {
+func (h *Host) planSudoGrant(db *accountDB, name string, nopasswd bool) (plan.Plan, string, error) {
 	if db.group(name) == nil {
-		return nil, "", fmt.Errorf("no group %s on this host (create it with 'sera group add %s'); nothing was changed", name, name)
+		return plan.Plan{}, "", fmt.Errorf("no group %s on this host (create it with 'sera group add %s'); nothing was changed", name, name)
 	}
 	if _, err := db.manageableGroup(name); err != nil {
-		return nil, "", fmt.Errorf("%w; nothing was changed", err)
+		return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
 	}
 	if fi, err := os.Lstat(h.path(sudoersDir)); err != nil {
-		return nil, "", fmt.Errorf("no directory %s on this host (is sudo installed?); nothing was changed", sudoersDir)
+		return plan.Plan{}, "", fmt.Errorf("no directory %s on this host (is sudo installed?); nothing was changed", sudoersDir)
 	} else if fi.Mode()&fs.ModeSymlink != 0 {
-		return nil, "", fmt.Errorf("refusing %s: %w; nothing was changed", sudoersDir, safefile.ErrSymlink)
+		return plan.Plan{}, "", fmt.Errorf("refusing %s: %w; nothing was changed", sudoersDir, safefile.ErrSymlink)
 	} else if !fi.IsDir() {
-		return nil, "", fmt.Errorf("refusing %s: not a directory; nothing was changed", sudoersDir)
+		return plan.Plan{}, "", fmt.Errorf("refusing %s: not a directory; nothing was changed", sudoersDir)
 	}
 	cur, err := h.readSudoers(name)
 	if err != nil {
-		return nil, "", err
+		return plan.Plan{}, "", err
 	}
 	want := sudoersContent(name, nopasswd)
 	if bytes.Equal(cur, want) {
-		return nil, fmt.Sprintf("sudo for group %s already granted (%s: %s)", name, sudoersPath(name), sudoersRule(name, nopasswd)), nil
+		return plan.Plan{}, fmt.Sprintf("sudo for group %s already granted (%s: %s)", name, sudoersPath(name), sudoersRule(name, nopasswd)), nil
 	}
-	var p plan
-	p.add(fmt.Sprintf("write %s (%04o): %s", sudoersPath(name), sudoersMode, sudoersRule(name, nopasswd)), func(ctx context.Context) error {
+	var p plan.Plan
+	p.Add(fmt.Sprintf("write %s (%04o): %s", sudoersPath(name), sudoersMode, sudoersRule(name, nopasswd)), func(ctx context.Context) error {
 		return h.writeSudoers(ctx, name, want)
 	})
 	return p, "", nil
@@ -234,27 +235,27 @@ from anywhere else, are left alone.`,
 			if err != nil {
 				return err
 			}
-			return p.execute(ctx, out, dryRun, noChange)
+			return p.Execute(ctx, out, dryRun, noChange)
 		})
 	})
 }
 
-func (h *Host) planSudoRevokeCmd(db *accountDB, name string) (plan, string, error) {
+func (h *Host) planSudoRevokeCmd(db *accountDB, name string) (plan.Plan, string, error) {
 	// A group that is gone may still have its drop-in removed; a system
 	// group never had one from sera.
 	if g := db.group(name); g != nil && !db.managedGID(g.GID) {
-		return nil, "", fmt.Errorf("refusing sudo for %s: it is a system group (gid %d, outside %d..%d) whose sudo sera does not manage; nothing was changed",
+		return plan.Plan{}, "", fmt.Errorf("refusing sudo for %s: it is a system group (gid %d, outside %d..%d) whose sudo sera does not manage; nothing was changed",
 			name, g.GID, db.defs.GIDMin, db.defs.GIDMax)
 	}
-	var p plan
+	var p plan.Plan
 	if err := h.planSudoRevoke(&p, name); err != nil {
-		return nil, "", err
+		return plan.Plan{}, "", err
 	}
 	return p, fmt.Sprintf("sudo for group %s already revoked (no %s)", name, sudoersPath(name)), nil
 }
 
 // planSudoRevoke adds the removal of name's drop-in to p, if there is one.
-func (h *Host) planSudoRevoke(p *plan, name string) error {
+func (h *Host) planSudoRevoke(p *plan.Plan, name string) error {
 	file := h.path(sudoersPath(name))
 	fi, err := os.Lstat(file)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -266,7 +267,7 @@ func (h *Host) planSudoRevoke(p *plan, name string) error {
 	if fi.IsDir() {
 		return fmt.Errorf("refusing %s: a directory, not a drop-in sera wrote; nothing was changed", sudoersPath(name))
 	}
-	p.add("remove "+sudoersPath(name), func(context.Context) error {
+	p.Add("remove "+sudoersPath(name), func(context.Context) error {
 		if err := os.Remove(file); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}

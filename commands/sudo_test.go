@@ -223,7 +223,7 @@ func TestSudoGrantVisudoFails(t *testing.T) {
 			}
 			for _, want := range []string{
 				"failed to write /etc/sudoers.d/sera-ops (0440): %ops ALL=(ALL:ALL) NOPASSWD: ALL: visudo rejected the new drop-in, which was not installed",
-				":4:1: syntax error", "(nothing was changed)",
+				":4:1: syntax error", "; nothing was changed",
 			} {
 				if !strings.Contains(string(res.Stderr), want) {
 					t.Errorf("stderr %q, want %q", res.Stderr, want)

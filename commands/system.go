@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,95 +95,6 @@ func (ExecRunner) RunInput(ctx context.Context, stdin []byte, argv ...string) ([
 		return stdout.Bytes(), fmt.Errorf("%s failed: %w: %s", argv[0], err, msg)
 	}
 	return stdout.Bytes(), nil
-}
-
-// change is one step of a plan: what it does, said before it is done, and
-// how to do it.
-type change struct {
-	desc  string
-	apply func(ctx context.Context) error
-}
-
-// plan is the list of changes a command would make. Commands build it
-// from the host's state before touching anything, so --dry-run shows
-// exactly what a real run does, a bad input fails before any change, and
-// an empty plan means "already so".
-type plan []change
-
-func (p *plan) add(desc string, apply func(ctx context.Context) error) {
-	*p = append(*p, change{desc: desc, apply: apply})
-}
-
-// note adds a line that is shown, not done: a consequence the admin
-// should know of.
-func (p *plan) note(desc string) {
-	*p = append(*p, change{desc: desc})
-}
-
-// run is the argv form of add.
-func (p *plan) run(h *Host, argv ...string) {
-	p.add(strings.Join(quoteArgs(argv), " "), func(ctx context.Context) error {
-		_, err := h.runner().Run(ctx, argv...)
-		return err
-	})
-}
-
-// execute prints and applies the plan, or with dryRun only prints it.
-// noChange is printed when the plan is empty. On a failure it says which
-// steps were done, so the admin knows what state the host is in.
-func (p plan) execute(ctx context.Context, out io.Writer, dryRun bool, noChange string) error {
-	if len(p) == 0 {
-		_, err := fmt.Fprintln(out, noChange)
-		return err
-	}
-	if dryRun {
-		for _, c := range p {
-			if c.apply == nil {
-				fmt.Fprintf(out, "note: %s\n", c.desc)
-				continue
-			}
-			fmt.Fprintf(out, "would: %s\n", c.desc)
-		}
-		return nil
-	}
-	for i, c := range p {
-		if c.apply == nil {
-			fmt.Fprintf(out, "note: %s\n", c.desc)
-			continue
-		}
-		if err := c.apply(ctx); err != nil {
-			if i == 0 {
-				return fmt.Errorf("failed to %s: %w (nothing was changed)", c.desc, err)
-			}
-			return fmt.Errorf("failed to %s: %w (done before it: %s)", c.desc, err, describe(p[:i]))
-		}
-		fmt.Fprintf(out, "done: %s\n", c.desc)
-	}
-	return nil
-}
-
-func describe(p plan) string {
-	var d []string
-	for _, c := range p {
-		if c.apply != nil {
-			d = append(d, c.desc)
-		}
-	}
-	return strings.Join(d, "; ")
-}
-
-// quoteArgs shows argv unambiguously for people (it is never run by a
-// shell).
-func quoteArgs(argv []string) []string {
-	out := make([]string, len(argv))
-	for i, a := range argv {
-		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`;&|<>*?") {
-			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		} else {
-			out[i] = a
-		}
-	}
-	return out
 }
 
 // path maps an absolute host path into the host's root ("/" in

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 )
 
@@ -136,26 +137,26 @@ only groups managed by sera (system groups such as sudo are kept, and said so).`
 		if err != nil {
 			return err
 		}
-		return p.execute(ctx, out, o.dryRun, noChange)
+		return p.Execute(ctx, out, o.dryRun, noChange)
 	})
 }
 
-func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (plan, string, error) {
+func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (plan.Plan, string, error) {
 	changed := c.Flags().Changed
 	db, err := h.loadAccounts()
 	if err != nil {
-		return nil, "", err
+		return plan.Plan{}, "", err
 	}
 	if changed("uid") && !db.managedUID(o.uid) {
-		return nil, "", fmt.Errorf("refusing --uid %d: outside this host's regular range %d..%d; nothing was changed", o.uid, db.defs.UIDMin, db.defs.UIDMax)
+		return plan.Plan{}, "", fmt.Errorf("refusing --uid %d: outside this host's regular range %d..%d; nothing was changed", o.uid, db.defs.UIDMin, db.defs.UIDMax)
 	}
 	var primary *groupEntry
 	if changed("gid") {
 		if !db.managedGID(o.gid) {
-			return nil, "", fmt.Errorf("refusing --gid %d: outside this host's regular range %d..%d; nothing was changed", o.gid, db.defs.GIDMin, db.defs.GIDMax)
+			return plan.Plan{}, "", fmt.Errorf("refusing --gid %d: outside this host's regular range %d..%d; nothing was changed", o.gid, db.defs.GIDMin, db.defs.GIDMax)
 		}
 		if primary = db.groupByGID(o.gid); primary == nil {
-			return nil, "", fmt.Errorf("no group with gid %d on this host (create it with 'sera group add'); nothing was changed", o.gid)
+			return plan.Plan{}, "", fmt.Errorf("no group with gid %d on this host (create it with 'sera group add'); nothing was changed", o.gid)
 		}
 	}
 	groups := splitAll(o.groups)
@@ -164,12 +165,12 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 	}
 	for _, g := range groups {
 		if _, err := db.manageableGroup(g); err != nil {
-			return nil, "", fmt.Errorf("%w; nothing was changed", err)
+			return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
 		}
 	}
 	if changed("shell") {
 		if err := h.checkShell(o.shell); err != nil {
-			return nil, "", err
+			return plan.Plan{}, "", err
 		}
 	}
 	var keys []*authKey
@@ -183,14 +184,14 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 		return h.planNewUser(db, o, name, changed, groups, keys)
 	}
 	if !db.managedUID(u.UID) {
-		return nil, "", fmt.Errorf("refusing user %s: uid %d is a system account; nothing was changed", name, u.UID)
+		return plan.Plan{}, "", fmt.Errorf("refusing user %s: uid %d is a system account; nothing was changed", name, u.UID)
 	}
 
 	// An existing user: what differs?
 	var diffs, argv []string
 	if changed("uid") && u.UID != o.uid {
 		if other := db.userByUID(o.uid); other != nil {
-			return nil, "", fmt.Errorf("uid %d is already used by %s; nothing was changed", o.uid, other.Name)
+			return plan.Plan{}, "", fmt.Errorf("uid %d is already used by %s; nothing was changed", o.uid, other.Name)
 		}
 		diffs = append(diffs, fmt.Sprintf("uid %d (want %d)", u.UID, o.uid))
 		argv = append(argv, "--uid", strconv.Itoa(o.uid))
@@ -241,7 +242,7 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 	}
 	before, err := h.loadKeys(u)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w; nothing was changed", err)
+		return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
 	}
 	after := clone(before)
 	var newKeys []string
@@ -255,30 +256,30 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 		diffs = append(diffs, fmt.Sprintf("%d key(s) missing", len(newKeys)))
 	}
 	if len(diffs) == 0 {
-		return nil, "user " + name + " already present", nil
+		return plan.Plan{}, "user " + name + " already present", nil
 	}
 	if !o.update {
-		return nil, "", fmt.Errorf("user %s exists with other attributes: %s; pass --update to change them (nothing was changed)", name, strings.Join(diffs, ", "))
+		return plan.Plan{}, "", fmt.Errorf("user %s exists with other attributes: %s; pass --update to change them (nothing was changed)", name, strings.Join(diffs, ", "))
 	}
-	var p plan
+	var p plan.Plan
 	if len(argv) > 0 {
 		full := append(append([]string{"usermod"}, argv...), "--", name)
-		desc := quoteArgs(full)
-		p.add(strings.Join(desc, " "), func(ctx context.Context) error {
+		desc := plan.Quote(full)
+		p.Add(strings.Join(desc, " "), func(ctx context.Context) error {
 			_, err := h.runner().Run(ctx, full...)
 			return err
 		})
 		if len(kept) > 0 {
-			p.note("kept system groups " + strings.Join(kept, ",") + " (not managed by sera)")
+			p.Note("%s", "kept system groups "+strings.Join(kept, ",")+" (not managed by sera)")
 		}
 	}
 	if setHash {
-		p.add("chpasswd --encrypted (the hash of "+name+" on its standard input)", func(ctx context.Context) error {
+		p.Add("chpasswd --encrypted (the hash of "+name+" on its standard input)", func(ctx context.Context) error {
 			return h.setPasswordHash(ctx, name, o.passwordHash)
 		})
 	}
 	if h.lockedBySera(db, u) && disableNewKeys(before, after) {
-		p.note(name + " is locked: the new keys are added disabled; 'sera user unlock " + name + "' enables them")
+		p.Note("%s", name+" is locked: the new keys are added disabled; 'sera user unlock "+name+"' enables them")
 	}
 	h.planKeys(&p, u, before, after, strings.Join(newKeys, "; "))
 	return p, "", nil
@@ -332,14 +333,14 @@ func (h *Host) guardUserAdd(who *sera.KnownClient, c *cobra.Command, o *userAddO
 	return h.guardAccount(who, db, "update user "+name, cur, after)
 }
 
-func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, changed func(string) bool, groups []string, keys []*authKey) (plan, string, error) {
+func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, changed func(string) bool, groups []string, keys []*authKey) (plan.Plan, string, error) {
 	if changed("uid") {
 		if other := db.userByUID(o.uid); other != nil {
-			return nil, "", fmt.Errorf("uid %d is already used by %s; nothing was changed", o.uid, other.Name)
+			return plan.Plan{}, "", fmt.Errorf("uid %d is already used by %s; nothing was changed", o.uid, other.Name)
 		}
 	}
 	if !changed("gid") && db.group(name) != nil {
-		return nil, "", fmt.Errorf("a group called %s already exists; pass --gid to make it the user's primary group (nothing was changed)", name)
+		return plan.Plan{}, "", fmt.Errorf("a group called %s already exists; pass --gid to make it the user's primary group (nothing was changed)", name)
 	}
 	argv := []string{"useradd", "--create-home"}
 	if changed("uid") {
@@ -358,13 +359,13 @@ func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, change
 		argv = append(argv, "--comment", o.comment)
 	}
 	argv = append(argv, "--", name)
-	var p plan
-	p.add(strings.Join(quoteArgs(argv), " "), func(ctx context.Context) error {
+	var p plan.Plan
+	p.Add(strings.Join(plan.Quote(argv), " "), func(ctx context.Context) error {
 		_, err := h.runner().Run(ctx, argv...)
 		return err
 	})
 	if changed("password-hash") {
-		p.add("chpasswd --encrypted (the hash of "+name+" on its standard input)", func(ctx context.Context) error {
+		p.Add("chpasswd --encrypted (the hash of "+name+" on its standard input)", func(ctx context.Context) error {
 			return h.setPasswordHash(ctx, name, o.passwordHash)
 		})
 	}
@@ -378,7 +379,7 @@ func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, change
 			}
 		}
 		// The user exists only once useradd ran: look it up then.
-		p.add(fmt.Sprintf("write ~%s/.ssh/authorized_keys (0600 %s): %s", name, name, strings.Join(what, "; ")), func(ctx context.Context) error {
+		p.Add(fmt.Sprintf("write ~%s/.ssh/authorized_keys (0600 %s): %s", name, name, strings.Join(what, "; ")), func(ctx context.Context) error {
 			db, err := h.loadAccounts()
 			if err != nil {
 				return err
@@ -393,10 +394,10 @@ func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, change
 			}
 			after := clone(before)
 			after.managed = ak.managed
-			var wp plan
+			var wp plan.Plan
 			h.planKeys(&wp, u, before, after, "")
-			for _, c := range wp {
-				if err := c.apply(ctx); err != nil {
+			for _, c := range wp.Steps {
+				if err := c.Do(ctx); err != nil {
 					return err
 				}
 			}
@@ -496,7 +497,7 @@ exactly what lock did.`,
 				return err
 			}
 		}
-		var p plan
+		var p plan.Plan
 		var noChange string
 		if lock {
 			p, err = h.planLock(ctx, db, u)
@@ -508,21 +509,21 @@ exactly what lock did.`,
 		if err != nil {
 			return err
 		}
-		return p.execute(ctx, out, dryRun, noChange)
+		return p.Execute(ctx, out, dryRun, noChange)
 	})
 }
 
-func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (plan, error) {
+func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (plan.Plan, error) {
 	sh := db.shadow[u.Name]
 	// The user can make ~/.ssh unreadable to sera (a planted link); that
 	// must not stop the rest of the lock. The password, the expiry and the
 	// sessions are done, then the step for the keys fails and says so.
 	before, keysErr := h.loadKeys(u)
-	var p plan
+	var p plan.Plan
 	recPath := h.lockRecordPath(u.Name)
 	if _, err := os.Lstat(recPath); errors.Is(err, fs.ErrNotExist) && (!sh.Locked() || sh.Expires != expiredDay) {
 		rec := lockRecord{PasswordLocked: !sh.Locked(), ExpiresBefore: sh.Expires}
-		p.add("record the state to restore on unlock in "+recPath, func(context.Context) error {
+		p.Add("record the state to restore on unlock in "+recPath, func(context.Context) error {
 			b, _ := json.Marshal(rec)
 			if err := safefile.MkdirPrivate(filepath.Dir(recPath)); err != nil {
 				return err
@@ -531,10 +532,10 @@ func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (pla
 		})
 	}
 	if !sh.Locked() {
-		p.run(h, "usermod", "--lock", "--", u.Name)
+		p.Run(h.runner(), "usermod", "--lock", "--", u.Name)
 	}
 	if sh.Expires != expiredDay {
-		p.run(h, "usermod", "--expiredate", expiredDate, "--", u.Name)
+		p.Run(h.runner(), "usermod", "--expiredate", expiredDate, "--", u.Name)
 	}
 	if keysErr == nil {
 		after := clone(before)
@@ -548,19 +549,19 @@ func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (pla
 		h.planKeys(&p, u, before, after, strings.Join(what, "; "))
 	}
 	if n := h.countProcesses(u.UID); n > 0 {
-		p.add(fmt.Sprintf("end the %d running process(es) of %s: pkill --signal KILL --uid %d", n, u.Name, u.UID), func(ctx context.Context) error {
+		p.Add(fmt.Sprintf("end the %d running process(es) of %s: pkill --signal KILL --uid %d", n, u.Name, u.UID), func(ctx context.Context) error {
 			return h.killUser(ctx, u.UID)
 		})
 	}
 	if keysErr != nil {
-		p.add(fmt.Sprintf("disable the keys sera manages for %s (cannot: %v)", u.Name, keysErr), func(context.Context) error {
+		p.Add(fmt.Sprintf("disable the keys sera manages for %s (cannot: %v)", u.Name, keysErr), func(context.Context) error {
 			return errors.New("the keys were not disabled")
 		})
 	}
 	return p, nil
 }
 
-func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan, error) {
+func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan.Plan, error) {
 	sh := db.shadow[u.Name]
 	recPath := h.lockRecordPath(u.Name)
 	// Without a record (lost, or locked by hand), a locked password is
@@ -571,25 +572,25 @@ func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan, error) {
 	hasRec := err == nil
 	if hasRec {
 		if err := json.Unmarshal(b, &rec); err != nil {
-			return nil, fmt.Errorf("failed to read %s: %w; nothing was changed", recPath, err)
+			return plan.Plan{}, fmt.Errorf("failed to read %s: %w; nothing was changed", recPath, err)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w; nothing was changed", err)
+		return plan.Plan{}, fmt.Errorf("%w; nothing was changed", err)
 	}
 	before, err := h.loadKeys(u)
 	if err != nil {
-		return nil, fmt.Errorf("%w; nothing was changed", err)
+		return plan.Plan{}, fmt.Errorf("%w; nothing was changed", err)
 	}
-	var p plan
+	var p plan.Plan
 	if rec.PasswordLocked && sh.Locked() {
-		p.run(h, "usermod", "--unlock", "--", u.Name)
+		p.Run(h.runner(), "usermod", "--unlock", "--", u.Name)
 	}
 	if sh.Expires == expiredDay && rec.ExpiresBefore != expiredDay {
 		date := ""
 		if rec.ExpiresBefore >= 0 {
 			date = time.Unix(int64(rec.ExpiresBefore)*86400, 0).UTC().Format("2006-01-02")
 		}
-		p.run(h, "usermod", "--expiredate", date, "--", u.Name)
+		p.Run(h.runner(), "usermod", "--expiredate", date, "--", u.Name)
 	}
 	after := clone(before)
 	var what []string
@@ -601,7 +602,7 @@ func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan, error) {
 	}
 	h.planKeys(&p, u, before, after, strings.Join(what, "; "))
 	if hasRec {
-		p.add("remove "+recPath, func(context.Context) error { return os.Remove(recPath) })
+		p.Add("remove "+recPath, func(context.Context) error { return os.Remove(recPath) })
 	}
 	return p, nil
 }
@@ -694,15 +695,15 @@ home is left in place (and not archived).`,
 		}
 		name := args[0]
 		if db.user(name) == nil {
-			return plan(nil).execute(ctx, out, dryRun, "user "+name+" already absent")
+			return (&plan.Plan{}).Execute(ctx, out, dryRun, "user "+name+" already absent")
 		}
 		u, err := db.manageableUser(name)
 		if err != nil {
 			return fmt.Errorf("%w; nothing was changed", err)
 		}
-		var p plan
+		var p plan.Plan
 		if n := h.countProcesses(u.UID); n > 0 {
-			p.add(fmt.Sprintf("end the %d running process(es) of %s: pkill --signal KILL --uid %d", n, u.Name, u.UID), func(ctx context.Context) error {
+			p.Add(fmt.Sprintf("end the %d running process(es) of %s: pkill --signal KILL --uid %d", n, u.Name, u.UID), func(ctx context.Context) error {
 				return h.killUser(ctx, u.UID)
 			})
 		}
@@ -722,20 +723,20 @@ home is left in place (and not archived).`,
 				return fmt.Errorf("failed to check the home %s: %w; nothing was changed", u.Home, err)
 			}
 		}
-		p.run(h, argv...)
+		p.Run(h.runner(), argv...)
 		// A later account of the same name must not be unlocked from this
 		// one's record.
 		rec := h.lockRecordPath(name)
 		if _, err := os.Lstat(rec); err == nil {
-			p.add("remove "+rec+", the lock record of the deleted user", func(context.Context) error { return os.Remove(rec) })
+			p.Add("remove "+rec+", the lock record of the deleted user", func(context.Context) error { return os.Remove(rec) })
 		}
-		return p.execute(ctx, out, dryRun, "")
+		return p.Execute(ctx, out, dryRun, "")
 	})
 }
 
 // planArchive adds the archive of u's home: a gzipped tar in a 0700
 // directory, mode 0600, so it is root's alone from the first byte.
-func (h *Host) planArchive(p *plan, u *passwdEntry) {
+func (h *Host) planArchive(p *plan.Plan, u *passwdEntry) {
 	state := h.State
 	if state == "" {
 		state = "/var/lib/sera"
@@ -747,7 +748,7 @@ func (h *Host) planArchive(p *plan, u *passwdEntry) {
 	}
 	archive := filepath.Join(dir, fmt.Sprintf("%s-%s.tar.gz", u.Name, now.UTC().Format("20060102T150405Z")))
 	argv := []string{"tar", "--create", "--gzip", "--file", archive, "--directory", u.Home, "--", "."}
-	p.add("archive "+u.Home+": "+strings.Join(quoteArgs(argv), " "), func(ctx context.Context) error {
+	p.Add("archive "+u.Home+": "+strings.Join(plan.Quote(argv), " "), func(ctx context.Context) error {
 		if err := safefile.MkdirPrivate(dir); err != nil {
 			return err
 		}

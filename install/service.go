@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 )
 
@@ -26,36 +27,6 @@ type Service struct {
 	// Booted reports whether systemd is the running init; nil checks
 	// for /run/systemd/system under Root, as sd_booted(3) does.
 	Booted func() bool
-}
-
-// Step is one change of a Plan. A step with a nil Do is a note: said,
-// not done.
-type Step struct {
-	Desc string
-	Do   func(ctx context.Context) error
-}
-
-// Plan is what installing or removing the service would change, worked
-// out from the host's state before anything is changed. An empty plan
-// means there is nothing to do.
-type Plan []Step
-
-func (p *Plan) add(desc string, do func(ctx context.Context) error) {
-	*p = append(*p, Step{Desc: desc, Do: do})
-}
-
-func (p *Plan) note(format string, args ...any) {
-	*p = append(*p, Step{Desc: fmt.Sprintf(format, args...)})
-}
-
-// Changes reports whether the plan changes anything.
-func (p Plan) Changes() bool {
-	for _, s := range p {
-		if s.Do != nil {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Service) path(p string) string {
@@ -105,79 +76,79 @@ var unsafeExeDirs = []string{"/tmp/", "/var/tmp/", "/dev/shm/", "/home/", "/run/
 // config directory and env file, then, if systemd runs, daemon-reload,
 // enable and start (restart if the unit changed). Without systemd the
 // plan writes the files and notes what to run once it does.
-func (s *Service) PlanInstall(ctx context.Context) (Plan, error) {
-	var p Plan
+func (s *Service) PlanInstall(ctx context.Context) (plan.Plan, error) {
+	var p plan.Plan
 	pkgUnit := fileExists(s.path(PackageUnitPath))
 	changed := false
 	if pkgUnit && !fileExists(s.path(LocalUnitPath)) {
-		p.note("%s comes from the sera package (%s); using it", UnitName, PackageUnitPath)
+		p.Note("%s comes from the sera package (%s); using it", UnitName, PackageUnitPath)
 	} else {
 		for _, d := range unsafeExeDirs {
 			if strings.HasPrefix(s.Exe, d) {
-				return nil, fmt.Errorf("sera runs from %s, which the service cannot use (PrivateTmp=, or a user's directory): copy it to /usr/local/bin/sera and run that", s.Exe)
+				return plan.Plan{}, fmt.Errorf("sera runs from %s, which the service cannot use (PrivateTmp=, or a user's directory): copy it to /usr/local/bin/sera and run that", s.Exe)
 			}
 		}
 		unit, err := Unit(s.Exe)
 		if err != nil {
-			return nil, err
+			return plan.Plan{}, err
 		}
 		path := s.path(LocalUnitPath)
 		old, err := os.ReadFile(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			changed = true
-			p.add("write "+LocalUnitPath+" (ExecStart="+s.Exe+" watch)", s.writeUnit(path, unit))
+			p.Add("write "+LocalUnitPath+" (ExecStart="+s.Exe+" watch)", s.writeUnit(path, unit))
 		case err != nil:
-			return nil, err
+			return plan.Plan{}, err
 		case string(old) != unit:
 			changed = true
-			p.add("rewrite "+LocalUnitPath+" (ExecStart="+s.Exe+" watch)", s.writeUnit(path, unit))
+			p.Add("rewrite "+LocalUnitPath+" (ExecStart="+s.Exe+" watch)", s.writeUnit(path, unit))
 		}
 	}
 	if fi, err := os.Lstat(s.path(ConfigDir)); errors.Is(err, fs.ErrNotExist) {
-		p.add("create "+ConfigDir+" (0700)", func(context.Context) error { return safefile.MkdirPrivate(s.path(ConfigDir)) })
+		p.Add("create "+ConfigDir+" (0700)", func(context.Context) error { return safefile.MkdirPrivate(s.path(ConfigDir)) })
 	} else if err != nil {
-		return nil, err
+		return plan.Plan{}, err
 	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("%s is not a directory", ConfigDir)
+		return plan.Plan{}, fmt.Errorf("%s is not a directory", ConfigDir)
 	}
 	if _, err := os.Lstat(s.path(EnvPath)); errors.Is(err, fs.ErrNotExist) {
-		p.add("write "+EnvPath+" (0600, every setting commented out)", func(context.Context) error {
+		p.Add("write "+EnvPath+" (0600, every setting commented out)", func(context.Context) error {
 			return safefile.WriteAtomic(s.path(EnvPath), []byte(EnvTemplate), 0o600)
 		})
 	} else if err != nil {
-		return nil, err
+		return plan.Plan{}, err
 	}
 	haveKey := fileExists(s.path(KeyPath))
 	if !s.booted() {
 		if p.Changes() {
-			p.note("systemd is not running here: once it is, run 'systemctl daemon-reload && systemctl enable --now %s'; until then run 'sera watch' yourself", UnitName)
+			p.Note("systemd is not running here: once it is, run 'systemctl daemon-reload && systemctl enable --now %s'; until then run 'sera watch' yourself", UnitName)
 		}
 		if !haveKey {
-			p.note("no key yet: run 'sera keygen' first")
+			p.Note("no key yet: run 'sera keygen' first")
 		}
 		if !p.Changes() {
-			p.note("the service files are in place; systemd is not running here")
+			p.Note("the service files are in place; systemd is not running here")
 		}
 		return p, nil
 	}
 	if changed {
-		p.add(s.systemctl("daemon-reload"))
+		p.Add(s.systemctl("daemon-reload"))
 	}
 	if changed || s.query(ctx, "is-enabled", "--quiet", UnitName) != nil {
-		p.add(s.systemctl("enable", UnitName))
+		p.Add(s.systemctl("enable", UnitName))
 	}
 	active := s.query(ctx, "is-active", "--quiet", UnitName) == nil
 	switch {
 	case !haveKey:
-		p.note("not starting %s: no key yet. Run 'sera keygen' and 'sera clients add …', then 'systemctl start %s'", UnitName, UnitName)
+		p.Note("not starting %s: no key yet. Run 'sera keygen' and 'sera clients add …', then 'systemctl start %s'", UnitName, UnitName)
 	case changed && active:
-		p.add(s.systemctl("restart", UnitName))
+		p.Add(s.systemctl("restart", UnitName))
 	case !active:
-		p.add(s.systemctl("start", UnitName))
+		p.Add(s.systemctl("start", UnitName))
 	}
 	if !p.Changes() && haveKey {
-		p.note("%s is installed, enabled and running", UnitName)
+		p.Note("%s is installed, enabled and running", UnitName)
 	}
 	return p, nil
 }
@@ -204,29 +175,29 @@ var ErrPackaged = errors.New("the sera service comes from the sera package; remo
 // PlanUninstall works out how to remove what PlanInstall added: stop and
 // disable the service, remove the unit, daemon-reload. The key,
 // known_clients, settings and state (/etc/sera, /var/lib/sera) stay.
-func (s *Service) PlanUninstall() (Plan, error) {
-	var p Plan
+func (s *Service) PlanUninstall() (plan.Plan, error) {
+	var p plan.Plan
 	if !fileExists(s.path(LocalUnitPath)) {
 		if fileExists(s.path(PackageUnitPath)) {
-			return nil, ErrPackaged
+			return plan.Plan{}, ErrPackaged
 		}
-		return nil, nil
+		return plan.Plan{}, nil
 	}
 	booted := s.booted()
 	if booted {
-		p.add(s.systemctl("disable", "--now", UnitName))
+		p.Add(s.systemctl("disable", "--now", UnitName))
 	} else if fileExists(s.path("/etc/systemd/system/multi-user.target.wants/" + UnitName)) {
 		link := "/etc/systemd/system/multi-user.target.wants/" + UnitName
-		p.add("remove "+link, func(context.Context) error { return os.Remove(s.path(link)) })
+		p.Add("remove "+link, func(context.Context) error { return os.Remove(s.path(link)) })
 	}
-	p.add("remove "+LocalUnitPath, func(context.Context) error { return os.Remove(s.path(LocalUnitPath)) })
+	p.Add("remove "+LocalUnitPath, func(context.Context) error { return os.Remove(s.path(LocalUnitPath)) })
 	if booted {
 		if fileExists(s.path(PackageUnitPath)) {
-			p.note("the sera package's unit (%s) remains", PackageUnitPath)
+			p.Note("the sera package's unit (%s) remains", PackageUnitPath)
 		}
-		p.add(s.systemctl("daemon-reload"))
+		p.Add(s.systemctl("daemon-reload"))
 	}
-	p.note("kept %s (key, clients, settings) and %s (state, audit log); delete them to forget this host's identity", ConfigDir, StateDir)
+	p.Note("kept %s (key, clients, settings) and %s (state, audit log); delete them to forget this host's identity", ConfigDir, StateDir)
 	return p, nil
 }
 

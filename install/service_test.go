@@ -3,6 +3,7 @@ package install
 import (
 	"context"
 	"errors"
+	"github.com/sera-dev/sera/plan"
 	"os"
 	"path/filepath"
 	"slices"
@@ -74,12 +75,12 @@ func (f *serviceFixture) exists(p string) bool {
 }
 
 // apply runs the plan and returns its change and note descriptions.
-func (f *serviceFixture) apply(p Plan, err error) (changes, notes []string) {
+func (f *serviceFixture) apply(p plan.Plan, err error) (changes, notes []string) {
 	f.t.Helper()
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	for _, s := range p {
+	for _, s := range p.Steps {
 		if s.Do == nil {
 			notes = append(notes, s.Desc)
 			continue
@@ -225,7 +226,7 @@ func TestUninstallService(t *testing.T) {
 	if f.exists(LocalUnitPath) || !f.exists(KeyPath) || !f.exists(EnvPath) {
 		t.Error("uninstall removed the wrong files")
 	}
-	if p, err := f.service().PlanUninstall(); err != nil || p != nil {
+	if p, err := f.service().PlanUninstall(); err != nil || len(p.Steps) != 0 {
 		t.Errorf("second uninstall: %v, %v", p, err)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
 
+	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/transport"
 )
 
@@ -181,30 +182,14 @@ func (p *Provisioner) Lookup(ctx context.Context) (Account, error) {
 	return p.Account, nil
 }
 
-// Step is one change of a Plan. Desc is the exact API call and its
-// parameters, said before it is made.
-type Step struct {
-	Desc  string
-	Apply func(ctx context.Context) error
-}
-
 // Plan is what a command would change, found by reading the account
 // first, so that a dry run shows exactly what a real run does and a
-// re-run that finds everything in place changes nothing.
+// re-run that finds everything in place changes nothing. Its steps'
+// descriptions are the exact API calls and their parameters.
 type Plan struct {
-	// Found lists what already is as wanted.
-	Found []string
-	// Steps are the changes, in order.
-	Steps []Step
-	// Notes are facts the admin should know, shown after the steps.
-	Notes []string
+	plan.Plan
 	// Keys are the access keys the user has when the plan makes none.
 	Keys []KeyInfo
-}
-
-// Add appends a step.
-func (pl *Plan) Add(desc string, apply func(ctx context.Context) error) {
-	pl.Steps = append(pl.Steps, Step{Desc: desc, Apply: apply})
 }
 
 func (pl *Plan) found(format string, args ...any) {

@@ -88,7 +88,7 @@ func descs(pl *sqs.Plan) []string {
 func apply(t *testing.T, pl *sqs.Plan) error {
 	t.Helper()
 	for _, s := range pl.Steps {
-		if err := s.Apply(context.Background()); err != nil {
+		if err := s.Do(context.Background()); err != nil {
 			return fmt.Errorf("%s: %w", s.Desc, err)
 		}
 	}
