@@ -27,10 +27,11 @@ var importRules = []struct {
 	{"transport/sqs", []string{"transport", "plan"}, []string{"github.com/spf13/cobra"}},
 	{"plan", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"safefile", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"host", []string{"safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"", []string{"crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"settings", []string{"", "crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"install", []string{"", "crypto", "transport", "safefile", "settings", "plan"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan"}, nil},
+	{"install", []string{"", "crypto", "transport", "safefile", "settings", "plan", "host"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host"}, nil},
 	{"hosttest", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 }
 

@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
-	"github.com/sera-dev/sera/safefile"
 )
 
 // The account database is read from the files; it is only ever changed
@@ -63,7 +62,7 @@ type loginDefs struct {
 // Debian's defaults, used where login.defs does not say.
 var defaultLoginDefs = loginDefs{UIDMin: 1000, UIDMax: 60000, GIDMin: 1000, GIDMax: 60000}
 
-func (h *Host) readFile(p string) ([]byte, error) { return safefile.ReadNoFollow(h.path(p)) }
+func (h *Host) readFile(p string) ([]byte, error) { return h.Sys.FS.ReadFile(p) }
 
 // loadAccounts reads the account database of h.
 func (h *Host) loadAccounts() (*accountDB, error) {

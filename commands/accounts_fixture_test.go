@@ -24,6 +24,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/host"
 )
 
 // The account tests run the user and key commands exactly as the watcher
@@ -112,7 +113,7 @@ func newAccountsFixture(t *testing.T) *accountsFixture {
 	}
 	f := &accountsFixture{t: t, Root: root, State: t.TempDir()}
 	f.Runner = &accountsRunner{root: root}
-	f.Host = &Host{Name: "web1", Version: "test", State: f.State, Root: root, Runner: f.Runner, Now: func() time.Time { return acctNow }}
+	f.Host = &Host{Name: "web1", Version: "test", Sys: &host.System{Exec: f.Runner, FS: host.FS{Root: root}, Clock: host.FixedClock{T: acctNow}, Net: host.NoNet{}, State: f.State}}
 
 	for _, d := range []string{"etc", "bin", "usr/bin", "usr/sbin", "proc", "home", "srv", "var/lib"} {
 		f.mkdir(d, 0o755, 0, 0)

@@ -293,10 +293,10 @@ func (st *allowState) clone() *allowState {
 }
 
 func (h *Host) allowDir() string {
-	if h.State != "" {
-		return h.State
+	if h.Sys.State != "" {
+		return h.Sys.State
 	}
-	return h.path("/var/lib/sera")
+	return h.Sys.Path("/var/lib/sera")
 }
 
 func (h *Host) allowStatePath() string { return filepath.Join(h.allowDir(), allowStateName) }
@@ -455,7 +455,7 @@ func ufwErr(err error) error {
 
 // ufwActive runs "ufw status".
 func (h *Host) ufwActive(ctx context.Context) (bool, error) {
-	out, err := h.runner().Run(ctx, "ufw", "status")
+	out, err := h.Sys.Exec.Run(ctx, "ufw", "status")
 	if err != nil {
 		return false, ufwErr(err)
 	}
@@ -471,7 +471,7 @@ func (h *Host) ufwActive(ctx context.Context) (bool, error) {
 
 // ufwRules runs "ufw show added": the rules configured, active or not.
 func (h *Host) ufwRules(ctx context.Context) ([]ufwRule, error) {
-	out, err := h.runner().Run(ctx, "ufw", "show", "added")
+	out, err := h.Sys.Exec.Run(ctx, "ufw", "show", "added")
 	if err != nil {
 		return nil, ufwErr(err)
 	}
@@ -481,7 +481,7 @@ func (h *Host) ufwRules(ctx context.Context) ([]ufwRule, error) {
 // ufwDelete deletes sera's rule for spec if its comment is still comment;
 // ufw deletes nothing otherwise, and that is an error.
 func (h *Host) ufwDelete(ctx context.Context, s allowSpec, comment string) error {
-	out, err := h.runner().Run(ctx, s.ufwArgv(true, comment)...)
+	out, err := h.Sys.Exec.Run(ctx, s.ufwArgv(true, comment)...)
 	if err != nil {
 		return err
 	}
@@ -522,7 +522,7 @@ func fmtDuration(d time.Duration) string {
 // spec is extended, never duplicated and never shortened; a rule sera did
 // not add is recorded and left alone.
 func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Duration, by string) (plan.Plan, string) {
-	now := h.now()
+	now := h.Sys.Now()
 	want := expiryAfter(now, d)
 	cur := st.find(s)
 	rule := findRule(rules, s)
@@ -594,7 +594,7 @@ func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Du
 		argv := s.ufwArgv(false, o.comment())
 		if o.comment() != rule.comment {
 			p.Add(strings.Join(plan.Quote(argv), " "), save(o, func(ctx context.Context) error {
-				_, err := h.runner().Run(ctx, argv...)
+				_, err := h.Sys.Exec.Run(ctx, argv...)
 				return err
 			}))
 		} else {
@@ -617,7 +617,7 @@ func (h *Host) planAllow(st *allowState, rules []ufwRule, s allowSpec, d time.Du
 		// Recorded before ufw runs: a crash in between leaves a record of
 		// a rule that is not there, never a rule without a record.
 		p.Add(strings.Join(plan.Quote(argv), " "), save(o, func(ctx context.Context) error {
-			_, err := h.runner().Run(ctx, argv...)
+			_, err := h.Sys.Exec.Run(ctx, argv...)
 			return err
 		}))
 		p.Note("%s", fmt.Sprintf("%s open until %s (for %s); sera closes it then (recorded in %s)",
@@ -713,7 +713,7 @@ func (h *Host) closeExpired(ctx context.Context, all bool) ([]string, error) {
 		return nil, err
 	}
 	defer unlock()
-	now := h.now()
+	now := h.Sys.Now()
 	st, stErr := h.loadAllowState()
 	if stErr != nil {
 		// A corrupt record must not keep a port open: sera's rules still
@@ -838,7 +838,7 @@ type openingInfo struct {
 
 func (h *Host) listOpenings(ctx context.Context, out io.Writer, asJSON bool) error {
 	return h.withAllowState(func(st *allowState) error {
-		now := h.now()
+		now := h.Sys.Now()
 		if len(st.Openings) == 0 {
 			if !asJSON {
 				fmt.Fprintln(out, "no open rules")
@@ -879,14 +879,11 @@ func (h *Host) listOpenings(ctx context.Context, out io.Writer, asJSON bool) err
 	})
 }
 
-// ipHTTPTransport is the transport of the address look-up; nil is
-// http.DefaultTransport. Tests trust their own server through it.
-var ipHTTPTransport http.RoundTripper
-
 // fetchPublicAddr asks url (SERA_IP_URL) for this machine's public
 // address: an HTTPS GET whose whole answer, trimmed, is one address.
-// Redirects must stay on HTTPS.
-func fetchPublicAddr(ctx context.Context, url string) (string, error) {
+// Redirects must stay on HTTPS. rt is the HTTP transport (this machine's:
+// Options.Host).
+func fetchPublicAddr(ctx context.Context, rt http.RoundTripper, url string) (string, error) {
 	if url == "" {
 		return "", fmt.Errorf("%s is empty", settings.KeyIPURL)
 	}
@@ -894,7 +891,7 @@ func fetchPublicAddr(ctx context.Context, url string) (string, error) {
 		return "", err
 	}
 	client := &http.Client{
-		Transport: ipHTTPTransport,
+		Transport: rt,
 		Timeout:   ipFetchTimeout,
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if req.URL.Scheme != "https" {
@@ -964,7 +961,7 @@ func (t *hostTree) prepareSource(ip *string, list *bool) prepareFunc {
 			return nil, err
 		}
 		url := cfg.Get(settings.KeyIPURL)
-		src, err := fetchPublicAddr(c.Context(), url)
+		src, err := fetchPublicAddr(c.Context(), t.opts.hostSystem(cfg).HTTP.Transport, url)
 		if err != nil {
 			return nil, fmt.Errorf("failed to find your public address at %s (%s): %w; give the address instead; nothing was changed", url, settings.KeyIPURL, err)
 		}

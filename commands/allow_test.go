@@ -22,6 +22,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport/spool"
 )
@@ -180,7 +181,7 @@ func newAllowHost(t *testing.T) (*Host, *fakeUFW, *fakeClock) {
 	t.Helper()
 	f := &fakeUFW{}
 	clock := &fakeClock{now: allowT0}
-	return &Host{Name: "web1", Runner: f, State: t.TempDir(), Now: clock.Now}, f, clock
+	return &Host{Name: "web1", Sys: &host.System{Exec: f, Clock: host.ClockFunc(clock.Now), Net: host.NoNet{}, State: t.TempDir()}}, f, clock
 }
 
 // runAllow runs argv as the watcher does, for client "admin".
@@ -771,9 +772,6 @@ func ipServer(t *testing.T, handler http.HandlerFunc) (*httptest.Server, *atomic
 		handler(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	prev := ipHTTPTransport
-	ipHTTPTransport = srv.Client().Transport
-	t.Cleanup(func() { ipHTTPTransport = prev })
 	return srv, &hits
 }
 
@@ -804,7 +802,7 @@ func TestFetchPublicAddr(t *testing.T) {
 	})
 	good := map[string]string{"/v4": "203.0.113.9", "/v6": "2001:db8::9", "/mapped": "203.0.113.9", "/to-https": "203.0.113.9"}
 	for p, want := range good {
-		if got, err := fetchPublicAddr(context.Background(), srv.URL+p); err != nil || got != want {
+		if got, err := fetchPublicAddr(context.Background(), srv.Client().Transport, srv.URL+p); err != nil || got != want {
 			t.Errorf("%s: %q, %v; want %q", p, got, err, want)
 		}
 	}
@@ -817,12 +815,12 @@ func TestFetchPublicAddr(t *testing.T) {
 		"/to-http": "not https",
 	}
 	for p, want := range bad {
-		if got, err := fetchPublicAddr(context.Background(), srv.URL+p); err == nil || !strings.Contains(err.Error(), want) {
+		if got, err := fetchPublicAddr(context.Background(), srv.Client().Transport, srv.URL+p); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %q, %v; want an error containing %q", p, got, err, want)
 		}
 	}
 	for _, u := range []string{"http://" + strings.TrimPrefix(srv.URL, "https://") + "/v4", "", "ftp://x/"} {
-		if _, err := fetchPublicAddr(context.Background(), u); err == nil {
+		if _, err := fetchPublicAddr(context.Background(), srv.Client().Transport, u); err == nil {
 			t.Errorf("%q accepted", u)
 		}
 	}
@@ -838,9 +836,12 @@ func TestAllowClientEndToEnd(t *testing.T) {
 		"SERA_SPOOL": filepath.Join(dir, "spool"), settings.KeyIPURL: srv.URL + "/ip",
 	}
 	senv := settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "laptop"}
+	// The laptop trusts the test's TLS server for the look-up.
+	laptop := host.Real(env["SERA_STATE"])
+	laptop.HTTP = srv.Client()
 	client := func(args ...string) (string, string, error) {
 		var stdout, stderr bytes.Buffer
-		root := NewRoot(&Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Env: senv})
+		root := NewRoot(&Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Env: senv, Host: laptop})
 		root.SetArgs(args)
 		err := root.ExecuteContext(context.Background())
 		return stdout.String(), stderr.String(), err
@@ -865,7 +866,7 @@ func TestAllowClientEndToEnd(t *testing.T) {
 	}
 
 	h, f, _ := newAllowHost(t)
-	h.Now = nil // the request's lifetime is checked on the real clock
+	h.Sys.Clock = host.ClockFunc(time.Now) // the request's lifetime is checked on the real clock
 	knownClients := filepath.Join(dir, "known_clients")
 	kc := &sera.KnownClients{Clients: []*sera.KnownClient{{Key: clientID.Public(), Name: "admin", Allow: []string{sera.AllowAll}}}}
 	if err := os.WriteFile(knownClients, kc.Bytes(), 0o600); err != nil {
@@ -948,7 +949,7 @@ func TestAllowClientEndToEnd(t *testing.T) {
 	// An address service that fails: a clear error, nothing sent.
 	srvBad := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "nope") }))
 	defer srvBad.Close()
-	ipHTTPTransport = srvBad.Client().Transport
+	laptop.HTTP = srvBad.Client()
 	env[settings.KeyIPURL] = srvBad.URL
 	_, _, err = client("allow", "--to", "web1")
 	if err == nil || !strings.Contains(err.Error(), "failed to find your public address at "+srvBad.URL+" (SERA_IP_URL)") ||

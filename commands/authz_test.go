@@ -88,8 +88,8 @@ func TestScopedGrants(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.allow+" "+strings.Join(tt.argv, " "), func(t *testing.T) {
 			h, r := newGroupTestHost(t)
-			h.Now = testHandler(t).Host.Now
-			before := snapshotRoot(t, h.Root)
+			h.Sys.Clock = testHandler(t).Host.Sys.Clock
+			before := snapshotRoot(t, h.Sys.FS.Root)
 			res := asWatcher(&Handler{Host: h}, client(t, "helpdesk", tt.allow, tt.account), tt.argv...)
 			if tt.refused == "" {
 				// Authorized: what the command then does is its own.
@@ -104,7 +104,7 @@ func TestScopedGrants(t *testing.T) {
 			if calls := r.Calls(); len(calls) != 0 {
 				t.Errorf("ran %v", calls)
 			}
-			sameSnapshot(t, "refused", before, snapshotRoot(t, h.Root))
+			sameSnapshot(t, "refused", before, snapshotRoot(t, h.Sys.FS.Root))
 		})
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/spool"
 	"github.com/sera-dev/sera/transport/sqs"
@@ -88,7 +89,7 @@ func benchPing(b *testing.B, open func(*testing.B) transport.Transport, mkqueues
 		Clients:   &sera.ClientFile{Path: knownClients},
 		Handler: &commands.Handler{Host: &commands.Host{
 			Name: "web1", Version: "bench", Fingerprint: watcherID.Public().Fingerprint(),
-			Started: time.Now(), KnownClients: knownClients,
+			Started: time.Now(), KnownClients: knownClients, Sys: host.Real(dir),
 		}},
 		Replay: replay,
 		Audit:  &sera.AuditLog{Path: filepath.Join(dir, "audit.log")},

@@ -106,7 +106,7 @@ holds more than it does. See docs/security.md.`,
 			if slices.ContainsFunc(want, rootEquivalent) {
 				warn = fmt.Sprintf("sera: warning: client %s is root-equivalent on this host (%s)\n", name, strings.Join(rootGrants(want), ","))
 			}
-			added := h.now().UTC().Truncate(time.Second)
+			added := h.Sys.Now().UTC().Truncate(time.Second)
 			if cur := kc.ByKey(key); cur != nil {
 				if cur.Name == name && slices.Equal(cur.Allow, want) && cur.Account == account {
 					return fmt.Sprintf("client %s (%s) already present, allow %s\n", name, key.Fingerprint(), allowString(want)), nil

@@ -28,6 +28,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
 	"github.com/sera-dev/sera/transport/sqs/sqstest"
@@ -562,7 +563,7 @@ func serveFanout(spec *fanoutSpec, stdin io.Reader, out io.Writer) error {
 			Clients:   &sera.ClientFile{Path: knownClients},
 			Handler: &commands.Handler{Host: &commands.Host{
 				Name: sw.Name, Version: "bench", Fingerprint: id.Public().Fingerprint(),
-				Started: started, KnownClients: knownClients,
+				Started: started, KnownClients: knownClients, Sys: host.Real(filepath.Join(dir, "state")),
 			}},
 			Replay: replay,
 			Audit:  &sera.AuditLog{Path: filepath.Join(dir, "audit.log")},

@@ -159,7 +159,7 @@ func (h *Host) planGroupAdd(db *accountDB, name string, gid int, gidSet bool) (p
 	}
 	argv = append(argv, "--", name)
 	var p plan.Plan
-	p.Run(h.runner(), argv...)
+	p.Run(h.Sys.Exec, argv...)
 	// A drop-in left by a group of the same name, deleted behind sera's
 	// back, gives the new group sudo at once: say so.
 	if h.sudoersPresent(name) {
@@ -234,7 +234,7 @@ func (h *Host) planGroupDel(db *accountDB, name string) (plan.Plan, string, erro
 		return plan.Plan{}, "", err
 	}
 	if g != nil {
-		p.Run(h.runner(), "groupdel", "--", name)
+		p.Run(h.Sys.Exec, "groupdel", "--", name)
 	}
 	return p, "group " + name + " already absent", nil
 }
@@ -326,9 +326,9 @@ func (h *Host) planGroupMembers(db *accountDB, add bool, name string, users []st
 		member := slices.Contains(g.Members, u)
 		switch {
 		case add && !member:
-			p.Run(h.runner(), "gpasswd", "-a", u, "--", name)
+			p.Run(h.Sys.Exec, "gpasswd", "-a", u, "--", name)
 		case !add && member:
-			p.Run(h.runner(), "gpasswd", "-d", u, "--", name)
+			p.Run(h.Sys.Exec, "gpasswd", "-d", u, "--", name)
 		default:
 			unchanged = append(unchanged, u)
 		}

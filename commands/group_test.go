@@ -14,10 +14,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/host"
 )
 
 // groupFakeRunner is a stateful fake of the programs the group and sudo
@@ -202,7 +204,7 @@ func newGroupTestHost(t *testing.T) (*Host, *groupFakeRunner) {
 	writeTestFile(t, root, "etc/sudoers.d/README", "# files with a '.' are ignored\n", 0o440)
 	writeTestFile(t, root, "etc/sudoers.d/other-ops", testOtherDropIn, 0o440)
 	r := &groupFakeRunner{root: root}
-	return &Host{Name: "web1", Root: root, Runner: r, State: t.TempDir()}, r
+	return &Host{Name: "web1", Sys: &host.System{Exec: r, FS: host.FS{Root: root}, Clock: host.ClockFunc(time.Now), Net: host.NoNet{}, State: t.TempDir()}}, r
 }
 
 func writeTestFile(t *testing.T, root, rel, content string, mode fs.FileMode) {
@@ -361,13 +363,13 @@ func runScenarios(t *testing.T, scenarios []hostScenario) {
 				wantDry, wantDone = sc.again+"\n", sc.again+"\n"
 			}
 
-			before := snapshotRoot(t, h.Root)
+			before := snapshotRoot(t, h.Sys.FS.Root)
 			res := runGroupSudo(h, withDryRun(sc.argv)...)
 			if res.Status != 0 || string(res.Stdout) != wantDry {
 				t.Errorf("--dry-run: status %d, stdout %q, stderr %q; want stdout %q", res.Status, res.Stdout, res.Stderr, wantDry)
 			}
 			checkCalls(t, r, nil)
-			sameSnapshot(t, "--dry-run", before, snapshotRoot(t, h.Root))
+			sameSnapshot(t, "--dry-run", before, snapshotRoot(t, h.Sys.FS.Root))
 
 			res = runGroupSudo(h, sc.argv...)
 			if res.Status != 0 || string(res.Stdout) != wantDone || len(res.Stderr) != 0 {
@@ -379,7 +381,7 @@ func runScenarios(t *testing.T, scenarios []hostScenario) {
 			}
 
 			r.reset()
-			after := snapshotRoot(t, h.Root)
+			after := snapshotRoot(t, h.Sys.FS.Root)
 			for _, args := range [][]string{sc.argv, withDryRun(sc.argv)} {
 				res = runGroupSudo(h, args...)
 				if res.Status != 0 || string(res.Stdout) != sc.again+"\n" {
@@ -387,7 +389,7 @@ func runScenarios(t *testing.T, scenarios []hostScenario) {
 				}
 			}
 			checkCalls(t, r, nil)
-			sameSnapshot(t, "second run", after, snapshotRoot(t, h.Root))
+			sameSnapshot(t, "second run", after, snapshotRoot(t, h.Sys.FS.Root))
 		})
 	}
 }
@@ -408,7 +410,7 @@ func runBadCases(t *testing.T, cases []badCase) {
 			if bc.setup != nil {
 				bc.setup(t, h)
 			}
-			before := snapshotRoot(t, h.Root)
+			before := snapshotRoot(t, h.Sys.FS.Root)
 			for _, args := range [][]string{bc.argv, withDryRun(bc.argv)} {
 				res := runGroupSudo(h, args...)
 				if res.Status == 0 || !strings.Contains(string(res.Stderr), bc.err) {
@@ -419,7 +421,7 @@ func runBadCases(t *testing.T, cases []badCase) {
 				}
 			}
 			checkCalls(t, r, nil)
-			sameSnapshot(t, "refused", before, snapshotRoot(t, h.Root))
+			sameSnapshot(t, "refused", before, snapshotRoot(t, h.Sys.FS.Root))
 		})
 	}
 }
@@ -427,7 +429,7 @@ func runBadCases(t *testing.T, cases []badCase) {
 // groupLine returns the /etc/group line of name, "" if there is none.
 func groupLine(t *testing.T, h *Host, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(h.path("/etc/group"))
+	b, err := os.ReadFile(h.Sys.Path("/etc/group"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +453,7 @@ func wantGroupLine(name, line string) func(t *testing.T, h *Host) {
 func writeDropIn(name, content string) func(t *testing.T, h *Host) {
 	return func(t *testing.T, h *Host) {
 		t.Helper()
-		writeTestFile(t, h.Root, "etc/sudoers.d/sera-"+name, content, 0o440)
+		writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/sera-"+name, content, 0o440)
 	}
 }
 
@@ -465,7 +467,7 @@ func setGroupLine(name, line string) func(t *testing.T, h *Host) {
 			}
 			out = append(out, l)
 		}
-		writeTestFile(t, h.Root, "etc/group", strings.Join(out, "\n")+"\n", 0o644)
+		writeTestFile(t, h.Sys.FS.Root, "etc/group", strings.Join(out, "\n")+"\n", 0o644)
 	}
 }
 
@@ -498,7 +500,7 @@ func TestGroupCommands(t *testing.T) {
 		{
 			name: "add with a gid up to this host's GID_MAX",
 			setup: func(t *testing.T, h *Host) {
-				writeTestFile(t, h.Root, "etc/login.defs", "GID_MIN 1000\nGID_MAX 65000\n", 0o644)
+				writeTestFile(t, h.Sys.FS.Root, "etc/login.defs", "GID_MIN 1000\nGID_MAX 65000\n", 0o644)
 			},
 			argv:  []string{"group", "add", "big", "--gid=62000"},
 			plan:  []string{"groupadd --gid 62000 -- big"},
@@ -540,7 +542,7 @@ func TestGroupCommands(t *testing.T) {
 			again: "group ops already absent",
 			check: func(t *testing.T, h *Host) {
 				// A drop-in sera did not write is not sera's to remove.
-				if b, err := os.ReadFile(h.path("/etc/sudoers.d/other-ops")); err != nil || string(b) != testOtherDropIn {
+				if b, err := os.ReadFile(h.Sys.Path("/etc/sudoers.d/other-ops")); err != nil || string(b) != testOtherDropIn {
 					t.Errorf("other-ops: %q, %v", b, err)
 				}
 			},
@@ -659,7 +661,7 @@ func TestGroupRefused(t *testing.T) {
 		{name: "gid 2^32-1", argv: []string{"group", "add", "web", "--gid=4294967295"}, err: "invalid --gid 4294967295"},
 		{name: "gid not a number", argv: []string{"group", "add", "web", "--gid=x"}, err: "invalid argument"},
 		{name: "gid below this host's GID_MIN", setup: func(t *testing.T, h *Host) {
-			writeTestFile(t, h.Root, "etc/login.defs", "GID_MIN 2000\n", 0o644)
+			writeTestFile(t, h.Sys.FS.Root, "etc/login.defs", "GID_MIN 2000\n", 0o644)
 		}, argv: []string{"group", "add", "web", "--gid=1999"}, err: "outside this host's regular range 2000..60000"},
 		{name: "add a system group", argv: []string{"group", "add", "daemon"}, err: "refusing group daemon: it is a system group (gid 1"},
 		{name: "add with another gid", argv: []string{"group", "add", "ops", "--gid=1600"}, err: "group ops exists with gid 1500, not 1600"},
@@ -668,10 +670,10 @@ func TestGroupRefused(t *testing.T) {
 		{name: "del sudo", argv: []string{"group", "del", "sudo"}, err: "refusing group sudo: gid 27"},
 		{name: "del a primary group", argv: []string{"group", "del", "alice"}, err: "refusing to delete group alice: it is the primary group of user alice"},
 		{name: "del the primary group of two users", setup: func(t *testing.T, h *Host) {
-			writeTestFile(t, h.Root, "etc/passwd", testPasswd+"dave:x:1003:1500::/home/dave:/bin/bash\nerin:x:1004:1500::/home/erin:/bin/bash\n", 0o644)
+			writeTestFile(t, h.Sys.FS.Root, "etc/passwd", testPasswd+"dave:x:1003:1500::/home/dave:/bin/bash\nerin:x:1004:1500::/home/erin:/bin/bash\n", 0o644)
 		}, argv: []string{"group", "del", "ops"}, err: "primary group of user dave, erin"},
 		{name: "del with a drop-in that is a directory", setup: func(t *testing.T, h *Host) {
-			if err := os.Mkdir(h.path("/etc/sudoers.d/sera-devs"), 0o750); err != nil {
+			if err := os.Mkdir(h.Sys.Path("/etc/sudoers.d/sera-devs"), 0o750); err != nil {
 				t.Fatal(err)
 			}
 		}, argv: []string{"group", "del", "devs"}, err: "refusing /etc/sudoers.d/sera-devs: a directory"},
@@ -736,7 +738,7 @@ func TestGroupMembersConcurrent(t *testing.T) {
 	if l := groupLine(t, h, "devs"); l != "devs:x:1501:bob,carol" && l != "devs:x:1501:carol,bob" {
 		t.Errorf("devs: %q", l)
 	}
-	if _, err := os.Stat(filepath.Join(h.State, "accounts.lock")); err != nil {
+	if _, err := os.Stat(filepath.Join(h.Sys.State, "accounts.lock")); err != nil {
 		t.Errorf("no accounts lock: %v", err)
 	}
 }
@@ -756,7 +758,7 @@ func TestGroupSudoHandler(t *testing.T) {
 	}
 	h, r := newGroupTestHost(t)
 	hd := &Handler{Host: h}
-	before := snapshotRoot(t, h.Root)
+	before := snapshotRoot(t, h.Sys.FS.Root)
 
 	good := []struct {
 		argv []string
@@ -817,7 +819,7 @@ func TestGroupSudoHandler(t *testing.T) {
 		}
 	}
 	checkCalls(t, r, nil)
-	sameSnapshot(t, "Resolve", before, snapshotRoot(t, h.Root))
+	sameSnapshot(t, "Resolve", before, snapshotRoot(t, h.Sys.FS.Root))
 
 	// Run as the watcher does: the group, its members, its sudo.
 	for _, step := range []struct {
@@ -843,7 +845,7 @@ func TestGroupSudoHandler(t *testing.T) {
 	}
 	checkCalls(t, r, []string{"groupadd --gid 2000 -- web", "gpasswd -a alice -- web", "gpasswd -a bob -- web",
 		"visudo -cf $ROOT/etc/sudoers.d/.sera-web.tmp-*", "groupdel -- web"})
-	sameSnapshot(t, "add, grant, del", before, snapshotRoot(t, h.Root))
+	sameSnapshot(t, "add, grant, del", before, snapshotRoot(t, h.Sys.FS.Root))
 
 	// A bad input that reaches Run anyway (Resolve skipped) still fails.
 	r.reset()

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/settings"
 )
 
@@ -37,23 +38,12 @@ type Host struct {
 	Started time.Time
 	// KnownClients is the path of the host's known_clients file.
 	KnownClients string
-	// State is SERA_STATE: archives of deleted homes, lock files.
-	State string
-	Now   func() time.Time
-	// Runner runs programs (ExecRunner if nil); Root is the filesystem
-	// root the host's files are under ("/" if empty). Unit tests set both.
-	Runner Runner
-	Root   string
+	// Sys is the host itself: programs, files, clock, network and
+	// SERA_STATE. Unit tests give one rooted in a directory.
+	Sys *host.System
 	// Config is the host's settings (SERA_ALLOW_MAX, …); nil means the
 	// defaults.
 	Config *settings.Config
-}
-
-func (h *Host) now() time.Time {
-	if h.Now != nil {
-		return h.Now()
-	}
-	return time.Now()
 }
 
 // hostRun is the body of a host command.
@@ -169,8 +159,7 @@ func (t *hostTree) localHost() (*Host, error) {
 	}
 	h := &Host{
 		Name: cfg.Get(settings.KeyName), Groups: cfg.Groups(), Version: o.Version,
-		KnownClients: cfg.KnownClientsFile(), State: cfg.Get(settings.KeyState), Now: o.Now,
-		Config: cfg,
+		KnownClients: cfg.KnownClientsFile(), Sys: o.hostSystem(cfg), Config: cfg,
 	}
 	if id, err := loadIdentity(cfg); err == nil {
 		h.Fingerprint = id.Public().Fingerprint()

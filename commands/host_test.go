@@ -16,6 +16,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/settings"
 )
 
@@ -26,7 +27,7 @@ func testHandler(t *testing.T) *Handler {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 	return &Handler{Host: &Host{
 		Name: "web1", Version: "v1.2.3", Fingerprint: "abcdefghijklmnop",
-		Started: now.Add(-time.Hour), Now: func() time.Time { return now },
+		Started: now.Add(-time.Hour), Sys: &host.System{Clock: host.FixedClock{T: now}, Net: host.NoNet{}, State: t.TempDir()},
 		KnownClients: filepath.Join(t.TempDir(), "known_clients"),
 	}}
 }

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -18,28 +16,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera/safefile"
-)
-
-// What a host is known by on the network. They read process-wide state
-// (the UTS and network namespaces the watcher runs in); unit tests replace
-// them.
-var (
-	hostHostname = func(*Host) (string, error) { return os.Hostname() }
-	hostAddrs    = func(*Host) ([]netip.Addr, error) {
-		addrs, err := net.InterfaceAddrs()
-		if err != nil {
-			return nil, err
-		}
-		var out []netip.Addr
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok {
-					out = append(out, ip.Unmap())
-				}
-			}
-		}
-		return out, nil
-	}
 )
 
 const sshDir = "/etc/ssh"
@@ -61,7 +37,7 @@ type hostKeyFile struct {
 // type sera does not install is skipped with a warning; an unreadable
 // file is an error, so no partial set is ever reported as the whole.
 func (h *Host) hostKeys(errOut io.Writer) ([]hostKeyFile, error) {
-	ents, err := os.ReadDir(h.path(sshDir))
+	ents, err := h.Sys.FS.ReadDir(sshDir)
 	if err != nil {
 		return nil, fmt.Errorf("failed to read %s: %w", sshDir, err)
 	}
@@ -71,7 +47,7 @@ func (h *Host) hostKeys(errOut io.Writer) ([]hostKeyFile, error) {
 			continue
 		}
 		file := sshDir + "/" + e.Name()
-		b, err := safefile.ReadNoFollow(h.path(file))
+		b, err := h.Sys.FS.ReadFile(file)
 		if err != nil {
 			return nil, fmt.Errorf("failed to read %s: %w", file, err)
 		}
@@ -112,7 +88,7 @@ func (h *Host) knownBy(names, addrs []string, noAddrs bool) ([]string, []string,
 			add(&outNames, c)
 		}
 	} else {
-		hn, _ := hostHostname(h)
+		hn, _ := h.Sys.Net.Hostname()
 		for _, n := range []string{h.Name, hn} {
 			if c, err := parseHostName(n); err == nil && n != "" && c != "localhost" {
 				add(&outNames, c)
@@ -127,7 +103,7 @@ func (h *Host) knownBy(names, addrs []string, noAddrs bool) ([]string, []string,
 			add(&outAddrs, c)
 		}
 	default:
-		found, err := hostAddrs(h)
+		found, err := h.Sys.Net.Addrs()
 		if err != nil {
 			return nil, nil, fmt.Errorf("failed to list this host's addresses: %w (give --addr or --no-addrs)", err)
 		}
@@ -143,9 +119,9 @@ func (h *Host) knownBy(names, addrs []string, noAddrs bool) ([]string, []string,
 
 // lockKnownHosts serializes sera's edits of the host's known_hosts file.
 func (h *Host) lockKnownHosts() (unlock func(), err error) {
-	dir := h.State
+	dir := h.Sys.State
 	if dir == "" {
-		dir = h.path("/var/lib/sera")
+		dir = h.Sys.Path("/var/lib/sera")
 	}
 	if err := safefile.MkdirPrivate(dir); err != nil {
 		return nil, err
@@ -160,7 +136,7 @@ func (h *Host) editKnownHosts(ctx context.Context, out, errOut io.Writer, dryRun
 		return err
 	}
 	defer unlock()
-	k := &knownHostsPath{show: systemKnownHosts, path: h.path(systemKnownHosts), mode: 0o644, dirMode: 0o755}
+	k := &knownHostsPath{show: systemKnownHosts, path: h.Sys.Path(systemKnownHosts), mode: 0o644, dirMode: 0o755}
 	return k.edit(ctx, out, errOut, dryRun, noChange, change)
 }
 

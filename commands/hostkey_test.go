@@ -10,10 +10,12 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/host"
 )
 
 // hkRoot is a host whose filesystem root is a temporary directory with
@@ -29,7 +31,7 @@ func newHostkeyRoot(t *testing.T, name string) *hkRoot {
 	if err := os.MkdirAll(filepath.Join(root, "etc", "ssh"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	r := &hkRoot{h: &Host{Name: name, Version: "test", State: t.TempDir(), Root: root}}
+	r := &hkRoot{h: &Host{Name: name, Version: "test", Sys: &host.System{Exec: host.ExecRunner{}, FS: host.FS{Root: root}, Clock: host.ClockFunc(time.Now), Net: staticNet(name, "10.0.0.1"), State: t.TempDir()}}}
 	r.writeHostKey(t, "ed25519", khEd25519(t))
 	r.writeHostKey(t, "ecdsa", khECDSA(t))
 	return r
@@ -39,7 +41,7 @@ func newHostkeyRoot(t *testing.T, name string) *hkRoot {
 func (r *hkRoot) writeHostKey(t *testing.T, name string, k ssh.PublicKey) {
 	t.Helper()
 	line := keyText(k) + " root@" + r.h.Name + "\n"
-	if err := os.WriteFile(r.h.path("/etc/ssh/ssh_host_"+name+"_key.pub"), []byte(line), 0o644); err != nil {
+	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_"+name+"_key.pub"), []byte(line), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r.keys = slices.DeleteFunc(r.keys, func(o ssh.PublicKey) bool { return o.Type() == k.Type() })
@@ -65,34 +67,29 @@ func hkMustRun(t *testing.T, h *Host, argv ...string) string {
 	return out
 }
 
-func hkHooks(t *testing.T, hostname string, addrs ...string) {
-	t.Helper()
-	oldName, oldAddrs := hostHostname, hostAddrs
-	hostHostname = func(*Host) (string, error) { return hostname, nil }
-	hostAddrs = func(*Host) ([]netip.Addr, error) {
-		var out []netip.Addr
-		for _, a := range addrs {
-			out = append(out, netip.MustParseAddr(a))
-		}
-		return out, nil
+// staticNet is a host's names and addresses for a test.
+func staticNet(hostname string, addrs ...string) host.StaticNet {
+	n := host.StaticNet{Host: hostname}
+	for _, a := range addrs {
+		n.IPs = append(n.IPs, netip.MustParseAddr(a))
 	}
-	t.Cleanup(func() { hostHostname, hostAddrs = oldName, oldAddrs })
+	return n
 }
 
 func TestHostkeyList(t *testing.T) {
-	hkHooks(t, "web1.example", "127.0.0.1", "::1", "fe80::1", "2001:db8::1", "192.0.2.1", "10.0.0.1", "169.254.1.1")
 	r := newHostkeyRoot(t, "web1")
+	r.h.Sys.Net = staticNet("web1.example", "127.0.0.1", "::1", "fe80::1", "2001:db8::1", "192.0.2.1", "10.0.0.1", "169.254.1.1")
 	rsa2048, rsa1024 := khRSAKeys(t)
 	r.writeHostKey(t, "rsa", rsa2048)
 	// Neither a FIDO key nor a weak RSA key is ever a host key sera
 	// reports; a *-cert.pub is not a key file.
-	if err := os.WriteFile(r.h.path("/etc/ssh/ssh_host_sk_key.pub"), []byte(keyText(khSKKey(t))+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_sk_key.pub"), []byte(keyText(khSKKey(t))+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(r.h.path("/etc/ssh/ssh_host_old_key.pub"), []byte(keyText(rsa1024)+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_old_key.pub"), []byte(keyText(rsa1024)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(r.h.path("/etc/ssh/ssh_host_ed25519_key-cert.pub"), []byte("garbage\n"), 0o644); err != nil {
+	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_ed25519_key-cert.pub"), []byte("garbage\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -148,7 +145,6 @@ func TestHostkeyList(t *testing.T) {
 }
 
 func TestHostkeyListErrors(t *testing.T) {
-	hkHooks(t, "web1", "10.0.0.1")
 	for _, tc := range []struct {
 		argv []string
 		want string
@@ -169,7 +165,7 @@ func TestHostkeyListErrors(t *testing.T) {
 	}
 	// The host's own files are checked when it runs.
 	r := newHostkeyRoot(t, "web1")
-	bad := r.h.path("/etc/ssh/ssh_host_bad_key.pub")
+	bad := r.h.Sys.Path("/etc/ssh/ssh_host_bad_key.pub")
 	os.WriteFile(bad, []byte("not a key\n"), 0o644)
 	if _, errOut, st, _ := hkRun(t, r.h, "hostkey", "list"); st != 1 || !strings.Contains(errOut, "ssh_host_bad_key.pub is not one public key") {
 		t.Errorf("bad key file: %d %s", st, errOut)
@@ -181,7 +177,7 @@ func TestHostkeyListErrors(t *testing.T) {
 	}
 	os.Remove(bad)
 	for _, n := range []string{"ed25519", "ecdsa"} {
-		os.Remove(r.h.path("/etc/ssh/ssh_host_" + n + "_key.pub"))
+		os.Remove(r.h.Sys.Path("/etc/ssh/ssh_host_" + n + "_key.pub"))
 	}
 	if _, errOut, st, _ := hkRun(t, r.h, "hostkey", "list"); st != 1 || !strings.Contains(errOut, "no SSH host keys") {
 		t.Errorf("no keys: %d %s", st, errOut)
@@ -191,7 +187,7 @@ func TestHostkeyListErrors(t *testing.T) {
 // hkFile reads the host's ssh_known_hosts ("" if missing).
 func hkFile(t *testing.T, h *Host) string {
 	t.Helper()
-	b, err := os.ReadFile(h.path(systemKnownHosts))
+	b, err := os.ReadFile(h.Sys.Path(systemKnownHosts))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
@@ -224,7 +220,7 @@ func TestHostkeyTrustUntrustSet(t *testing.T) {
 	if want := "done: create /etc/ssh/ssh_known_hosts (0644): trust web2 as web2,10.0.0.2: ssh-ed25519 " + fp(ed2) + ", ecdsa-sha2-nistp256 " + fp(ec2) + "\n"; out != want {
 		t.Errorf("trust: %q\nwant %q", out, want)
 	}
-	if fi, err := os.Stat(h.path(systemKnownHosts)); err != nil || fi.Mode().Perm() != 0o644 {
+	if fi, err := os.Stat(h.Sys.Path(systemKnownHosts)); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Errorf("mode: %v %v", fi.Mode(), err)
 	}
 	block := func(lines ...string) string { return khBegin + "\n" + strings.Join(lines, "\n") + "\n" + khEnd + "\n" }
@@ -235,7 +231,7 @@ func TestHostkeyTrustUntrustSet(t *testing.T) {
 
 	// 2. The admin's own lines, before and after the block, are kept.
 	own1, own2 := "# mine\ngitlab.example "+keyText(ed3)+"\n", "\n# also mine\n"
-	if err := os.WriteFile(h.path(systemKnownHosts), []byte(own1+want+own2), 0o600); err != nil {
+	if err := os.WriteFile(h.Sys.Path(systemKnownHosts), []byte(own1+want+own2), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -257,7 +253,7 @@ func TestHostkeyTrustUntrustSet(t *testing.T) {
 	if got := hkFile(t, h); got != want {
 		t.Errorf("after replace:\n%s\nwant:\n%s", got, want)
 	}
-	if fi, _ := os.Stat(h.path(systemKnownHosts)); fi.Mode().Perm() != 0o644 {
+	if fi, _ := os.Stat(h.Sys.Path(systemKnownHosts)); fi.Mode().Perm() != 0o644 {
 		t.Errorf("mode after write: %v", fi.Mode())
 	}
 
@@ -349,7 +345,7 @@ func TestHostkeyFileRefused(t *testing.T) {
 	ed := keyText(khEd25519(t))
 	r := newHostkeyRoot(t, "web1")
 	h := r.h
-	file := h.path(systemKnownHosts)
+	file := h.Sys.Path(systemKnownHosts)
 
 	// A damaged block: sera cannot tell its lines from the admin's.
 	damaged := "mine\n" + khBegin + "\nweb2 " + ed + "\nmine too?\n"
@@ -361,7 +357,7 @@ func TestHostkeyFileRefused(t *testing.T) {
 
 	// A symbolic link in place of the file is never followed.
 	os.Remove(file)
-	target := filepath.Join(h.Root, "elsewhere")
+	target := filepath.Join(h.Sys.FS.Root, "elsewhere")
 	os.WriteFile(target, []byte("precious\n"), 0o644)
 	os.Symlink(target, file)
 	_, errOut, st, _ = hkRun(t, h, "hostkey", "trust", "--", "web3", ed)
@@ -370,17 +366,17 @@ func TestHostkeyFileRefused(t *testing.T) {
 	}
 
 	// Nor a link in place of /etc/ssh.
-	os.RemoveAll(h.path("/etc/ssh"))
-	os.Mkdir(filepath.Join(h.Root, "real-ssh"), 0o755)
-	os.Symlink(filepath.Join(h.Root, "real-ssh"), h.path("/etc/ssh"))
+	os.RemoveAll(h.Sys.Path("/etc/ssh"))
+	os.Mkdir(filepath.Join(h.Sys.FS.Root, "real-ssh"), 0o755)
+	os.Symlink(filepath.Join(h.Sys.FS.Root, "real-ssh"), h.Sys.Path("/etc/ssh"))
 	_, errOut, st, _ = hkRun(t, h, "hostkey", "trust", "--", "web3", ed)
-	if ents, _ := os.ReadDir(filepath.Join(h.Root, "real-ssh")); st != 1 || !strings.Contains(errOut, "symbolic link") || len(ents) != 0 {
+	if ents, _ := os.ReadDir(filepath.Join(h.Sys.FS.Root, "real-ssh")); st != 1 || !strings.Contains(errOut, "symbolic link") || len(ents) != 0 {
 		t.Errorf("symlinked /etc/ssh: %d %s %v", st, errOut, ents)
 	}
 
 	// Bad lines in sera's block are reported; they go at the next change.
-	os.Remove(h.path("/etc/ssh"))
-	os.Mkdir(h.path("/etc/ssh"), 0o755)
+	os.Remove(h.Sys.Path("/etc/ssh"))
+	os.Mkdir(h.Sys.Path("/etc/ssh"), 0o755)
 	os.WriteFile(file, []byte(khBegin+"\nweb2 "+ed+"\nhand-edited junk\n"+khEnd+"\n"), 0o644)
 	out, errOut, st, _ := hkRun(t, h, "hostkey", "trust", "--", "web2", ed)
 	if st != 0 || !strings.Contains(out, "already trusted") || !strings.Contains(errOut, "line 3") {

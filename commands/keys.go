@@ -213,19 +213,19 @@ func findKey(keys []*authKey, k *authKey) *authKey {
 
 // loadKeys reads u's authorized_keys; a missing .ssh or file is empty.
 func (h *Host) loadKeys(u *passwdEntry) (*authorizedKeys, error) {
-	d, err := openUserDir(h.path(u.Home), u.UID, u.GID, 0o700, false)
+	d, err := h.Sys.FS.OpenUserDir(u.Home, u.UID, u.GID, 0o700, false)
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	sshDir, err := d.openChild(".ssh", 0o700, false)
+	sshDir, err := d.OpenChild(".ssh", 0o700, false)
 	if errors.Is(err, unix.ENOENT) {
 		return &authorizedKeys{}, nil
 	} else if err != nil {
 		return nil, err
 	}
 	defer sshDir.Close()
-	b, err := sshDir.readFile("authorized_keys")
+	b, err := sshDir.ReadFile("authorized_keys")
 	if err != nil {
 		return nil, err
 	}
@@ -240,24 +240,24 @@ func (h *Host) planKeys(p *plan.Plan, u *passwdEntry, before, ak *authorizedKeys
 	}
 	path := u.Home + "/.ssh/authorized_keys"
 	p.Add(fmt.Sprintf("write %s (0600 %s): %s", path, u.Name, what), func(ctx context.Context) error {
-		d, err := openUserDir(h.path(u.Home), u.UID, u.GID, 0o700, true, ".ssh")
+		d, err := h.Sys.FS.OpenUserDir(u.Home, u.UID, u.GID, 0o700, true, ".ssh")
 		if err != nil {
 			return err
 		}
 		defer d.Close()
-		if err := d.fixMode(0o700); err != nil {
+		if err := d.FixMode(0o700); err != nil {
 			return err
 		}
 		// Re-read under the account lock: the plan was made from this
 		// same content, unless the user edited it meanwhile.
-		cur, err := d.readFile("authorized_keys")
+		cur, err := d.ReadFile("authorized_keys")
 		if err != nil {
 			return err
 		}
 		if !bytes.Equal(cur, before.bytes()) && !bytes.Equal(parseAuthorizedKeys(cur).bytes(), before.bytes()) {
 			return fmt.Errorf("%s changed while sera was planning; nothing written, run the command again", path)
 		}
-		return d.writeFile("authorized_keys", data, 0o600)
+		return d.WriteFile("authorized_keys", data, 0o600)
 	})
 }
 

@@ -13,7 +13,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -565,12 +564,6 @@ func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 	for i, n := range append(slices.Clone(running), silent...) {
 		addrOf[n] = "10.0.0." + strconv.Itoa(i+1)
 	}
-	oldName, oldAddrs := hostHostname, hostAddrs
-	hostHostname = func(h *Host) (string, error) { return h.Name + ".example", nil }
-	hostAddrs = func(h *Host) ([]netip.Addr, error) {
-		return []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("fe80::1"), netip.MustParseAddr(addrOf[h.Name])}, nil
-	}
-	t.Cleanup(func() { hostHostname, hostAddrs = oldName, oldAddrs })
 	kw := &sera.KnownWatchers{}
 	for _, n := range append(slices.Clone(running), silent...) {
 		id, err := crypto.GenerateIdentity(rand.Reader)
@@ -579,6 +572,7 @@ func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 		}
 		kw.Watchers = append(kw.Watchers, &sera.KnownWatcher{Name: n, Key: id.Public(), Addrs: []string{addrOf[n]}})
 		r := newHostkeyRoot(t, n)
+		r.h.Sys.Net = staticNet(n+".example", "127.0.0.1", "fe80::1", addrOf[n])
 		f.hosts[n] = r
 		if slices.Contains(running, n) {
 			f.startWatcher(n, id, r.h)
@@ -641,7 +635,7 @@ func (f *khFleet) sera(args ...string) (string, string, error) {
 func (f *khFleet) files() map[string]string {
 	out := map[string]string{}
 	for n, r := range f.hosts {
-		b, _ := os.ReadFile(r.h.path(systemKnownHosts))
+		b, _ := os.ReadFile(r.h.Sys.Path(systemKnownHosts))
 		out[n] = string(b)
 	}
 	b, _ := os.ReadFile(filepath.Join(f.dir, ".ssh", "known_hosts"))
@@ -702,7 +696,7 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 	if fi, _ := os.Stat(filepath.Join(f.dir, ".ssh", "known_hosts")); fi.Mode().Perm() != 0o644 {
 		t.Errorf("client file mode %o: an existing file keeps its mode", fi.Mode().Perm())
 	}
-	if fi, _ := os.Stat(f.hosts["web1"].h.path(systemKnownHosts)); fi.Mode().Perm() != 0o644 {
+	if fi, _ := os.Stat(f.hosts["web1"].h.Sys.Path(systemKnownHosts)); fi.Mode().Perm() != 0o644 {
 		t.Errorf("host file mode %o", fi.Mode().Perm())
 	}
 
@@ -847,24 +841,10 @@ func TestKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T) {
 }
 
 func testKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T, f *khFleet) {
-	hostHostname = func(h *Host) (string, error) {
-		switch h.Name {
-		case "web2":
-			return "github.com", nil
-		case "web3":
-			return "web1", nil
-		}
-		return h.Name + ".example", nil
-	}
-	hostAddrs = func(h *Host) ([]netip.Addr, error) {
-		switch h.Name {
-		case "web2":
-			return []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("10.0.0.1")}, nil
-		case "web3":
-			return []netip.Addr{netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("10.0.0.1")}, nil
-		}
-		return []netip.Addr{netip.MustParseAddr("10.0.0.1")}, nil
-	}
+	// Set before any request reaches the watchers.
+	f.hosts["web2"].h.Sys.Net = staticNet("github.com", "10.0.0.2", "203.0.113.9", "10.0.0.1")
+	f.hosts["web3"].h.Sys.Net = staticNet("web1", "10.0.0.3", "10.0.0.1")
+	f.hosts["web1"].h.Sys.Net = staticNet("web1.example", "10.0.0.1")
 	k := func(n string) []ssh.PublicKey { return f.hosts[n].keys }
 	block := func(names map[string]string) string {
 		b := khBegin + "\n"
@@ -886,7 +866,7 @@ func testKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T, f *khFleet) {
 		t.Fatal(err)
 	}
 	for _, r := range f.hosts {
-		if err := os.WriteFile(r.h.path(systemKnownHosts), []byte(old), 0o644); err != nil {
+		if err := os.WriteFile(r.h.Sys.Path(systemKnownHosts), []byte(old), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -38,7 +38,7 @@ func (t *hostTree) pingCmd() *cobra.Command {
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, _ []string) error {
 		info := PingInfo{Name: h.Name, Groups: h.Groups, Version: h.Version, Fingerprint: h.Fingerprint}
 		if !h.Started.IsZero() {
-			info.Uptime = int64(h.now().Sub(h.Started).Seconds())
+			info.Uptime = int64(h.Sys.Now().Sub(h.Started).Seconds())
 		}
 		info.HostUptime = hostUptime()
 		if asJSON {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -114,7 +113,7 @@ func (v *sudoView) readDir(h *Host, dir string, depth int) {
 		v.readDirs = map[string]bool{}
 	}
 	v.readDirs[filepath.Clean(dir)] = true
-	entries, err := os.ReadDir(h.path(dir))
+	entries, err := h.Sys.FS.ReadDir(dir)
 	if err != nil {
 		return // sudo skips a missing or unreadable includedir
 	}

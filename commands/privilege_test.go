@@ -6,8 +6,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/host"
 )
 
 // A client allowed "group" (or "user") but not "sudo" must not be able to
@@ -30,7 +32,7 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h, r := newGroupTestHost(t)
 			writeDropIn("devs", string(sudoersContent("devs", false)))(t, h)
-			before := snapshotRoot(t, h.Root)
+			before := snapshotRoot(t, h.Sys.FS.Root)
 			client := &sera.KnownClient{Name: "helpdesk", Allow: tt.allow}
 			res := (&Handler{Host: h}).Run(context.Background(), &sera.Call{Argv: tt.argv, Client: client})
 			if !tt.refused {
@@ -46,7 +48,7 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 			if calls := r.Calls(); len(calls) != 0 {
 				t.Errorf("ran %v", calls)
 			}
-			sameSnapshot(t, "refused", before, snapshotRoot(t, h.Root))
+			sameSnapshot(t, "refused", before, snapshotRoot(t, h.Sys.FS.Root))
 		})
 	}
 	// --local is root on the host already: no caller to check.
@@ -161,15 +163,15 @@ func TestAccountsWithoutSudoStayOpen(t *testing.T) {
 
 func TestSudoersView(t *testing.T) {
 	h, _ := newGroupTestHost(t)
-	writeTestFile(t, h.Root, "etc/sudoers", "Defaults:alice !lecture\n"+
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "Defaults:alice !lecture\n"+
 		"alice ,bob\tweb1 , db1 = (ALL) ALL   # two users\n"+
 		"#1234 ALL = ALL\n%#1300 ALL=ALL\n"+
 		"User_Alias A = carol, %team : B = dave\nA ALL=ALL\n"+
 		"Host_Alias H = erin\nCmnd_Alias C = /bin/frank\n"+
 		"#includedir /etc/sudoers.d\n@include extra\n", 0o440)
-	writeTestFile(t, h.Root, "etc/sudoers.d/skip.me", "zed ALL=ALL\n", 0o440)
-	writeTestFile(t, h.Root, "etc/sudoers.d/skipme~", "zed ALL=ALL\n", 0o440)
-	writeTestFile(t, h.Root, "etc/extra", "gina ALL=\\\n ALL\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/skip.me", "zed ALL=ALL\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/skipme~", "zed ALL=ALL\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/extra", "gina ALL=\\\n ALL\n", 0o440)
 	v, err := h.readSudoView()
 	if err != nil {
 		t.Fatal(err)
@@ -200,30 +202,30 @@ func TestSudoersView(t *testing.T) {
 		t.Errorf("everyone: %s", v.everyone)
 	}
 	for _, rule := range []string{"ALL ALL=ALL\n", "%:AD ALL=ALL\n", "+ng ALL=ALL\n", "@include /etc/sudoers.%h\n"} {
-		writeTestFile(t, h.Root, "etc/sudoers", rule, 0o440)
+		writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", rule, 0o440)
 		if v, _ := h.readSudoView(); v.everyone == "" {
 			t.Errorf("%q: not every user", rule)
 		}
 	}
 	// Policy from elsewhere: LDAP through nsswitch, another plugin.
-	writeTestFile(t, h.Root, "etc/sudoers", "root ALL=ALL\n", 0o440)
-	writeTestFile(t, h.Root, "etc/nsswitch.conf", "passwd: files\nsudoers: files sss\n", 0o644)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "root ALL=ALL\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/nsswitch.conf", "passwd: files\nsudoers: files sss\n", 0o644)
 	if v, _ := h.readSudoView(); !strings.Contains(v.everyone, "sss") {
 		t.Errorf("sudoers from sss: %q", v.everyone)
 	}
-	writeTestFile(t, h.Root, "etc/nsswitch.conf", "sudoers: files\n", 0o644)
-	writeTestFile(t, h.Root, "etc/sudo.conf", "Plugin sudoers_policy sudoers.so sudoers_file=/etc/sudoers.other\n", 0o644)
-	writeTestFile(t, h.Root, "etc/sudoers.other", "zed ALL=ALL\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/nsswitch.conf", "sudoers: files\n", 0o644)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudo.conf", "Plugin sudoers_policy sudoers.so sudoers_file=/etc/sudoers.other\n", 0o644)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.other", "zed ALL=ALL\n", 0o440)
 	if v, _ := h.readSudoView(); v.everyone != "" || v.users["zed"] == "" {
 		t.Errorf("sudoers_file= of sudo.conf not read: %+v", v)
 	}
-	writeTestFile(t, h.Root, "etc/sudo.conf", "Plugin my_policy /usr/lib/x/policy.so\n", 0o644)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudo.conf", "Plugin my_policy /usr/lib/x/policy.so\n", 0o644)
 	if v, _ := h.readSudoView(); v.everyone == "" {
 		t.Error("another policy plugin: not every user")
 	}
-	os.Remove(filepath.Join(h.Root, "etc/sudo.conf"))
+	os.Remove(filepath.Join(h.Sys.FS.Root, "etc/sudo.conf"))
 	// An include loop ends, and counts as every user.
-	writeTestFile(t, h.Root, "etc/sudoers", "@include /etc/sudoers\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "@include /etc/sudoers\n", 0o440)
 	if v, _ := h.readSudoView(); v.everyone == "" {
 		t.Error("include loop: not every user")
 	}
@@ -233,7 +235,7 @@ func FuzzSudoersView(f *testing.F) {
 	f.Add("alice ALL=(ALL) ALL\n%g ALL=ALL\nUser_Alias A = b, %c\n#1 ALL=ALL # x\n")
 	f.Add("@includedir /etc/sudoers.d\nDefaults:x y\n\\\n%#12 a=b")
 	root := f.TempDir()
-	h := &Host{Root: root}
+	h := &Host{Sys: host.ForTest(root, nil, host.FixedClock{T: time.Unix(0, 0)})}
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	f.Fuzz(func(t *testing.T, text string) {
 		v := &sudoView{users: map[string]string{}, uids: map[int]string{}, groups: map[string]string{}, gids: map[int]string{}}

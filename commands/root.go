@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 )
@@ -82,6 +83,13 @@ type Options struct {
 	// OpenTransport opens the configured transport; defaults to
 	// OpenTransport.
 	OpenTransport func(ctx context.Context, cfg *settings.Config) (transport.Transport, error)
+	// Host is this machine, for --local, the watcher and the public
+	// address 'sera allow' looks up; nil is the real one, with SERA_STATE
+	// as its state directory and Now as its clock.
+	Host *host.System
+	// Exe is the sera binary 'sera install service' makes the unit run;
+	// "" is this process's own executable.
+	Exe string
 
 	// system is --system: use /etc/sera whatever the user.
 	system bool
@@ -92,6 +100,18 @@ func (o *Options) now() time.Time {
 		return o.Now()
 	}
 	return time.Now()
+}
+
+// hostSystem is this machine as host commands see it.
+func (o *Options) hostSystem(cfg *settings.Config) *host.System {
+	if o.Host != nil {
+		return o.Host
+	}
+	s := host.Real(cfg.Get(settings.KeyState))
+	if o.Now != nil {
+		s.Clock = host.ClockFunc(o.Now)
+	}
+	return s
 }
 
 func (o *Options) config() (*settings.Config, error) {

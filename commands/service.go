@@ -8,20 +8,29 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/install"
 )
 
-// newService returns the service installer of this host; tests replace
-// it with one rooted in a directory.
-var newService = func() (*install.Service, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("failed to find sera's own path: %w", err)
+// service is the service installer of this host: o.Host when a test
+// set one (a directory with a recording systemctl), this machine
+// otherwise.
+func (o *Options) service() (*install.Service, error) {
+	exe := o.Exe
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("failed to find sera's own path: %w", err)
+		}
+		if exe, err = filepath.EvalSymlinks(exe); err != nil {
+			return nil, fmt.Errorf("failed to find sera's own path: %w", err)
+		}
 	}
-	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return nil, fmt.Errorf("failed to find sera's own path: %w", err)
+	sys := o.Host
+	if sys == nil {
+		sys = host.Real("")
 	}
-	return &install.Service{Exe: exe}, nil
+	return &install.Service{Exe: exe, Sys: sys}, nil
 }
 
 func newInstallCmd(o *Options) *cobra.Command {
@@ -60,11 +69,11 @@ container, a chroot) it writes the files and says what to run later.
 Run it as root. A second run changes nothing and says so.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, err := newService()
+			s, err := o.service()
 			if err != nil {
 				return err
 			}
-			if !dryRun && !o.Env.IsRoot && s.Root == "" {
+			if !dryRun && !o.Env.IsRoot && o.Host == nil {
 				return errors.New("installing the service needs root (try --dry-run to see what it would do)")
 			}
 			p, err := s.PlanInstall(c.Context())
@@ -89,11 +98,11 @@ log (` + install.StateDir + `) are kept. A service installed by the Debian packa
 is removed with the package (apt remove sera).`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, err := newService()
+			s, err := o.service()
 			if err != nil {
 				return err
 			}
-			if !dryRun && !o.Env.IsRoot && s.Root == "" {
+			if !dryRun && !o.Env.IsRoot && o.Host == nil {
 				return errors.New("removing the service needs root (try --dry-run to see what it would do)")
 			}
 			p, err := s.PlanUninstall()

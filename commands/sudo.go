@@ -50,14 +50,14 @@ func sudoersContent(name string, nopasswd bool) []byte {
 
 // sudoersPresent reports whether the host has a sera drop-in for name.
 func (h *Host) sudoersPresent(name string) bool {
-	_, err := os.Lstat(h.path(sudoersPath(name)))
+	_, err := os.Lstat(h.Sys.Path(sudoersPath(name)))
 	return err == nil
 }
 
 // readSudoers reads the drop-in of name: nil if there is none. A link or
 // anything but a regular file is refused.
 func (h *Host) readSudoers(name string) ([]byte, error) {
-	b, err := safefile.ReadNoFollow(h.path(sudoersPath(name)))
+	b, err := safefile.ReadNoFollow(h.Sys.Path(sudoersPath(name)))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -123,7 +123,7 @@ func (h *Host) planSudoGrant(db *accountDB, name string, nopasswd bool) (plan.Pl
 	if _, err := db.manageableGroup(name); err != nil {
 		return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
 	}
-	if fi, err := os.Lstat(h.path(sudoersDir)); err != nil {
+	if fi, err := h.Sys.FS.Lstat(sudoersDir); err != nil {
 		return plan.Plan{}, "", fmt.Errorf("no directory %s on this host (is sudo installed?); nothing was changed", sudoersDir)
 	} else if fi.Mode()&fs.ModeSymlink != 0 {
 		return plan.Plan{}, "", fmt.Errorf("refusing %s: %w; nothing was changed", sudoersDir, safefile.ErrSymlink)
@@ -150,8 +150,8 @@ func (h *Host) planSudoGrant(db *accountDB, name string, nopasswd bool) (plan.Pl
 // made 0440, fsynced and renamed into place. If visudo rejects it, the
 // temporary file is removed and the old drop-in, if any, stays as it was.
 func (h *Host) writeSudoers(ctx context.Context, name string, content []byte) error {
-	dir := h.path(sudoersDir)
-	final := h.path(sudoersPath(name))
+	dir := h.Sys.Path(sudoersDir)
+	final := h.Sys.Path(sudoersPath(name))
 	f, err := os.CreateTemp(dir, "."+sudoersPrefix+name+".tmp-*")
 	if err != nil {
 		return err
@@ -167,7 +167,7 @@ func (h *Host) writeSudoers(ctx context.Context, name string, content []byte) er
 	if _, err := f.Write(content); err != nil {
 		return err
 	}
-	if _, err := h.runner().Run(ctx, "visudo", "-cf", tmp); err != nil {
+	if _, err := h.Sys.Exec.Run(ctx, "visudo", "-cf", tmp); err != nil {
 		return fmt.Errorf("visudo rejected the new drop-in, which was not installed: %w", err)
 	}
 	if err := f.Chmod(sudoersMode); err != nil {
@@ -256,7 +256,7 @@ func (h *Host) planSudoRevokeCmd(db *accountDB, name string) (plan.Plan, string,
 
 // planSudoRevoke adds the removal of name's drop-in to p, if there is one.
 func (h *Host) planSudoRevoke(p *plan.Plan, name string) error {
-	file := h.path(sudoersPath(name))
+	file := h.Sys.Path(sudoersPath(name))
 	fi, err := os.Lstat(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -328,7 +328,7 @@ func (t *hostTree) sudoListCmd() *cobra.Command {
 
 // sudoGrants lists the sera drop-ins of the host.
 func (h *Host) sudoGrants() ([]sudoInfo, error) {
-	ents, err := os.ReadDir(h.path(sudoersDir))
+	ents, err := h.Sys.FS.ReadDir(sudoersDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

@@ -24,7 +24,7 @@ const (
 func wantDropIn(name, content string) func(t *testing.T, h *Host) {
 	return func(t *testing.T, h *Host) {
 		t.Helper()
-		p := h.path(sudoersPath(name))
+		p := h.Sys.Path(sudoersPath(name))
 		fi, err := os.Lstat(p)
 		if err != nil {
 			t.Fatal(err)
@@ -36,7 +36,7 @@ func wantDropIn(name, content string) func(t *testing.T, h *Host) {
 			t.Errorf("%s:\n%s\nwant:\n%s", p, b, content)
 		}
 		wantSudoersDir(t, h, "README", "other-ops", "sera-"+name)
-		if b, _ := os.ReadFile(h.path("/etc/sudoers.d/other-ops")); string(b) != testOtherDropIn {
+		if b, _ := os.ReadFile(h.Sys.Path("/etc/sudoers.d/other-ops")); string(b) != testOtherDropIn {
 			t.Errorf("other-ops changed: %q", b)
 		}
 	}
@@ -45,7 +45,7 @@ func wantDropIn(name, content string) func(t *testing.T, h *Host) {
 // wantSudoersDir checks the names in /etc/sudoers.d.
 func wantSudoersDir(t *testing.T, h *Host, names ...string) {
 	t.Helper()
-	ents, err := os.ReadDir(h.path(sudoersDir))
+	ents, err := os.ReadDir(h.Sys.Path(sudoersDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestSudoCommands(t *testing.T) {
 		{
 			name: "grant rewrites a drop-in edited by hand, and its mode",
 			setup: func(t *testing.T, h *Host) {
-				writeTestFile(t, h.Root, "etc/sudoers.d/sera-ops", "%ops ALL=(ALL) ALL\n", 0o644)
+				writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/sera-ops", "%ops ALL=(ALL) ALL\n", 0o644)
 			},
 			argv:  []string{"sudo", "grant", "ops"},
 			plan:  []string{"write /etc/sudoers.d/sera-ops (0440): %ops ALL=(ALL:ALL) ALL"},
@@ -138,7 +138,7 @@ func TestSudoCommands(t *testing.T) {
 		{
 			name: "revoke removes a link, never what it points to",
 			setup: func(t *testing.T, h *Host) {
-				if err := os.Symlink("other-ops", h.path("/etc/sudoers.d/sera-ops")); err != nil {
+				if err := os.Symlink("other-ops", h.Sys.Path("/etc/sudoers.d/sera-ops")); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -168,27 +168,27 @@ func TestSudoRefused(t *testing.T) {
 		{name: "grant a name that looks like a flag", argv: []string{"sudo", "grant", "-rf"}, err: "unknown shorthand flag"},
 		{name: "grant two groups", argv: []string{"sudo", "grant", "ops", "devs"}, err: "accepts 1 arg"},
 		{name: "grant without sudoers.d", setup: func(t *testing.T, h *Host) {
-			if err := os.RemoveAll(h.path(sudoersDir)); err != nil {
+			if err := os.RemoveAll(h.Sys.Path(sudoersDir)); err != nil {
 				t.Fatal(err)
 			}
 		}, argv: []string{"sudo", "grant", "ops"}, err: "no directory /etc/sudoers.d on this host (is sudo installed?); nothing was changed"},
 		{name: "grant into a linked sudoers.d", setup: func(t *testing.T, h *Host) {
-			if err := os.Rename(h.path(sudoersDir), h.path("/etc/elsewhere")); err != nil {
+			if err := os.Rename(h.Sys.Path(sudoersDir), h.Sys.Path("/etc/elsewhere")); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Symlink("elsewhere", h.path(sudoersDir)); err != nil {
+			if err := os.Symlink("elsewhere", h.Sys.Path(sudoersDir)); err != nil {
 				t.Fatal(err)
 			}
 		}, argv: []string{"sudo", "grant", "ops"}, err: "refusing /etc/sudoers.d: refusing to follow a symbolic link; nothing was changed"},
 		{name: "grant through a link", setup: func(t *testing.T, h *Host) {
-			if err := os.Symlink("other-ops", h.path("/etc/sudoers.d/sera-ops")); err != nil {
+			if err := os.Symlink("other-ops", h.Sys.Path("/etc/sudoers.d/sera-ops")); err != nil {
 				t.Fatal(err)
 			}
 		}, argv: []string{"sudo", "grant", "ops"}, err: "refusing to follow a symbolic link; nothing was changed"},
 		{name: "revoke the system group sudo", argv: []string{"sudo", "revoke", "sudo"},
 			err: "refusing sudo for sudo: it is a system group (gid 27, outside 1000..60000) whose sudo sera does not manage; nothing was changed"},
 		{name: "revoke a directory", setup: func(t *testing.T, h *Host) {
-			if err := os.Mkdir(h.path("/etc/sudoers.d/sera-ops"), 0o750); err != nil {
+			if err := os.Mkdir(h.Sys.Path("/etc/sudoers.d/sera-ops"), 0o750); err != nil {
 				t.Fatal(err)
 			}
 		}, argv: []string{"sudo", "revoke", "ops"}, err: "refusing /etc/sudoers.d/sera-ops: a directory"},
@@ -206,7 +206,7 @@ func TestSudoGrantVisudoFails(t *testing.T) {
 				writeDropIn("ops", existing)(t, h)
 			}
 			r.beforeVisudo = func(path string) {
-				if !strings.HasPrefix(filepath.Base(path), ".sera-ops.tmp-") || filepath.Dir(path) != h.path(sudoersDir) {
+				if !strings.HasPrefix(filepath.Base(path), ".sera-ops.tmp-") || filepath.Dir(path) != h.Sys.Path(sudoersDir) {
 					t.Errorf("visudo checks %s, want a dotted temporary file in /etc/sudoers.d", path)
 				}
 				f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
@@ -216,7 +216,7 @@ func TestSudoGrantVisudoFails(t *testing.T) {
 				f.WriteString("SYNTAX ERROR\n")
 				f.Close()
 			}
-			before := snapshotRoot(t, h.Root)
+			before := snapshotRoot(t, h.Sys.FS.Root)
 			res := runGroupSudo(h, "sudo", "grant", "ops", "--nopasswd")
 			if res.Status != 1 || len(res.Stdout) != 0 {
 				t.Errorf("status %d, stdout %q", res.Status, res.Stdout)
@@ -230,7 +230,7 @@ func TestSudoGrantVisudoFails(t *testing.T) {
 				}
 			}
 			checkCalls(t, r, []string{"visudo -cf $ROOT/etc/sudoers.d/.sera-ops.tmp-*"})
-			sameSnapshot(t, "visudo failed", before, snapshotRoot(t, h.Root))
+			sameSnapshot(t, "visudo failed", before, snapshotRoot(t, h.Sys.FS.Root))
 		})
 	}
 }
@@ -245,8 +245,8 @@ func TestSudoList(t *testing.T) {
 	writeDropIn("bob", "%bob ALL=(ALL) NOPASSWD: /usr/bin/apt\n")(t, h)
 	writeDropIn("gone", string(sudoersContent("gone", false)))(t, h)
 	// Not sera's: another name, an invalid group name, a temporary file.
-	writeTestFile(t, h.Root, "etc/sudoers.d/sera-Bad", "%Bad ALL=(ALL) ALL\n", 0o440)
-	writeTestFile(t, h.Root, "etc/sudoers.d/.sera-ops.tmp-123", "%ops ALL=(ALL) ALL\n", 0o600)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/sera-Bad", "%Bad ALL=(ALL) ALL\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/.sera-ops.tmp-123", "%ops ALL=(ALL) ALL\n", 0o600)
 	r.reset()
 
 	res := runGroupSudo(h, "sudo", "list")
@@ -280,13 +280,13 @@ func TestSudoList(t *testing.T) {
 
 func TestSudoGrantWarnsWithoutIncludedir(t *testing.T) {
 	h, _ := newGroupTestHost(t)
-	writeTestFile(t, h.Root, "etc/sudoers", "root ALL=(ALL:ALL) ALL\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "root ALL=(ALL:ALL) ALL\n", 0o440)
 	res := runGroupSudo(h, "sudo", "grant", "ops")
 	if res.Status != 0 || !strings.Contains(string(res.Stderr), "warning: /etc/sudoers has no '@includedir /etc/sudoers.d'") {
 		t.Errorf("status %d, stderr %q", res.Status, res.Stderr)
 	}
 	h, _ = newGroupTestHost(t)
-	writeTestFile(t, h.Root, "etc/sudoers", "#includedir /etc/sudoers.d/\n", 0o440)
+	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "#includedir /etc/sudoers.d/\n", 0o440)
 	if res := runGroupSudo(h, "sudo", "grant", "ops"); res.Status != 0 || len(res.Stderr) != 0 {
 		t.Errorf("old-style #includedir: status %d, stderr %q", res.Status, res.Stderr)
 	}

@@ -1,136 +1,31 @@
 package commands
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/safefile"
 )
-
-// Runner runs programs on the host. It execs argv directly: no shell ever
-// sees an argument.
-type Runner interface {
-	Run(ctx context.Context, argv ...string) (stdout []byte, err error)
-}
-
-// ExecRunner is the Runner of a real host. Programs run with a fixed PATH
-// and the C locale, so their messages do not depend on who started the
-// watcher.
-//
-// Each program runs in a process group of its own. When ctx ends (the
-// request's execution timeout) the whole group is killed, so nothing the
-// program started outlives it, and Run returns at most execWaitDelay later
-// even if a process that left the group still holds the output pipes.
-type ExecRunner struct{}
-
-// execWaitDelay is how long Run waits for the output pipes to close once
-// the program has exited or been killed; then it closes them itself.
-const execWaitDelay = 5 * time.Second
-
-// Run implements Runner. A failure's error carries the program's stderr;
-// one that was killed because ctx ended wraps ctx.Err().
-func (r ExecRunner) Run(ctx context.Context, argv ...string) ([]byte, error) {
-	return r.RunInput(ctx, nil, argv...)
-}
-
-// InputRunner is a Runner that can feed a program's standard input: the
-// way secrets (password hashes) reach a program, as argv is readable by
-// every user in /proc/PID/cmdline while it runs.
-type InputRunner interface {
-	RunInput(ctx context.Context, stdin []byte, argv ...string) (stdout []byte, err error)
-}
-
-// RunInput implements InputRunner: Run with stdin.
-func (ExecRunner) RunInput(ctx context.Context, stdin []byte, argv ...string) ([]byte, error) {
-	if len(argv) == 0 {
-		return nil, errors.New("failed to run: empty command")
-	}
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error {
-		// The group's id is the program's pid (Setpgid); it stays
-		// taken while the program or anything left in its group lives.
-		err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if errors.Is(err, syscall.ESRCH) {
-			return os.ErrProcessDone
-		}
-		return err
-	}
-	cmd.WaitDelay = execWaitDelay
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if cerr := ctx.Err(); cerr != nil {
-			why := "its run was cancelled"
-			if errors.Is(cerr, context.DeadlineExceeded) {
-				why = "it ran past the execution timeout"
-			}
-			if cmd.Process == nil {
-				return nil, fmt.Errorf("%s not run: %s (%w)", argv[0], why, cerr)
-			}
-			err = fmt.Errorf("%s was killed with every process it started: %s (%w)", argv[0], why, cerr)
-			if msg != "" {
-				err = fmt.Errorf("%w: %s", err, msg)
-			}
-			return stdout.Bytes(), err
-		}
-		if msg == "" {
-			return stdout.Bytes(), fmt.Errorf("%s failed: %w", argv[0], err)
-		}
-		return stdout.Bytes(), fmt.Errorf("%s failed: %w: %s", argv[0], err, msg)
-	}
-	return stdout.Bytes(), nil
-}
-
-// path maps an absolute host path into the host's root ("/" in
-// production, a test directory in unit tests).
-func (h *Host) path(p string) string {
-	if h.Root == "" {
-		return p
-	}
-	return filepath.Join(h.Root, p)
-}
 
 // setPasswordHash sets user's password hash with chpasswd -e, the hash
 // on its standard input, never on argv.
 func (h *Host) setPasswordHash(ctx context.Context, user, hash string) error {
-	r, ok := h.runner().(InputRunner)
-	if !ok {
-		return errors.New("failed to set the password: this host's runner cannot pass it on standard input")
+	_, err := h.Sys.RunInput(ctx, []byte(user+":"+hash+"\n"), "chpasswd", "--encrypted")
+	if errors.Is(err, host.ErrNoStdin) {
+		return fmt.Errorf("failed to set the password: %w", err)
 	}
-	_, err := r.RunInput(ctx, []byte(user+":"+hash+"\n"), "chpasswd", "--encrypted")
 	return err
-}
-
-func (h *Host) runner() Runner {
-	if h.Runner == nil {
-		return ExecRunner{}
-	}
-	return h.Runner
 }
 
 // lockAccounts serializes account changes on the host, so two requests
 // (or a request and a --local command) for one user cannot interleave.
 func (h *Host) lockAccounts() (unlock func(), err error) {
-	dir := h.State
-	if dir == "" {
-		dir = h.path("/var/lib/sera")
-	}
+	dir := h.Sys.State
 	if err := safefile.MkdirPrivate(dir); err != nil {
 		return nil, err
 	}

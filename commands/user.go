@@ -266,7 +266,7 @@ func (h *Host) planUserAdd(c *cobra.Command, o *userAddOptions, name string) (pl
 		full := append(append([]string{"usermod"}, argv...), "--", name)
 		desc := plan.Quote(full)
 		p.Add(strings.Join(desc, " "), func(ctx context.Context) error {
-			_, err := h.runner().Run(ctx, full...)
+			_, err := h.Sys.Exec.Run(ctx, full...)
 			return err
 		})
 		if len(kept) > 0 {
@@ -361,7 +361,7 @@ func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, change
 	argv = append(argv, "--", name)
 	var p plan.Plan
 	p.Add(strings.Join(plan.Quote(argv), " "), func(ctx context.Context) error {
-		_, err := h.runner().Run(ctx, argv...)
+		_, err := h.Sys.Exec.Run(ctx, argv...)
 		return err
 	})
 	if changed("password-hash") {
@@ -410,7 +410,7 @@ func (h *Host) planNewUser(db *accountDB, o *userAddOptions, name string, change
 // checkShell requires a shell that exists and, if the host has
 // /etc/shells, is listed there.
 func (h *Host) checkShell(shell string) error {
-	if fi, err := os.Stat(h.path(shell)); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+	if fi, err := h.Sys.FS.Stat(shell); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
 		return fmt.Errorf("invalid --shell %s: no such program on this host; nothing was changed", shell)
 	}
 	b, err := h.readFile("/etc/shells")
@@ -453,9 +453,9 @@ type lockRecord struct {
 }
 
 func (h *Host) lockRecordPath(name string) string {
-	state := h.State
+	state := h.Sys.State
 	if state == "" {
-		state = h.path("/var/lib/sera")
+		state = h.Sys.Path("/var/lib/sera")
 	}
 	return filepath.Join(state, "locks", name+".json")
 }
@@ -532,10 +532,10 @@ func (h *Host) planLock(ctx context.Context, db *accountDB, u *passwdEntry) (pla
 		})
 	}
 	if !sh.Locked() {
-		p.Run(h.runner(), "usermod", "--lock", "--", u.Name)
+		p.Run(h.Sys.Exec, "usermod", "--lock", "--", u.Name)
 	}
 	if sh.Expires != expiredDay {
-		p.Run(h.runner(), "usermod", "--expiredate", expiredDate, "--", u.Name)
+		p.Run(h.Sys.Exec, "usermod", "--expiredate", expiredDate, "--", u.Name)
 	}
 	if keysErr == nil {
 		after := clone(before)
@@ -583,14 +583,14 @@ func (h *Host) planUnlock(db *accountDB, u *passwdEntry) (plan.Plan, error) {
 	}
 	var p plan.Plan
 	if rec.PasswordLocked && sh.Locked() {
-		p.Run(h.runner(), "usermod", "--unlock", "--", u.Name)
+		p.Run(h.Sys.Exec, "usermod", "--unlock", "--", u.Name)
 	}
 	if sh.Expires == expiredDay && rec.ExpiresBefore != expiredDay {
 		date := ""
 		if rec.ExpiresBefore >= 0 {
 			date = time.Unix(int64(rec.ExpiresBefore)*86400, 0).UTC().Format("2006-01-02")
 		}
-		p.Run(h.runner(), "usermod", "--expiredate", date, "--", u.Name)
+		p.Run(h.Sys.Exec, "usermod", "--expiredate", date, "--", u.Name)
 	}
 	after := clone(before)
 	var what []string
@@ -633,7 +633,7 @@ func disableNewKeys(before, after *authorizedKeys) bool {
 
 // countProcesses counts the processes running as uid.
 func (h *Host) countProcesses(uid int) int {
-	ents, err := os.ReadDir(h.path("/proc"))
+	ents, err := h.Sys.FS.ReadDir("/proc")
 	if err != nil {
 		return 0
 	}
@@ -642,7 +642,7 @@ func (h *Host) countProcesses(uid int) int {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(h.path("/proc"), e.Name(), "status"))
+		b, err := os.ReadFile(filepath.Join(h.Sys.Path("/proc"), e.Name(), "status"))
 		if err != nil {
 			continue
 		}
@@ -661,7 +661,7 @@ func (h *Host) countProcesses(uid int) int {
 // killUser ends every process of uid. pkill's status 1 means none was
 // left, which is the goal.
 func (h *Host) killUser(ctx context.Context, uid int) error {
-	_, err := h.runner().Run(ctx, "pkill", "--signal", "KILL", "--uid", strconv.Itoa(uid))
+	_, err := h.Sys.Exec.Run(ctx, "pkill", "--signal", "KILL", "--uid", strconv.Itoa(uid))
 	var ee interface{ ExitCode() int }
 	if errors.As(err, &ee) && ee.ExitCode() == 1 {
 		return nil
@@ -710,7 +710,7 @@ home is left in place (and not archived).`,
 		argv := []string{"userdel", "--", name}
 		if !keepHome {
 			argv = []string{"userdel", "--remove", "--", name}
-			fi, err := os.Lstat(h.path(u.Home))
+			fi, err := h.Sys.FS.Lstat(u.Home)
 			switch {
 			case err == nil && fi.IsDir():
 				h.planArchive(&p, u)
@@ -723,7 +723,7 @@ home is left in place (and not archived).`,
 				return fmt.Errorf("failed to check the home %s: %w; nothing was changed", u.Home, err)
 			}
 		}
-		p.Run(h.runner(), argv...)
+		p.Run(h.Sys.Exec, argv...)
 		// A later account of the same name must not be unlocked from this
 		// one's record.
 		rec := h.lockRecordPath(name)
@@ -737,15 +737,8 @@ home is left in place (and not archived).`,
 // planArchive adds the archive of u's home: a gzipped tar in a 0700
 // directory, mode 0600, so it is root's alone from the first byte.
 func (h *Host) planArchive(p *plan.Plan, u *passwdEntry) {
-	state := h.State
-	if state == "" {
-		state = "/var/lib/sera"
-	}
-	dir := filepath.Join(state, "archive")
-	now := time.Now()
-	if h.Now != nil {
-		now = h.Now()
-	}
+	dir := filepath.Join(h.Sys.State, "archive")
+	now := h.Sys.Now()
 	archive := filepath.Join(dir, fmt.Sprintf("%s-%s.tar.gz", u.Name, now.UTC().Format("20060102T150405Z")))
 	argv := []string{"tar", "--create", "--gzip", "--file", archive, "--directory", u.Home, "--", "."}
 	p.Add("archive "+u.Home+": "+strings.Join(plan.Quote(argv), " "), func(ctx context.Context) error {
@@ -757,7 +750,7 @@ func (h *Host) planArchive(p *plan.Plan, u *passwdEntry) {
 			return fmt.Errorf("failed to create %s: %w", archive, err)
 		}
 		f.Close()
-		if _, err := h.runner().Run(ctx, argv...); err != nil {
+		if _, err := h.Sys.Exec.Run(ctx, argv...); err != nil {
 			os.Remove(archive)
 			return err
 		}
@@ -783,7 +776,7 @@ func (h *Host) userInfo(db *accountDB, u *passwdEntry) userInfo {
 	sh := db.shadow[u.Name]
 	info := userInfo{Name: u.Name, UID: u.UID, GID: u.GID, Comment: u.Comment, Home: u.Home, Shell: u.Shell,
 		Groups: nonNil(db.groupsOf(u.Name)), Keys: []string{}, Locked: sh.Locked(),
-		Expired: sh.Expires >= 0 && int64(sh.Expires)*86400 <= h.now().Unix()}
+		Expired: sh.Expires >= 0 && int64(sh.Expires)*86400 <= h.Sys.Now().Unix()}
 	if ak, err := h.loadKeys(u); err == nil {
 		for _, k := range append(slices.Clone(ak.managed), ak.ownKeys()...) {
 			info.Keys = append(info.Keys, k.fingerprint())

@@ -90,8 +90,7 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	log := slog.New(slog.NewTextHandler(o.Stderr, &slog.HandlerOptions{Level: level}))
 	host := &Host{
 		Name: name, Groups: cfg.Groups(), Version: o.Version, Fingerprint: id.Public().Fingerprint(),
-		Started: o.now(), KnownClients: cfg.KnownClientsFile(), State: state, Now: o.Now,
-		Config: cfg,
+		Started: o.now(), KnownClients: cfg.KnownClientsFile(), Sys: o.hostSystem(cfg), Config: cfg,
 	}
 	w := &sera.Watcher{
 		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(settings.KeyPrefix),

@@ -1,16 +1,15 @@
 package install
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
+	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 )
@@ -19,52 +18,26 @@ import (
 type Service struct {
 	// Exe is the sera binary the unit runs (ExecStart=).
 	Exe string
-	// Root is the file system root the paths are under; "" is "/".
-	// Tests use a directory.
-	Root string
-	// Systemctl runs systemctl with args; nil runs the real one.
-	Systemctl func(ctx context.Context, args ...string) error
-	// Booted reports whether systemd is the running init; nil checks
-	// for /run/systemd/system under Root, as sd_booted(3) does.
-	Booted func() bool
+	// Sys is the host: its files (under a root in tests) and the runner
+	// of systemctl.
+	Sys *host.System
 }
 
-func (s *Service) path(p string) string {
-	if s.Root == "" {
-		return p
-	}
-	return filepath.Join(s.Root, p)
-}
+func (s *Service) path(p string) string { return s.Sys.FS.Path(p) }
 
+// booted reports whether systemd is the running init, as sd_booted(3)
+// does: /run/systemd/system is a directory.
 func (s *Service) booted() bool {
-	if s.Booted != nil {
-		return s.Booted()
-	}
-	fi, err := os.Stat(s.path("/run/systemd/system"))
+	fi, err := s.Sys.FS.Stat("/run/systemd/system")
 	return err == nil && fi.IsDir()
 }
 
 func (s *Service) systemctl(args ...string) (string, func(ctx context.Context) error) {
 	desc := "systemctl " + strings.Join(args, " ")
 	return desc, func(ctx context.Context) error {
-		if s.Systemctl != nil {
-			return s.Systemctl(ctx, args...)
-		}
-		return runSystemctl(ctx, args...)
-	}
-}
-
-func runSystemctl(ctx context.Context, args ...string) error {
-	cmd := exec.CommandContext(ctx, "systemctl", args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		if msg := strings.TrimSpace(out.String()); msg != "" {
-			return fmt.Errorf("%w: %s", err, msg)
-		}
+		_, err := s.Sys.Run(ctx, append([]string{"systemctl"}, args...)...)
 		return err
 	}
-	return nil
 }
 
 // unsafeExeDirs are where a binary is not fit for a service: PrivateTmp=

@@ -3,12 +3,15 @@ package install
 import (
 	"context"
 	"errors"
-	"github.com/sera-dev/sera/plan"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/plan"
 )
 
 // fakeSystemd records systemctl calls; enabled and active answer
@@ -18,7 +21,15 @@ type fakeSystemd struct {
 	enabled, active bool
 }
 
-func (f *fakeSystemd) systemctl(_ context.Context, args ...string) error {
+// Run is the host's runner: it only runs systemctl.
+func (f *fakeSystemd) Run(_ context.Context, argv ...string) ([]byte, error) {
+	if argv[0] != "systemctl" {
+		return nil, fmt.Errorf("ran %q, not systemctl", argv)
+	}
+	return nil, f.systemctl(argv[1:]...)
+}
+
+func (f *fakeSystemd) systemctl(args ...string) error {
 	call := strings.Join(args, " ")
 	switch args[0] {
 	case "is-enabled":
@@ -55,7 +66,16 @@ func newServiceFixture(t *testing.T) *serviceFixture {
 }
 
 func (f *serviceFixture) service() *Service {
-	return &Service{Exe: f.exe, Root: f.root, Systemctl: f.sd.systemctl, Booted: func() bool { return f.booted }}
+	// A running systemd is the directory sd_booted(3) looks for.
+	run := filepath.Join(f.root, "run/systemd/system")
+	if f.booted {
+		if err := os.MkdirAll(run, 0o755); err != nil {
+			f.t.Fatal(err)
+		}
+	} else if err := os.RemoveAll(filepath.Join(f.root, "run")); err != nil {
+		f.t.Fatal(err)
+	}
+	return &Service{Exe: f.exe, Sys: host.ForTest(f.root, f.sd, host.FixedClock{})}
 }
 
 func (f *serviceFixture) write(p, content string) {

@@ -1,4 +1,4 @@
-package commands
+package host
 
 import (
 	"crypto/rand"
@@ -20,22 +20,28 @@ import (
 // for their owner, and replaced by renameat within the same directory: a
 // link the user planted is refused, never followed.
 
-// userDir is an open directory inside a user's home.
-type userDir struct {
+// UserDir is an open directory inside a user's home.
+type UserDir struct {
 	fd   int
 	path string // for messages only
 	uid  int
 	gid  int
 }
 
-func (d *userDir) Close() error { return unix.Close(d.fd) }
+// Close closes the directory.
+func (d *UserDir) Close() error { return unix.Close(d.fd) }
 
-// openUserDir opens the directory home/sub… of the user uid:gid, creating
-// the missing ones with mode perm owned by the user when create is set.
-// home's parent is trusted (root-owned, e.g. /home, which may itself be a
-// link); home and everything below it must be real directories owned by
-// the user (or root).
-func openUserDir(home string, uid, gid int, perm uint32, create bool, sub ...string) (*userDir, error) {
+// OpenUserDir opens the directory home/sub… of the user uid:gid (home a
+// path on the host, under the root), creating the missing ones with mode
+// perm owned by the user when create is set. home's parent is trusted
+// (root-owned, e.g. /home, which may itself be a link); home and
+// everything below it must be real directories owned by the user (or
+// root).
+func (fs FS) OpenUserDir(home string, uid, gid int, perm uint32, create bool, sub ...string) (*UserDir, error) {
+	return openUserDir(fs.Path(home), uid, gid, perm, create, sub...)
+}
+
+func openUserDir(home string, uid, gid int, perm uint32, create bool, sub ...string) (*UserDir, error) {
 	if !filepath.IsAbs(home) {
 		return nil, fmt.Errorf("home %q is not an absolute path", home)
 	}
@@ -43,7 +49,7 @@ func openUserDir(home string, uid, gid int, perm uint32, create bool, sub ...str
 	if err != nil {
 		return nil, fmt.Errorf("failed to open %s: %w", filepath.Dir(home), err)
 	}
-	cur := &userDir{fd: parent, path: filepath.Dir(home), uid: uid, gid: gid}
+	cur := &UserDir{fd: parent, path: filepath.Dir(home), uid: uid, gid: gid}
 	for i, name := range append([]string{filepath.Base(home)}, sub...) {
 		next, err := cur.openChild(name, perm, create && i > 0)
 		cur.Close()
@@ -55,7 +61,15 @@ func openUserDir(home string, uid, gid int, perm uint32, create bool, sub ...str
 	return cur, nil
 }
 
-func (d *userDir) openChild(name string, perm uint32, create bool) (*userDir, error) {
+// OpenChild opens the directory name in d, which must be a real directory
+// owned by the user or root, creating it (mode perm, owned by the user)
+// when create is set and it is missing. A missing one is an error
+// wrapping unix.ENOENT.
+func (d *UserDir) OpenChild(name string, perm uint32, create bool) (*UserDir, error) {
+	return d.openChild(name, perm, create)
+}
+
+func (d *UserDir) openChild(name string, perm uint32, create bool) (*UserDir, error) {
 	p := filepath.Join(d.path, name)
 	fd, err := unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) && create {
@@ -89,12 +103,12 @@ func (d *userDir) openChild(name string, perm uint32, create bool) (*userDir, er
 		unix.Close(fd)
 		return nil, fmt.Errorf("refusing %s: owned by uid %d, not the user (%d) or root", p, st.Uid, d.uid)
 	}
-	return &userDir{fd: fd, path: p, uid: d.uid, gid: d.gid}, nil
+	return &UserDir{fd: fd, path: p, uid: d.uid, gid: d.gid}, nil
 }
 
-// readFile reads name in d. A missing file reads as nil, nil. A link of
+// ReadFile reads name in d. A missing file reads as nil, nil. A link of
 // either kind, or something other than a regular file, is refused.
-func (d *userDir) readFile(name string) ([]byte, error) {
+func (d *UserDir) ReadFile(name string) ([]byte, error) {
 	p := filepath.Join(d.path, name)
 	fd, err := unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	switch {
@@ -125,9 +139,9 @@ func (d *userDir) readFile(name string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, 16<<20))
 }
 
-// writeFile replaces name in d atomically: a temporary file in d, owned by
+// WriteFile replaces name in d atomically: a temporary file in d, owned by
 // the user with mode perm, fsynced, renamed over name, d fsynced.
-func (d *userDir) writeFile(name string, data []byte, perm uint32) error {
+func (d *UserDir) WriteFile(name string, data []byte, perm uint32) error {
 	p := filepath.Join(d.path, name)
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
@@ -165,9 +179,9 @@ func (d *userDir) writeFile(name string, data []byte, perm uint32) error {
 	return unix.Fsync(d.fd)
 }
 
-// fixMode makes d's mode perm and owner the user (e.g. an existing .ssh
+// FixMode makes d's mode perm and owner the user (e.g. an existing .ssh
 // that is group-writable, which sshd's StrictModes would refuse anyway).
-func (d *userDir) fixMode(perm uint32) error {
+func (d *UserDir) FixMode(perm uint32) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(d.fd, &st); err != nil {
 		return err
