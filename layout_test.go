@@ -28,10 +28,13 @@ var importRules = []struct {
 	{"plan", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"safefile", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host", []string{"safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"host/sshkeys", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"host/sudo", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"host/accounts", []string{"host", "host/sshkeys", "host/sudo", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"", []string{"crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"settings", []string{"", "crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"install", []string{"", "crypto", "transport", "safefile", "settings", "plan", "host"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host"}, nil},
+	{"commands", []string{"", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host", "host/accounts", "host/sshkeys", "host/sudo"}, nil},
 	{"hosttest", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 }
 

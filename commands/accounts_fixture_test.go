@@ -25,6 +25,8 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/host/accounts"
+	"github.com/sera-dev/sera/host/sshkeys"
 )
 
 // The account tests run the user and key commands exactly as the watcher
@@ -207,9 +209,9 @@ func (f *accountsFixture) keys(user string) string {
 }
 
 // db reads the fixture's account database as sera does.
-func (f *accountsFixture) db() *accountDB {
+func (f *accountsFixture) db() *accounts.DB {
 	f.t.Helper()
-	db, err := f.Host.loadAccounts()
+	db, err := accounts.Load(f.Host.Sys)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -217,9 +219,9 @@ func (f *accountsFixture) db() *accountDB {
 }
 
 // user is name's passwd entry; the test fails if there is none.
-func (f *accountsFixture) user(name string) passwdEntry {
+func (f *accountsFixture) user(name string) accounts.User {
 	f.t.Helper()
-	u := f.db().user(name)
+	u := f.db().User(name)
 	if u == nil {
 		f.t.Fatalf("no user %s in the fixture", name)
 	}
@@ -249,9 +251,9 @@ func (f *accountsFixture) setShadow(name, hash string, expires int) {
 }
 
 // shadow is what sera reads of name's /etc/shadow line.
-func (f *accountsFixture) shadow(name string) shadowEntry {
+func (f *accountsFixture) shadow(name string) accounts.Shadow {
 	f.t.Helper()
-	sh, ok := f.db().shadow[name]
+	sh, ok := f.db().Shadow[name]
 	if !ok {
 		f.t.Fatalf("no %s in shadow", name)
 	}
@@ -427,7 +429,7 @@ func acctFP(k ssh.PublicKey) string { return ssh.FingerprintSHA256(k) }
 
 // acctBlock is the managed block holding lines.
 func acctBlock(lines ...string) string {
-	return blockBegin + "\n" + strings.Join(lines, "\n") + "\n" + blockEnd + "\n"
+	return sshkeys.BlockBegin + "\n" + strings.Join(lines, "\n") + "\n" + sshkeys.BlockEnd + "\n"
 }
 
 // acctExit is a program's failure with an exit status, as exec.ExitError

@@ -7,10 +7,10 @@ import (
 	"io"
 	"math"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/host/accounts"
+	"github.com/sera-dev/sera/host/sudo"
 	"github.com/sera-dev/sera/plan"
 	"github.com/spf13/cobra"
 )
@@ -47,26 +47,26 @@ group sudo with 'sera sudo grant GROUP'.`,
 // would refuse before anything runs. On the client the host is not known
 // yet: the command checks again, under the accounts lock, before it builds
 // its plan.
-func (t *hostTree) groupCheckOnHost(check func(h *Host, db *accountDB) error) error {
+func (t *hostTree) groupCheckOnHost(check func(h *Host, db *accounts.DB) error) error {
 	if t.host == nil {
 		return nil
 	}
-	db, err := t.host.loadAccounts()
+	db, err := accounts.Load(t.host.Sys)
 	if err != nil {
 		return err
 	}
-	return check(t.host, db)
+	return plan.Unchanged(check(t.host, db))
 }
 
 // withAccounts runs fn with the host's account database loaded under the
 // accounts lock: one account change at a time on a host.
-func (h *Host) withAccounts(fn func(db *accountDB) error) error {
-	unlock, err := h.lockAccounts()
+func (h *Host) withAccounts(fn func(db *accounts.DB) error) error {
+	unlock, err := accounts.Lock(h.Sys)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	db, err := h.loadAccounts()
+	db, err := accounts.Load(h.Sys)
 	if err != nil {
 		return err
 	}
@@ -76,11 +76,11 @@ func (h *Host) withAccounts(fn func(db *accountDB) error) error {
 // checkGIDFlag is the client's check of --gid: never a system id. The
 // host's own GID_MIN..GID_MAX is checked on the host.
 func checkGIDFlag(gid int) error {
-	if gid < defaultLoginDefs.GIDMin {
-		return usageErr("refusing --gid %d: sera only manages regular groups (gid %d and up); nothing was changed", gid, defaultLoginDefs.GIDMin)
+	if gid < accounts.DefaultLoginDefs.GIDMin {
+		return plan.Unchanged(usageErr("refusing --gid %d: sera only manages regular groups (gid %d and up)", gid, accounts.DefaultLoginDefs.GIDMin))
 	}
 	if int64(gid) > maxGID {
-		return usageErr("invalid --gid %d: not a group id (at most %d); nothing was changed", gid, maxGID)
+		return plan.Unchanged(usageErr("invalid --gid %d: not a group id (at most %d)", gid, maxGID))
 	}
 	return nil
 }
@@ -109,63 +109,30 @@ nothing.`,
 				return err
 			}
 		}
-		return t.groupCheckOnHost(func(h *Host, db *accountDB) error {
-			_, _, err := h.planGroupAdd(db, args[0], gid, gidSet)
+		return t.groupCheckOnHost(func(h *Host, db *accounts.DB) error {
+			_, _, err := accounts.PlanGroupAdd(h.Sys, db, args[0], gid, gidSet)
 			return err
 		})
 	}
 	c.Flags().IntVar(&gid, "gid", 0, "the group id (default: the next free one in GID_MIN..GID_MAX)")
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		return h.withAccounts(func(db *accountDB) error {
+		return h.withAccounts(func(db *accounts.DB) error {
 			gidSet := c.Flags().Changed("gid")
-			p, noChange, err := h.planGroupAdd(db, args[0], gid, gidSet)
-			if err != nil {
-				return err
-			}
-			if len(p.Steps) > 0 {
-				if err := h.guardGroupAdd(t.caller, db, args[0], gid, gidSet); err != nil {
-					return err
+			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
+				p, noChange, err := accounts.PlanGroupAdd(h.Sys, db, args[0], gid, gidSet)
+				if err != nil {
+					return plan.Plan{}, "", err
 				}
-			}
-			return p.Execute(ctx, out, dryRun, noChange)
+				if len(p.Steps) > 0 {
+					if err := h.guardGroupAdd(t.caller, db, args[0], gid, gidSet); err != nil {
+						return plan.Plan{}, "", err
+					}
+				}
+				return p, noChange, nil
+			})
 		})
 	})
-}
-
-func (h *Host) planGroupAdd(db *accountDB, name string, gid int, gidSet bool) (plan.Plan, string, error) {
-	if gidSet && !db.managedGID(gid) {
-		return plan.Plan{}, "", fmt.Errorf("refusing --gid %d: outside this host's regular range %d..%d (GID_MIN..GID_MAX); nothing was changed",
-			gid, db.defs.GIDMin, db.defs.GIDMax)
-	}
-	if g := db.group(name); g != nil {
-		if !db.managedGID(g.GID) {
-			return plan.Plan{}, "", fmt.Errorf("refusing group %s: it is a system group (gid %d, outside %d..%d); nothing was changed",
-				name, g.GID, db.defs.GIDMin, db.defs.GIDMax)
-		}
-		if gidSet && g.GID != gid {
-			return plan.Plan{}, "", fmt.Errorf("group %s exists with gid %d, not %d; sera does not renumber groups (nothing was changed)", name, g.GID, gid)
-		}
-		return plan.Plan{}, fmt.Sprintf("group %s already present (gid %d)", name, g.GID), nil
-	}
-	if gidSet {
-		if other := db.groupByGID(gid); other != nil {
-			return plan.Plan{}, "", fmt.Errorf("gid %d is already used by group %s; nothing was changed", gid, other.Name)
-		}
-	}
-	argv := []string{"groupadd"}
-	if gidSet {
-		argv = append(argv, "--gid", strconv.Itoa(gid))
-	}
-	argv = append(argv, "--", name)
-	var p plan.Plan
-	p.Run(h.Sys.Exec, argv...)
-	// A drop-in left by a group of the same name, deleted behind sera's
-	// back, gives the new group sudo at once: say so.
-	if h.sudoersPresent(name) {
-		p.Note("%s", fmt.Sprintf("%s grants sudo to the members of %s (remove it with 'sera sudo revoke %s')", sudoersPath(name), name, name))
-	}
-	return p, "", nil
 }
 
 func (t *hostTree) groupDelCmd() *cobra.Command {
@@ -183,60 +150,33 @@ the same name does not inherit sudo.`,
 		if err := checkAccountName("group", args[0]); err != nil {
 			return err
 		}
-		return t.groupCheckOnHost(func(h *Host, db *accountDB) error {
-			_, _, err := h.planGroupDel(db, args[0])
+		return t.groupCheckOnHost(func(h *Host, db *accounts.DB) error {
+			_, _, err := accounts.PlanGroupDel(h.Sys, db, args[0])
 			return err
 		})
 	}
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		return h.withAccounts(func(db *accountDB) error {
-			p, noChange, err := h.planGroupDel(db, args[0])
-			if err != nil {
-				return err
-			}
-			// Deleting a group changes the groups of every member.
-			if g := db.group(args[0]); g != nil && len(p.Steps) > 0 {
-				for _, name := range g.Members {
-					if u := db.user(name); u != nil {
-						if err := h.guardAccount(t.caller, db, "delete group "+args[0], db.current(u)); err != nil {
-							return err
+		return h.withAccounts(func(db *accounts.DB) error {
+			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
+				p, noChange, err := accounts.PlanGroupDel(h.Sys, db, args[0])
+				if err != nil {
+					return plan.Plan{}, "", err
+				}
+				// Deleting a group changes the groups of every member.
+				if g := db.Group(args[0]); g != nil && len(p.Steps) > 0 {
+					for _, name := range g.Members {
+						if u := db.User(name); u != nil {
+							if err := h.guardAccount(t.caller, db, "delete group "+args[0], db.Current(u)); err != nil {
+								return plan.Plan{}, "", err
+							}
 						}
 					}
 				}
-			}
-			return p.Execute(ctx, out, dryRun, noChange)
+				return p, noChange, nil
+			})
 		})
 	})
-}
-
-func (h *Host) planGroupDel(db *accountDB, name string) (plan.Plan, string, error) {
-	var p plan.Plan
-	g := db.group(name)
-	if g != nil {
-		if _, err := db.manageableGroup(name); err != nil {
-			return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
-		}
-		var primaryOf []string
-		for _, u := range db.users {
-			if u.GID == g.GID {
-				primaryOf = append(primaryOf, u.Name)
-			}
-		}
-		if len(primaryOf) > 0 {
-			return plan.Plan{}, "", fmt.Errorf("refusing to delete group %s: it is the primary group of user %s (delete the user or change its group first); nothing was changed",
-				name, strings.Join(primaryOf, ", "))
-		}
-	}
-	// Revoke first: if groupdel then fails, the group has lost sudo, the
-	// safe way round.
-	if err := h.planSudoRevoke(&p, name); err != nil {
-		return plan.Plan{}, "", err
-	}
-	if g != nil {
-		p.Run(h.Sys.Exec, "groupdel", "--", name)
-	}
-	return p, "group " + name + " already absent", nil
 }
 
 func (t *hostTree) groupMembersCmd(add bool) *cobra.Command {
@@ -264,118 +204,68 @@ group are left as they are. A user's primary group is not changed.`
 				return err
 			}
 		}
-		return t.groupCheckOnHost(func(h *Host, db *accountDB) error {
-			_, _, err := h.planGroupMembers(db, add, args[0], args[1:])
+		return t.groupCheckOnHost(func(h *Host, db *accounts.DB) error {
+			_, _, err := accounts.PlanMembers(h.Sys, db, add, args[0], args[1:])
 			return err
 		})
 	}
 	addDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
-		return h.withAccounts(func(db *accountDB) error {
-			p, noChange, err := h.planGroupMembers(db, add, args[0], args[1:])
-			if err != nil {
-				return err
-			}
-			// Joining a group may make an account privileged; leaving
-			// one changes the groups of an account that may already be
-			// (and sudoers can negate a group: !%restricted).
-			for _, name := range args[1:] {
-				u := db.user(name)
-				if u == nil {
-					continue
+		return h.withAccounts(func(db *accounts.DB) error {
+			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
+				p, noChange, err := accounts.PlanMembers(h.Sys, db, add, args[0], args[1:])
+				if err != nil {
+					return plan.Plan{}, "", err
 				}
-				a := db.current(u)
-				what := "remove " + name + " from group " + args[0]
-				if add {
-					a.groups = append(a.groups, args[0])
-					what = "add " + name + " to group " + args[0]
+				// Joining a group may make an account privileged; leaving
+				// one changes the groups of an account that may already be
+				// (and sudoers can negate a group: !%restricted).
+				for _, name := range args[1:] {
+					u := db.User(name)
+					if u == nil {
+						continue
+					}
+					a := db.Current(u)
+					what := "remove " + name + " from group " + args[0]
+					if add {
+						a.Groups = append(a.Groups, args[0])
+						what = "add " + name + " to group " + args[0]
+					}
+					if err := h.guardAccount(t.caller, db, what, db.Current(u), a); err != nil {
+						return plan.Plan{}, "", err
+					}
 				}
-				if err := h.guardAccount(t.caller, db, what, db.current(u), a); err != nil {
-					return err
-				}
-			}
-			return p.Execute(ctx, out, dryRun, noChange)
+				return p, noChange, nil
+			})
 		})
 	})
 }
 
-func (h *Host) planGroupMembers(db *accountDB, add bool, name string, users []string) (plan.Plan, string, error) {
-	g, err := db.manageableGroup(name)
-	if err != nil {
-		return plan.Plan{}, "", fmt.Errorf("%w; nothing was changed", err)
-	}
-	users = dedupe(users)
-	var problems []string
-	for _, u := range users {
-		if _, err := db.manageableUser(u); err != nil {
-			// A user that is gone is not in the group once its
-			// entry, if any (left by userdel behind sera's back), is
-			// removed.
-			if !add && db.user(u) == nil {
-				continue
-			}
-			problems = append(problems, err.Error())
-		}
-	}
-	if len(problems) > 0 {
-		return plan.Plan{}, "", fmt.Errorf("%s; nothing was changed", strings.Join(problems, "; "))
-	}
-	var p plan.Plan
-	var unchanged []string
-	for _, u := range users {
-		member := slices.Contains(g.Members, u)
-		switch {
-		case add && !member:
-			p.Run(h.Sys.Exec, "gpasswd", "-a", u, "--", name)
-		case !add && member:
-			p.Run(h.Sys.Exec, "gpasswd", "-d", u, "--", name)
-		default:
-			unchanged = append(unchanged, u)
-		}
-	}
-	noChange := fmt.Sprintf("group %s: no change, already members: %s", name, strings.Join(unchanged, ", "))
-	if !add {
-		noChange = fmt.Sprintf("group %s: no change, already not members: %s", name, strings.Join(unchanged, ", "))
-	}
-	return p, noChange, nil
-}
-
 // guardGroupAdd refuses to create a group sudoers already grants (by
 // name, or by a gid the new group gets): its members would be root.
-func (h *Host) guardGroupAdd(who *sera.KnownClient, db *accountDB, name string, gid int, gidSet bool) error {
+func (h *Host) guardGroupAdd(who *sera.KnownClient, db *accounts.DB, name string, gid int, gidSet bool) error {
 	if callerMay(who, "sudo grant") == nil {
 		return nil
 	}
-	v, err := h.readSudoView()
+	v, err := sudo.ReadView(h.Sys)
 	if err != nil {
 		return guardSudo(who, "create group "+name, err.Error())
 	}
 	why := ""
-	if f, ok := v.groups[name]; ok {
+	if f, ok := v.Groups[name]; ok {
 		why = "sudoers grants group " + name + " (" + f + ")"
-	} else if slices.Contains(rootGroups, name) {
+	} else if slices.Contains(accounts.RootGroups, name) {
 		why = name + " is a root-equivalent group name"
-	} else if f, ok := v.gids[gid]; gidSet && ok {
+	} else if f, ok := v.GIDs[gid]; gidSet && ok {
 		why = fmt.Sprintf("sudoers grants gid %d (%s)", gid, f)
 	} else if !gidSet {
-		for g, f := range v.gids {
-			if db.managedGID(g) && db.groupByGID(g) == nil {
+		for g, f := range v.GIDs {
+			if db.ManagedGID(g) && db.GroupByGID(g) == nil {
 				why = fmt.Sprintf("groupadd picks the gid and sudoers grants the free gid %d (%s)", g, f)
 			}
 		}
 	}
 	return guardSudo(who, "create group "+name, why)
-}
-
-// dedupe drops repeated names, keeping the first of each.
-func dedupe(names []string) []string {
-	var out []string
-	for _, n := range names {
-		if !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out
 }
 
 // groupInfo is what group list reports.
@@ -394,12 +284,12 @@ func (t *hostTree) groupListCmd() *cobra.Command {
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per group")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, _ []string) error {
-		db, err := h.loadAccounts()
+		db, err := accounts.Load(h.Sys)
 		if err != nil {
 			return err
 		}
-		for _, g := range db.groups {
-			if !db.managedGID(g.GID) {
+		for _, g := range db.Groups {
+			if !db.ManagedGID(g.GID) {
 				continue
 			}
 			info := groupInfo{Name: g.Name, GID: g.GID, Members: nonNil(g.Members)}
@@ -407,7 +297,7 @@ func (t *hostTree) groupListCmd() *cobra.Command {
 				json.NewEncoder(out).Encode(info)
 				continue
 			}
-			fmt.Fprintf(out, "%-16s %6d  %s\n", info.Name, info.GID, orNone(info.Members))
+			fmt.Fprintf(out, "%-16s %6d  %s\n", info.Name, info.GID, accounts.OrNone(info.Members))
 		}
 		return nil
 	})

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/host/sudo"
 )
 
 // groupFakeRunner is a stateful fake of the programs the group and sudo
@@ -509,7 +510,7 @@ func TestGroupCommands(t *testing.T) {
 		},
 		{
 			name:  "add where a stale sudo drop-in waits",
-			setup: writeDropIn("web", string(sudoersContent("web", false))),
+			setup: writeDropIn("web", string(sudo.Content("web", false))),
 			argv:  []string{"group", "add", "web"},
 			plan: []string{"groupadd -- web",
 				"note: /etc/sudoers.d/sera-web grants sudo to the members of web (remove it with 'sera sudo revoke web')"},
@@ -554,20 +555,20 @@ func TestGroupCommands(t *testing.T) {
 		},
 		{
 			name:  "del revokes the group's sudo first",
-			setup: writeDropIn("devs", string(sudoersContent("devs", true))),
+			setup: writeDropIn("devs", string(sudo.Content("devs", true))),
 			argv:  []string{"group", "del", "devs"},
 			plan:  []string{"remove /etc/sudoers.d/sera-devs", "groupdel -- devs"},
 			calls: []string{"groupdel -- devs"},
 			again: "group devs already absent",
 			check: func(t *testing.T, h *Host) {
-				if h.sudoersPresent("devs") {
+				if sudo.Present(h.Sys, "devs") {
 					t.Error("sera-devs left behind")
 				}
 			},
 		},
 		{
 			name:  "del of a gone group removes its stale drop-in",
-			setup: writeDropIn("gone", string(sudoersContent("gone", false))),
+			setup: writeDropIn("gone", string(sudo.Content("gone", false))),
 			argv:  []string{"group", "del", "gone"},
 			plan:  []string{"remove /etc/sudoers.d/sera-gone"},
 			again: "group gone already absent",

@@ -8,132 +8,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sera-dev/sera/host/sshkeys"
 	"golang.org/x/crypto/ssh"
 )
-
-func TestAuthorizedKeysRoundTrip(t *testing.T) {
-	k1, _ := acctKey(t, "one")
-	k2, _ := acctKey(t, "two words")
-	k3, _ := acctKey(t, "")
-	own, _ := acctKey(t, "own")
-	tests := []struct {
-		name         string
-		in           string
-		before       []string
-		after        []string
-		managed      []string // line() of each managed key
-		disabled     []bool
-		hadBlock     bool
-		out          string // bytes(), if not in
-		ownKeysCount int
-	}{
-		{name: "empty"},
-		{
-			name: "only the user's lines", in: "# mine\n\n" + own + "\n  \n",
-			before: []string{"# mine", "", own, "  "}, ownKeysCount: 1,
-		},
-		{
-			name: "lines before and after the block, kept verbatim",
-			in: "# my keys\n" + `no-agent-forwarding,command="echo hi" ` + own + "\n\n" +
-				acctBlock(k1, `from="10.0.0.0/8",no-pty `+k2, "#sera-locked "+k3) +
-				"\n# below\r\n" + own + " again\n",
-			before:   []string{"# my keys", `no-agent-forwarding,command="echo hi" ` + own, ""},
-			after:    []string{"", "# below\r", own + " again"},
-			managed:  []string{k1, `from="10.0.0.0/8",no-pty ` + k2, "#sera-locked " + k3},
-			disabled: []bool{false, false, true}, hadBlock: true, ownKeysCount: 2,
-		},
-		{
-			name: "only the block", in: acctBlock(k1),
-			managed: []string{k1}, disabled: []bool{false}, hadBlock: true,
-		},
-		{
-			name: "no newline at the end gets one", in: "# mine",
-			before: []string{"# mine"}, out: "# mine\n",
-		},
-		{
-			name: "lines in the block that are not keys are dropped", in: acctBlock(k1, "# a note", "", "not a key"),
-			managed: []string{k1}, disabled: []bool{false}, hadBlock: true, out: acctBlock(k1),
-		},
-		{
-			name: "an empty block is dropped", in: "# mine\n" + acctBlock() + "# after\n",
-			before: []string{"# mine"}, after: []string{"# after"}, hadBlock: true,
-			// acctBlock() has an empty line in it, which is dropped too
-			out: "# mine\n# after\n",
-		},
-		{
-			name: "a second begin marker is the user's line", in: acctBlock(k1) + blockBegin + "\n",
-			after: []string{blockBegin}, managed: []string{k1}, disabled: []bool{false}, hadBlock: true,
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ak := parseAuthorizedKeys([]byte(tt.in))
-			if !reflect.DeepEqual(ak.before, tt.before) || !reflect.DeepEqual(ak.after, tt.after) || ak.hadBlock != tt.hadBlock {
-				t.Errorf("before %q after %q hadBlock %v, want %q %q %v", ak.before, ak.after, ak.hadBlock, tt.before, tt.after, tt.hadBlock)
-			}
-			var lines []string
-			var disabled []bool
-			for _, k := range ak.managed {
-				lines = append(lines, k.line())
-				disabled = append(disabled, k.disabled)
-			}
-			if !reflect.DeepEqual(lines, tt.managed) || !reflect.DeepEqual(disabled, tt.disabled) {
-				t.Errorf("managed %q disabled %v, want %q %v", lines, disabled, tt.managed, tt.disabled)
-			}
-			if n := len(ak.ownKeys()); n != tt.ownKeysCount {
-				t.Errorf("%d own keys, want %d", n, tt.ownKeysCount)
-			}
-			want := tt.out
-			if want == "" {
-				want = tt.in
-			}
-			if got := string(ak.bytes()); got != want {
-				t.Errorf("bytes()\n%q\nwant\n%q", got, want)
-			}
-			if again := string(parseAuthorizedKeys(ak.bytes()).bytes()); again != want {
-				t.Errorf("second round trip %q", again)
-			}
-		})
-	}
-}
-
-func TestParseKeyArg(t *testing.T) {
-	k, pk := acctKey(t, "me@host")
-	got, err := parseKeyArg(k, "")
-	if err != nil || !got.same(&authKey{key: pk}) || got.comment != "me@host" || got.options != nil {
-		t.Fatalf("parseKeyArg(%q) = %+v, %v", k, got, err)
-	}
-	got, err = parseKeyArg(k, `from="10.0.0.0/8,192.168.1.0/24",no-pty,command="/usr/bin/rrsync -ro /srv"`)
-	if err != nil || !reflect.DeepEqual(got.options, []string{`from="10.0.0.0/8,192.168.1.0/24"`, "no-pty", `command="/usr/bin/rrsync -ro /srv"`}) {
-		t.Fatalf("options: %+v, %v", got, err)
-	}
-	// The line written parses back to the same options.
-	_, _, opts, _, err := ssh.ParseAuthorizedKey([]byte(got.line()))
-	if err != nil || !reflect.DeepEqual(opts, got.options) {
-		t.Errorf("line %q parses to options %q, %v", got.line(), opts, err)
-	}
-	k2, _ := acctKey(t, "")
-	for _, bad := range []struct{ key, options, want string }{
-		{"", "", "invalid key"},
-		{"ssh-ed25519", "", "invalid key"},
-		{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBroken", "", "invalid key"},
-		{"ssh-rsa " + strings.Fields(k)[1], "", "invalid key"}, // the blob says ed25519
-		{k + "\n" + k2, "", "spans several lines"},
-		{k + "\r", "", "spans several lines"},
-		{`command="/bin/sh" ` + k, "", "carries options"},
-		{`no-pty ` + k, "no-pty", "carries options"},
-		{`environment="LD_PRELOAD=/tmp/x.so" ` + k, "", "carries options"},
-		{k, "bogus", `"bogus" is not an sshd authorized_keys option`},
-		{k, "no-pty,evil=\"x\"", `"evil" is not an sshd authorized_keys option`},
-		{k, "no-pty\nssh-ed25519 AAAA", "line break"},
-		{k, `command="unterminated`, "invalid --options"},
-		{k, " ", "invalid --options"},
-	} {
-		if _, err := parseKeyArg(bad.key, bad.options); err == nil || !strings.Contains(err.Error(), bad.want) {
-			t.Errorf("parseKeyArg(%q, %q) = %v, want an error saying %q", bad.key, bad.options, err, bad.want)
-		}
-	}
-}
 
 func TestKeyAdd(t *testing.T) {
 	k1, p1 := acctKey(t, "k1")
@@ -612,9 +489,9 @@ func TestKeyOptionsRoundTrip(t *testing.T) {
 	if got := f.keys("alice"); got != acctBlock(opts+" "+k1) {
 		t.Errorf("authorized_keys %q", got)
 	}
-	ak := parseAuthorizedKeys([]byte(f.keys("alice")))
-	if len(ak.managed) != 1 || strings.Join(ak.managed[0].options, ",") != opts {
-		t.Errorf("parsed back %+v", ak.managed)
+	ak := sshkeys.Parse([]byte(f.keys("alice")))
+	if len(ak.Managed) != 1 || strings.Join(ak.Managed[0].Options, ",") != opts {
+		t.Errorf("parsed back %+v", ak.Managed)
 	}
 	// Locked and unlocked, the options are kept.
 	f.ok("user", "lock", "--", "alice")
@@ -649,34 +526,18 @@ func TestKeyAddWhileLocked(t *testing.T) {
 	if !strings.Contains(out, "alice is locked: the new keys are added disabled") {
 		t.Errorf("key add on a locked user says:\n%s", out)
 	}
-	ak := parseAuthorizedKeys([]byte(f.keys("alice")))
-	for _, k := range ak.managed {
-		if !k.disabled {
-			t.Errorf("key %s is active while alice is locked", k.fingerprint())
+	ak := sshkeys.Parse([]byte(f.keys("alice")))
+	for _, k := range ak.Managed {
+		if !k.Disabled {
+			t.Errorf("key %s is active while alice is locked", k.Fingerprint())
 		}
 	}
 	f.ok("user", "unlock", "alice")
-	ak = parseAuthorizedKeys([]byte(f.keys("alice")))
-	if len(ak.managed) != 2 || ak.managed[0].disabled || ak.managed[1].disabled {
+	ak = sshkeys.Parse([]byte(f.keys("alice")))
+	if len(ak.Managed) != 2 || ak.Managed[0].Disabled || ak.Managed[1].Disabled {
 		t.Errorf("after unlock: %q", f.keys("alice"))
 	}
 	if acctFP(p1) == acctFP(p2) {
 		t.Fatal("test keys are equal")
-	}
-}
-
-// A begin marker without its end is a hand edit: every line is the user's
-// and nothing the user wrote is dropped.
-func TestAuthorizedKeysUnterminatedBlock(t *testing.T) {
-	k1, _ := acctKey(t, "one")
-	k2, _ := acctKey(t, "two")
-	in := "# my keys\n" + blockBegin + "\n" + k1 + "\n# a note\n" + k2 + "\n"
-	ak := parseAuthorizedKeys([]byte(in))
-	if len(ak.managed) != 0 || len(ak.ownKeys()) != 2 {
-		t.Fatalf("managed %d, own %d; want 0, 2", len(ak.managed), len(ak.ownKeys()))
-	}
-	want := "# my keys\n" + k1 + "\n# a note\n" + k2 + "\n"
-	if got := string(ak.bytes()); got != want {
-		t.Errorf("rewritten as %q, want %q", got, want)
 	}
 }

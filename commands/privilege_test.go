@@ -2,14 +2,11 @@ package commands
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sera-dev/sera"
-	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/host/sudo"
 )
 
 // A client allowed "group" (or "user") but not "sudo" must not be able to
@@ -31,7 +28,7 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h, r := newGroupTestHost(t)
-			writeDropIn("devs", string(sudoersContent("devs", false)))(t, h)
+			writeDropIn("devs", string(sudo.Content("devs", false)))(t, h)
 			before := snapshotRoot(t, h.Sys.FS.Root)
 			client := &sera.KnownClient{Name: "helpdesk", Allow: tt.allow}
 			res := (&Handler{Host: h}).Run(context.Background(), &sera.Call{Argv: tt.argv, Client: client})
@@ -53,7 +50,7 @@ func TestMembershipCarryingSudoNeedsSudoPermission(t *testing.T) {
 	}
 	// --local is root on the host already: no caller to check.
 	h, _ := newGroupTestHost(t)
-	writeDropIn("devs", string(sudoersContent("devs", false)))(t, h)
+	writeDropIn("devs", string(sudo.Content("devs", false)))(t, h)
 	if res := runGroupSudo(h, "group", "members", "add", "devs", "bob"); res.Status != 0 {
 		t.Errorf("--local: status %d, stderr %s", res.Status, res.Stderr)
 	}
@@ -159,98 +156,6 @@ func TestAccountsWithoutSudoStayOpen(t *testing.T) {
 			t.Errorf("%v: status %d, stderr %s", argv, res.Status, res.Stderr)
 		}
 	}
-}
-
-func TestSudoersView(t *testing.T) {
-	h, _ := newGroupTestHost(t)
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "Defaults:alice !lecture\n"+
-		"alice ,bob\tweb1 , db1 = (ALL) ALL   # two users\n"+
-		"#1234 ALL = ALL\n%#1300 ALL=ALL\n"+
-		"User_Alias A = carol, %team : B = dave\nA ALL=ALL\n"+
-		"Host_Alias H = erin\nCmnd_Alias C = /bin/frank\n"+
-		"#includedir /etc/sudoers.d\n@include extra\n", 0o440)
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/skip.me", "zed ALL=ALL\n", 0o440)
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/skipme~", "zed ALL=ALL\n", 0o440)
-	writeTestFile(t, h.Sys.FS.Root, "etc/extra", "gina ALL=\\\n ALL\n", 0o440)
-	v, err := h.readSudoView()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range []string{"alice", "bob", "carol", "gina"} {
-		if _, ok := v.users[u]; !ok {
-			t.Errorf("user %s not seen", u)
-		}
-	}
-	for _, u := range []string{"web1", "db1", "dave", "erin", "frank", "zed"} {
-		if _, ok := v.users[u]; ok {
-			t.Errorf("%s taken for a user", u)
-		}
-	}
-	if _, ok := v.groups["team"]; !ok {
-		t.Error("group team (from an alias) not seen")
-	}
-	if _, ok := v.groups["ops"]; !ok {
-		t.Error("group ops (from a drop-in) not seen")
-	}
-	if _, ok := v.uids[1234]; !ok {
-		t.Error("uid 1234 not seen")
-	}
-	if _, ok := v.gids[1300]; !ok {
-		t.Error("gid 1300 not seen")
-	}
-	if v.everyone != "" {
-		t.Errorf("everyone: %s", v.everyone)
-	}
-	for _, rule := range []string{"ALL ALL=ALL\n", "%:AD ALL=ALL\n", "+ng ALL=ALL\n", "@include /etc/sudoers.%h\n"} {
-		writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", rule, 0o440)
-		if v, _ := h.readSudoView(); v.everyone == "" {
-			t.Errorf("%q: not every user", rule)
-		}
-	}
-	// Policy from elsewhere: LDAP through nsswitch, another plugin.
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "root ALL=ALL\n", 0o440)
-	writeTestFile(t, h.Sys.FS.Root, "etc/nsswitch.conf", "passwd: files\nsudoers: files sss\n", 0o644)
-	if v, _ := h.readSudoView(); !strings.Contains(v.everyone, "sss") {
-		t.Errorf("sudoers from sss: %q", v.everyone)
-	}
-	writeTestFile(t, h.Sys.FS.Root, "etc/nsswitch.conf", "sudoers: files\n", 0o644)
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudo.conf", "Plugin sudoers_policy sudoers.so sudoers_file=/etc/sudoers.other\n", 0o644)
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.other", "zed ALL=ALL\n", 0o440)
-	if v, _ := h.readSudoView(); v.everyone != "" || v.users["zed"] == "" {
-		t.Errorf("sudoers_file= of sudo.conf not read: %+v", v)
-	}
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudo.conf", "Plugin my_policy /usr/lib/x/policy.so\n", 0o644)
-	if v, _ := h.readSudoView(); v.everyone == "" {
-		t.Error("another policy plugin: not every user")
-	}
-	os.Remove(filepath.Join(h.Sys.FS.Root, "etc/sudo.conf"))
-	// An include loop ends, and counts as every user.
-	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers", "@include /etc/sudoers\n", 0o440)
-	if v, _ := h.readSudoView(); v.everyone == "" {
-		t.Error("include loop: not every user")
-	}
-}
-
-func FuzzSudoersView(f *testing.F) {
-	f.Add("alice ALL=(ALL) ALL\n%g ALL=ALL\nUser_Alias A = b, %c\n#1 ALL=ALL # x\n")
-	f.Add("@includedir /etc/sudoers.d\nDefaults:x y\n\\\n%#12 a=b")
-	root := f.TempDir()
-	h := &Host{Sys: host.ForTest(root, nil, host.FixedClock{T: time.Unix(0, 0)})}
-	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
-	f.Fuzz(func(t *testing.T, text string) {
-		v := &sudoView{users: map[string]string{}, uids: map[int]string{}, groups: map[string]string{}, gids: map[int]string{}}
-		v.parse(h, "/etc/sudoers", text, maxSudoersDepth) // no includes followed
-		// Whatever the text, a name it shows as a user spec's first field
-		// is seen (never under-approximated).
-		for _, line := range strings.Split(strings.ReplaceAll(text, "\\\n", " "), "\n") {
-			f := strings.Fields(line)
-			if len(f) == 3 && f[1] == "ALL=ALL" && nameRE.MatchString(f[0]) && f[0] != "Defaults" && !strings.Contains(text, "User_Alias") {
-				if _, ok := v.users[f[0]]; !ok && v.everyone == "" {
-					t.Fatalf("%q: user %s not seen", text, f[0])
-				}
-			}
-		}
-	})
 }
 
 // Self-service reaches the client's own account only, and not even that

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sera-dev/sera/host/sudo"
 )
 
 const (
@@ -24,7 +26,7 @@ const (
 func wantDropIn(name, content string) func(t *testing.T, h *Host) {
 	return func(t *testing.T, h *Host) {
 		t.Helper()
-		p := h.Sys.Path(sudoersPath(name))
+		p := h.Sys.Path(sudo.Path(name))
 		fi, err := os.Lstat(p)
 		if err != nil {
 			t.Fatal(err)
@@ -45,7 +47,7 @@ func wantDropIn(name, content string) func(t *testing.T, h *Host) {
 // wantSudoersDir checks the names in /etc/sudoers.d.
 func wantSudoersDir(t *testing.T, h *Host, names ...string) {
 	t.Helper()
-	ents, err := os.ReadDir(h.Sys.Path(sudoersDir))
+	ents, err := os.ReadDir(h.Sys.Path(sudo.Dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +132,7 @@ func TestSudoCommands(t *testing.T) {
 		},
 		{
 			name:  "revoke the drop-in of a deleted group",
-			setup: writeDropIn("gone", string(sudoersContent("gone", true))),
+			setup: writeDropIn("gone", string(sudo.Content("gone", true))),
 			argv:  []string{"sudo", "revoke", "gone"},
 			plan:  []string{"remove /etc/sudoers.d/sera-gone"},
 			again: "sudo for group gone already revoked (no /etc/sudoers.d/sera-gone)",
@@ -168,15 +170,15 @@ func TestSudoRefused(t *testing.T) {
 		{name: "grant a name that looks like a flag", argv: []string{"sudo", "grant", "-rf"}, err: "unknown shorthand flag"},
 		{name: "grant two groups", argv: []string{"sudo", "grant", "ops", "devs"}, err: "accepts 1 arg"},
 		{name: "grant without sudoers.d", setup: func(t *testing.T, h *Host) {
-			if err := os.RemoveAll(h.Sys.Path(sudoersDir)); err != nil {
+			if err := os.RemoveAll(h.Sys.Path(sudo.Dir)); err != nil {
 				t.Fatal(err)
 			}
 		}, argv: []string{"sudo", "grant", "ops"}, err: "no directory /etc/sudoers.d on this host (is sudo installed?); nothing was changed"},
 		{name: "grant into a linked sudoers.d", setup: func(t *testing.T, h *Host) {
-			if err := os.Rename(h.Sys.Path(sudoersDir), h.Sys.Path("/etc/elsewhere")); err != nil {
+			if err := os.Rename(h.Sys.Path(sudo.Dir), h.Sys.Path("/etc/elsewhere")); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Symlink("elsewhere", h.Sys.Path(sudoersDir)); err != nil {
+			if err := os.Symlink("elsewhere", h.Sys.Path(sudo.Dir)); err != nil {
 				t.Fatal(err)
 			}
 		}, argv: []string{"sudo", "grant", "ops"}, err: "refusing /etc/sudoers.d: refusing to follow a symbolic link; nothing was changed"},
@@ -206,7 +208,7 @@ func TestSudoGrantVisudoFails(t *testing.T) {
 				writeDropIn("ops", existing)(t, h)
 			}
 			r.beforeVisudo = func(path string) {
-				if !strings.HasPrefix(filepath.Base(path), ".sera-ops.tmp-") || filepath.Dir(path) != h.Sys.Path(sudoersDir) {
+				if !strings.HasPrefix(filepath.Base(path), ".sera-ops.tmp-") || filepath.Dir(path) != h.Sys.Path(sudo.Dir) {
 					t.Errorf("visudo checks %s, want a dotted temporary file in /etc/sudoers.d", path)
 				}
 				f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
@@ -243,7 +245,7 @@ func TestSudoList(t *testing.T) {
 		}
 	}
 	writeDropIn("bob", "%bob ALL=(ALL) NOPASSWD: /usr/bin/apt\n")(t, h)
-	writeDropIn("gone", string(sudoersContent("gone", false)))(t, h)
+	writeDropIn("gone", string(sudo.Content("gone", false)))(t, h)
 	// Not sera's: another name, an invalid group name, a temporary file.
 	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/sera-Bad", "%Bad ALL=(ALL) ALL\n", 0o440)
 	writeTestFile(t, h.Sys.FS.Root, "etc/sudoers.d/.sera-ops.tmp-123", "%ops ALL=(ALL) ALL\n", 0o600)
@@ -258,15 +260,15 @@ func TestSudoList(t *testing.T) {
 		t.Errorf("sudo list: status %d, stderr %q, stdout\n%s\nwant\n%s", res.Status, res.Stderr, res.Stdout, want)
 	}
 	res = runGroupSudo(h, "sudo", "list", "--json")
-	var got []sudoInfo
+	var got []sudo.Info
 	for _, line := range strings.Split(strings.TrimSpace(string(res.Stdout)), "\n") {
-		var s sudoInfo
+		var s sudo.Info
 		if err := json.Unmarshal([]byte(line), &s); err != nil {
 			t.Fatalf("line %q: %v", line, err)
 		}
 		got = append(got, s)
 	}
-	wantJSON := []sudoInfo{
+	wantJSON := []sudo.Info{
 		{Group: "bob", File: "/etc/sudoers.d/sera-bob", NoPasswd: true, Edited: true},
 		{Group: "devs", File: "/etc/sudoers.d/sera-devs", NoPasswd: true},
 		{Group: "gone", File: "/etc/sudoers.d/sera-gone", NoGroup: true},
@@ -303,7 +305,7 @@ func TestSudoersContentRealVisudo(t *testing.T) {
 	for _, name := range []string{"ops", "my-ops_2", "a", strings.Repeat("z", 32)} {
 		for _, nopasswd := range []bool{false, true} {
 			p := filepath.Join(dir, "sera-"+name)
-			if err := os.WriteFile(p, sudoersContent(name, nopasswd), 0o440); err != nil {
+			if err := os.WriteFile(p, sudo.Content(name, nopasswd), 0o440); err != nil {
 				t.Fatal(err)
 			}
 			if out, err := exec.Command(visudo, "-cf", p).CombinedOutput(); err != nil {

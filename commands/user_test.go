@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sera-dev/sera/host/accounts"
 )
 
 // acctOwner checks a path's type bits, permissions and owner.
@@ -108,7 +110,7 @@ func TestUserAddNew(t *testing.T) {
 			if u.UID != tt.wantUID || u.GID != tt.wantGID || u.Home != "/home/carol" {
 				t.Errorf("carol is %+v, want uid %d gid %d", u, tt.wantUID, tt.wantGID)
 			}
-			if got := f.db().groupsOf("carol"); !reflect.DeepEqual(got, tt.wantGroup) {
+			if got := f.db().GroupsOf("carol"); !reflect.DeepEqual(got, tt.wantGroup) {
 				t.Errorf("carol's groups %q, want %q", got, tt.wantGroup)
 			}
 			if tt.keyLines == nil {
@@ -198,7 +200,7 @@ func TestUserAddExisting(t *testing.T) {
 			diff:    "not in groups dev",
 			usermod: []string{"usermod", "--append", "--groups", "dev", "--", "alice"},
 			check: func(t *testing.T, f *accountsFixture) {
-				if got := f.db().groupsOf("alice"); !reflect.DeepEqual(got, []string{"sudo", "ops", "dev"}) {
+				if got := f.db().GroupsOf("alice"); !reflect.DeepEqual(got, []string{"sudo", "ops", "dev"}) {
 					t.Errorf("alice's groups %q, want sudo, ops, dev", got)
 				}
 			},
@@ -209,10 +211,10 @@ func TestUserAddExisting(t *testing.T) {
 			usermod: []string{"usermod", "--groups", "dev,sudo", "--", "alice"},
 			shown:   []string{"done: usermod --groups dev,sudo -- alice\nnote: kept system groups sudo (not managed by sera)\n"},
 			check: func(t *testing.T, f *accountsFixture) {
-				if got := f.db().groupsOf("alice"); !reflect.DeepEqual(got, []string{"sudo", "dev"}) {
+				if got := f.db().GroupsOf("alice"); !reflect.DeepEqual(got, []string{"sudo", "dev"}) {
 					t.Errorf("alice's groups %q, want sudo and dev", got)
 				}
-				if g := f.db().group("sudo"); g.GID != 27 || !slices.Contains(g.Members, "alice") {
+				if g := f.db().Group("sudo"); g.GID != 27 || !slices.Contains(g.Members, "alice") {
 					t.Errorf("alice was dropped from sudo: %+v", g)
 				}
 			},
@@ -436,8 +438,8 @@ func TestUserLockUnlock(t *testing.T) {
 			out := f.ok("user", "lock", "--", tt.user)
 			acctCalls(t, f, tt.lock...)
 			sh := f.shadow(tt.user)
-			if !sh.Locked() || sh.Expires != expiredDay {
-				t.Errorf("after lock: %+v, want a locked password and expiry %d", sh, expiredDay)
+			if !sh.Locked() || sh.Expires != accounts.ExpiredDay {
+				t.Errorf("after lock: %+v, want a locked password and expiry %d", sh, accounts.ExpiredDay)
 			}
 			wantKeys := "# " + tt.user + "'s own keys\n" + own + "\n" +
 				acctBlock("#sera-locked "+managed, "#sera-locked no-pty "+withOpts) + "\n# after\n"
@@ -450,7 +452,7 @@ func TestUserLockUnlock(t *testing.T) {
 			if tt.procs > 0 {
 				acctContains(t, "the lock's output", out, fmt.Sprintf("done: end the %d running process(es) of %s: pkill --signal KILL --uid %d", tt.procs, tt.user, u.UID))
 			}
-			if f.Host.countProcesses(u.UID) != 0 {
+			if accounts.CountProcesses(f.Host.Sys, u.UID) != 0 {
 				t.Errorf("processes of %s still run", tt.user)
 			}
 			if _, err := os.Stat(f.p("proc/999")); err != nil {
@@ -477,7 +479,7 @@ func TestUserLockUnlock(t *testing.T) {
 			}
 			acctOwner(t, f.p(u.Home+"/.ssh/authorized_keys"), false, 0o600, u.UID, u.GID)
 			acctContains(t, "the unlock's output", out, "enable "+acctFP(pm), "enable "+acctFP(pw))
-			if _, err := os.Lstat(f.Host.lockRecordPath(tt.user)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Lstat(accounts.LockRecordPath(f.Host.Sys, tt.user)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("the lock record is still there: %v", err)
 			}
 
@@ -505,7 +507,7 @@ func TestUserLockPartialFailure(t *testing.T) {
 	}
 	stderr := f.fail("user", "lock", "--", "alice")
 	acctContains(t, "the error", stderr, "failed to usermod --expiredate 1970-01-02 -- alice", "cannot lock /etc/shadow",
-		"done before it: record the state to restore on unlock in "+f.Host.lockRecordPath("alice")+"; usermod --lock -- alice")
+		"done before it: record the state to restore on unlock in "+accounts.LockRecordPath(f.Host.Sys, "alice")+"; usermod --lock -- alice")
 	if sh := f.shadow("alice"); !sh.Locked() || sh.Expires != -1 {
 		t.Errorf("after the failed lock: %+v", sh)
 	}
@@ -576,7 +578,7 @@ func TestUserLockPlantedLink(t *testing.T) {
 			f.Runner.Reset()
 			acctContains(t, "the second error", f.fail("user", "lock", "--", "alice"), "failed to disable the keys sera manages for alice", "nothing was changed")
 			f.noCalls()
-			if sh := f.shadow("alice"); !sh.Locked() || sh.Expires != expiredDay {
+			if sh := f.shadow("alice"); !sh.Locked() || sh.Expires != accounts.ExpiredDay {
 				t.Errorf("alice is not locked: %+v", sh)
 			}
 			// Only shadow changed in etc; nothing was written through the
@@ -623,10 +625,10 @@ func TestUserDel(t *testing.T) {
 		}
 	}
 	db := f.db()
-	if db.user("alice") != nil || len(db.groupsOf("alice")) != 0 || db.group("alice") != nil {
+	if db.User("alice") != nil || len(db.GroupsOf("alice")) != 0 || db.Group("alice") != nil {
 		t.Errorf("alice is still in the account database")
 	}
-	if _, ok := db.shadow["alice"]; ok {
+	if _, ok := db.Shadow["alice"]; ok {
 		t.Errorf("alice is still in shadow")
 	}
 	if _, err := os.Lstat(f.p("home/alice")); !errors.Is(err, os.ErrNotExist) {
@@ -702,7 +704,7 @@ func TestUserDelArchiveFails(t *testing.T) {
 	}
 	stderr := f.fail("user", "del", "--", "alice")
 	acctContains(t, "the error", stderr, "failed to archive /home/alice", "Permission denied", "nothing was changed")
-	if f.db().user("alice") == nil || f.readFile("home/alice/notes.txt") != "alice's notes\n" {
+	if f.db().User("alice") == nil || f.readFile("home/alice/notes.txt") != "alice's notes\n" {
 		t.Errorf("alice or her home is gone after a failed archive")
 	}
 	ents, _ := os.ReadDir(filepath.Join(f.State, "archive"))
@@ -718,7 +720,7 @@ func TestUserDelForgetsLock(t *testing.T) {
 	f.setShadow("alice", "!"+acctShadowHash, -1) // locked by hand before sera's lock
 	f.ok("user", "lock", "--", "alice")
 	f.ok("user", "del", "--", "alice")
-	if _, err := os.Lstat(f.Host.lockRecordPath("alice")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(accounts.LockRecordPath(f.Host.Sys, "alice")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the deleted user's lock record is still there: %v", err)
 	}
 	f.ok("user", "add", "--password-hash="+acctShadowHash, "--", "alice")
@@ -848,7 +850,7 @@ func TestAccountsDryRun(t *testing.T) {
 		{
 			name: "user lock", setup: withKeys, argv: []string{"user", "lock", "--", "alice"},
 			want: func(f *accountsFixture) []string {
-				return []string{"record the state to restore on unlock in " + f.Host.lockRecordPath("alice"),
+				return []string{"record the state to restore on unlock in " + accounts.LockRecordPath(f.Host.Sys, "alice"),
 					"usermod --lock -- alice",
 					"usermod --expiredate 1970-01-02 -- alice",
 					"write /home/alice/.ssh/authorized_keys (0600 alice): disable " + acctFP(pk1) + " (ssh-ed25519 k1)",
@@ -861,7 +863,7 @@ func TestAccountsDryRun(t *testing.T) {
 				return []string{"usermod --unlock -- alice",
 					"usermod --expiredate '' -- alice",
 					"write /home/alice/.ssh/authorized_keys (0600 alice): enable " + acctFP(pk1) + " (ssh-ed25519 k1)",
-					"remove " + f.Host.lockRecordPath("alice")}
+					"remove " + accounts.LockRecordPath(f.Host.Sys, "alice")}
 			},
 		},
 		{
@@ -1040,7 +1042,7 @@ func TestUserAddNameLimits(t *testing.T) {
 	f := newAccountsFixture(t)
 	for _, name := range []string{"a" + strings.Repeat("b", 31), "a-b_c9"} {
 		f.ok("user", "add", "--", name)
-		if f.db().user(name) == nil {
+		if f.db().User(name) == nil {
 			t.Errorf("%s was not created", name)
 		}
 	}
