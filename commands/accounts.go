@@ -3,6 +3,7 @@ package commands
 import (
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/accounts"
 )
 
@@ -10,7 +11,7 @@ import (
 // changes the host; a bad one is a usage error.
 func checkAccountName(kind, name string) error {
 	if err := accounts.CheckName(kind, name); err != nil {
-		return usageErr("%s", err)
+		return cli.UsageErr("%s", err)
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
@@ -105,7 +106,7 @@ func (s allowSpec) ufwArgv(del bool, comment string) []string {
 // and addresses that are not unicast.
 func parseSource(s string) (string, error) {
 	bad := func(format string, args ...any) error {
-		return usageErr("%s; nothing was changed", fmt.Sprintf(format, args...))
+		return cli.UsageErr("%s; nothing was changed", fmt.Sprintf(format, args...))
 	}
 	if s == "" {
 		return "", bad("no address given")
@@ -165,23 +166,23 @@ func parseSource(s string) (string, error) {
 func checkUnicast(s string, a netip.Addr) error {
 	switch {
 	case a.IsUnspecified():
-		return usageErr("refusing %q: it stands for every address; nothing was changed", s)
+		return cli.UsageErr("refusing %q: it stands for every address; nothing was changed", s)
 	case a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return usageErr("refusing %q: not a unicast address; nothing was changed", s)
+		return cli.UsageErr("refusing %q: not a unicast address; nothing was changed", s)
 	}
 	return nil
 }
 
 func checkPort(port int) error {
 	if port < 1 || port > 65535 {
-		return usageErr("invalid --port %d: a port is 1-65535; nothing was changed", port)
+		return cli.UsageErr("invalid --port %d: a port is 1-65535; nothing was changed", port)
 	}
 	return nil
 }
 
 func checkProto(proto string) error {
 	if proto != "tcp" && proto != "udp" {
-		return usageErr("invalid --proto %q: tcp or udp; nothing was changed", proto)
+		return cli.UsageErr("invalid --proto %q: tcp or udp; nothing was changed", proto)
 	}
 	return nil
 }
@@ -956,12 +957,12 @@ func (t *hostTree) prepareSource(ip *string, list *bool) prepareFunc {
 		if len(args) > 0 {
 			return args, nil
 		}
-		cfg, err := t.opts.config()
+		cfg, err := t.opts.Config()
 		if err != nil {
 			return nil, err
 		}
 		url := cfg.Get(settings.KeyIPURL)
-		src, err := fetchPublicAddr(c.Context(), t.opts.hostSystem(cfg).HTTP.Transport, url)
+		src, err := fetchPublicAddr(c.Context(), t.opts.HostSystem(cfg).HTTP.Transport, url)
 		if err != nil {
 			return nil, fmt.Errorf("failed to find your public address at %s (%s): %w; give the address instead; nothing was changed", url, settings.KeyIPURL, err)
 		}
@@ -977,15 +978,15 @@ func (t *hostTree) sourceArgs(list *bool) cobra.PositionalArgs {
 	return func(c *cobra.Command, args []string) error {
 		if list != nil && *list {
 			if len(args) > 0 {
-				return usageErr("--list takes no address (see '%s --help')", c.CommandPath())
+				return cli.UsageErr("--list takes no address (see '%s --help')", c.CommandPath())
 			}
 			return nil
 		}
 		if len(args) > 1 {
-			return usageErr("give one address, not %d (see '%s --help')", len(args), c.CommandPath())
+			return cli.UsageErr("give one address, not %d (see '%s --help')", len(args), c.CommandPath())
 		}
 		if len(args) == 0 && t.host != nil {
-			return usageErr("no address: the client sends the address to open the port to")
+			return cli.UsageErr("no address: the client sends the address to open the port to")
 		}
 		return nil
 	}
@@ -996,7 +997,7 @@ func (t *hostTree) sourceArgs(list *bool) cobra.PositionalArgs {
 func checkSourceFlags(c *cobra.Command, args []string, port int, proto string, checkPortProto bool) error {
 	if c.Flags().Changed("ip") {
 		if len(args) > 0 {
-			return usageErr("give the address as an argument or with --ip, not both")
+			return cli.UsageErr("give the address as an argument or with --ip, not both")
 		}
 		ip, _ := c.Flags().GetString("ip")
 		if _, err := parseSource(ip); err != nil {
@@ -1059,13 +1060,13 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 		if list {
 			for _, f := range []string{"for", "port", "proto", "dry-run", "ip"} {
 				if c.Flags().Changed(f) {
-					return usageErr("--list shows the openings; it takes no --%s", f)
+					return cli.UsageErr("--list shows the openings; it takes no --%s", f)
 				}
 			}
 			return nil
 		}
 		if asJSON {
-			return usageErr("--json goes with --list")
+			return cli.UsageErr("--json goes with --list")
 		}
 		if err := checkSourceFlags(c, args, port, proto, true); err != nil {
 			return err
@@ -1077,10 +1078,10 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 				what = "this watcher's " + settings.KeyAllowMax
 			}
 			if lifetime <= 0 {
-				return usageErr("invalid --for %s: it must be positive; nothing was changed", fmtDuration(lifetime))
+				return cli.UsageErr("invalid --for %s: it must be positive; nothing was changed", fmtDuration(lifetime))
 			}
 			if lifetime > limit {
-				return usageErr("refusing --for %s: longer than %s (%s); nothing was changed", fmtDuration(lifetime), what, fmtDuration(limit))
+				return cli.UsageErr("refusing --for %s: longer than %s (%s); nothing was changed", fmtDuration(lifetime), what, fmtDuration(limit))
 			}
 		}
 		return nil
@@ -1091,10 +1092,10 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 		settings.KeyAllowDefault, fmtDuration(defFor), settings.KeyAllowMax, fmtDuration(maxFr)))
 	c.Flags().BoolVar(&list, "list", false, "list the openings with the time they have left")
 	c.Flags().BoolVar(&asJSON, "json", false, "with --list: one JSON object per opening")
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	if t.host == nil {
 		c.Flags().StringVar(&ip, "ip", "", "the address to open the port to (instead of the argument, or of looking it up)")
-		_ = c.Flags().SetAnnotation("ip", annClientOnly, []string{"true"})
+		_ = c.Flags().SetAnnotation("ip", cli.AnnClientOnly, []string{"true"})
 	}
 	return t.leafPrepared(c, false, t.prepareSource(&ip, &list), func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		if list {
@@ -1110,7 +1111,7 @@ admin out of the host. Allow SSH and enable ufw yourself.`,
 			d = lifetime
 		}
 		if d > limit {
-			return usageErr("refusing --for %s: longer than this host's %s (%s); nothing was changed", fmtDuration(d), settings.KeyAllowMax, fmtDuration(limit))
+			return cli.UsageErr("refusing --for %s: longer than this host's %s (%s); nothing was changed", fmtDuration(d), settings.KeyAllowMax, fmtDuration(limit))
 		}
 		s := allowSpec{Source: src, Port: port, Proto: proto}
 		return h.withAllowState(func(st *allowState) error {
@@ -1167,10 +1168,10 @@ does.`,
 	}
 	c.Flags().IntVar(&port, "port", 0, "close only the openings of this port (default: every port)")
 	c.Flags().StringVar(&proto, "proto", "", "close only the openings of this protocol, tcp or udp (default: both)")
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	if t.host == nil {
 		c.Flags().StringVar(&ip, "ip", "", "the address to close the openings of (instead of the argument, or of looking it up)")
-		_ = c.Flags().SetAnnotation("ip", annClientOnly, []string{"true"})
+		_ = c.Flags().SetAnnotation("ip", cli.AnnClientOnly, []string{"true"})
 	}
 	return t.leafPrepared(c, false, t.prepareSource(&ip, nil), func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		src, err := parseSource(args[0])

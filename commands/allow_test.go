@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/settings"
@@ -189,7 +190,7 @@ func runAllow(h *Host, argv ...string) sera.Result {
 	ctx := context.Background()
 	hd := &Handler{Host: h}
 	if _, err := hd.Resolve(argv); err != nil {
-		code, _ := ExitCode(err)
+		code, _ := cli.ExitCode(err)
 		return sera.Result{Status: code, Stderr: []byte("sera: " + err.Error() + "\n")}
 	}
 	return hd.Run(ctx, &sera.Call{Argv: argv, Client: &sera.KnownClient{Name: "admin", Allow: []string{sera.AllowAll}}})
@@ -284,7 +285,7 @@ func TestParseSource(t *testing.T) {
 			t.Errorf("parseSource(%q) = %q, %v; want an error containing %q", in, got, err, want)
 			continue
 		}
-		if code, _ := ExitCode(err); code != ExitUsage {
+		if code, _ := cli.ExitCode(err); code != cli.ExitUsage {
 			t.Errorf("parseSource(%q): exit %d, want usage", in, code)
 		}
 	}
@@ -378,8 +379,8 @@ func TestAllowResolve(t *testing.T) {
 			// (Flag syntax errors are cobra's own; Run makes them usage
 			// errors.)
 			if tt.wantErr != "" && !strings.Contains(tt.wantErr, "flag") && !strings.Contains(tt.wantErr, "invalid argument") {
-				if code, _ := ExitCode(err); code != ExitUsage {
-					t.Errorf("exit %d, want %d (usage)", code, ExitUsage)
+				if code, _ := cli.ExitCode(err); code != cli.ExitUsage {
+					t.Errorf("exit %d, want %d (usage)", code, cli.ExitUsage)
 				}
 			}
 		})
@@ -389,7 +390,7 @@ func TestAllowResolve(t *testing.T) {
 	}
 	// Run checks too, for callers that skip Resolve (--local).
 	res := hd.Run(context.Background(), &sera.Call{Argv: []string{"allow", "--for=3h", "--", "203.0.113.7"}})
-	if res.Status != ExitUsage || !strings.Contains(string(res.Stderr), "SERA_ALLOW_MAX") {
+	if res.Status != cli.ExitUsage || !strings.Contains(string(res.Stderr), "SERA_ALLOW_MAX") {
 		t.Errorf("run with --for over the max: status %d, stderr %s", res.Status, res.Stderr)
 	}
 	if _, err := os.Stat(h.allowStatePath()); !os.IsNotExist(err) {
@@ -685,7 +686,7 @@ func TestAllowUFWNotUsable(t *testing.T) {
 	h, f, _ := newAllowHost(t)
 	f.inactive = true
 	res := runAllow(h, "allow", "--", "203.0.113.7")
-	if res.Status != ExitFailure || !strings.Contains(string(res.Stderr), "ufw is inactive on this host; nothing was changed") ||
+	if res.Status != cli.ExitFailure || !strings.Contains(string(res.Stderr), "ufw is inactive on this host; nothing was changed") ||
 		!strings.Contains(string(res.Stderr), "sera never enables ufw") {
 		t.Errorf("inactive: %d %s", res.Status, res.Stderr)
 	}
@@ -697,7 +698,7 @@ func TestAllowUFWNotUsable(t *testing.T) {
 	f.inactive, f.missing = false, true
 	for _, argv := range [][]string{{"allow", "--", "203.0.113.7"}, {"disallow", "--", "203.0.113.7"}} {
 		res = runAllow(h, argv...)
-		if res.Status != ExitFailure || !strings.Contains(string(res.Stderr), "ufw is not installed on this host (apt-get install ufw); nothing was changed") {
+		if res.Status != cli.ExitFailure || !strings.Contains(string(res.Stderr), "ufw is not installed on this host (apt-get install ufw); nothing was changed") {
 			t.Errorf("%q with ufw missing: %d %s", argv, res.Status, res.Stderr)
 		}
 	}
@@ -711,7 +712,7 @@ func TestAllowUFWNotUsable(t *testing.T) {
 	// ufw fails to add: the record is undone.
 	f.missing, f.failAllow = false, true
 	res = runAllow(h, "allow", "--", "203.0.113.7")
-	if res.Status != ExitFailure || !strings.Contains(string(res.Stderr), "problem running iptables") || !strings.Contains(string(res.Stderr), "nothing was changed") {
+	if res.Status != cli.ExitFailure || !strings.Contains(string(res.Stderr), "problem running iptables") || !strings.Contains(string(res.Stderr), "nothing was changed") {
 		t.Errorf("failing ufw: %d %s", res.Status, res.Stderr)
 	}
 	if st := readAllowState(t, h); len(st.Openings) != 0 {
@@ -841,7 +842,7 @@ func TestAllowClientEndToEnd(t *testing.T) {
 	laptop.HTTP = srv.Client()
 	client := func(args ...string) (string, string, error) {
 		var stdout, stderr bytes.Buffer
-		root := NewRoot(&Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Env: senv, Host: laptop})
+		root := NewRoot(&cli.Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Env: senv, Host: laptop})
 		root.SetArgs(args)
 		err := root.ExecuteContext(context.Background())
 		return stdout.String(), stderr.String(), err
@@ -963,7 +964,7 @@ func TestAllowClientEndToEnd(t *testing.T) {
 
 // --ip never reaches the watcher, the address does.
 func TestAllowRemoteArgv(t *testing.T) {
-	o := &Options{Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}, Env: testEnv(t)}
+	o := &cli.Options{Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}, Env: testEnv(t)}
 	root := NewRoot(o)
 	c, rest, err := root.Find([]string{"allow", "--ip", "203.0.113.7", "--for", "20s", "--to", "web1"})
 	if err != nil {

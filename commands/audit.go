@@ -18,12 +18,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/install"
 	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/settings"
 )
 
-func newAuditCmd(o *Options) *cobra.Command {
+func newAuditCmd(o *cli.Options) *cobra.Command {
 	var since string
 	var asJSON bool
 	c := &cobra.Command{
@@ -42,17 +43,17 @@ SERA_EXIT, SERA_RULE and SERA_REASON:
   journalctl -u sera SERA_DECISION=rejected
   journalctl -u sera -o verbose SERA_REQUEST_ID=…`,
 		Example: "  sera audit --since 1h\n  sera audit --since 2026-11-23 --json",
-		Args:    usageArgs(cobra.NoArgs),
+		Args:    cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			var from time.Time
 			if since != "" {
-				t, err := parseSince(since, o.now())
+				t, err := parseSince(since, o.Time())
 				if err != nil {
-					return usageErr("invalid --since %q: %v", since, err)
+					return cli.UsageErr("invalid --since %q: %v", since, err)
 				}
 				from = t
 			}
-			cfg, err := o.config()
+			cfg, err := o.Config()
 			if err != nil {
 				return err
 			}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/settings"
 )
 
@@ -38,7 +39,7 @@ func TestParseSince(t *testing.T) {
 }
 
 // auditEnv is a watcher's state directory with an audit log.
-func auditEnv(t *testing.T, lines ...string) (*Options, *bytes.Buffer, *bytes.Buffer) {
+func auditEnv(t *testing.T, lines ...string) (*cli.Options, *bytes.Buffer, *bytes.Buffer) {
 	t.Helper()
 	env := testEnv(t)
 	state := env.Getenv(settings.KeyState)
@@ -51,12 +52,12 @@ func auditEnv(t *testing.T, lines ...string) (*Options, *bytes.Buffer, *bytes.Bu
 		}
 	}
 	var out, errOut bytes.Buffer
-	o := &Options{Stdout: &out, Stderr: &errOut, Env: env,
+	o := &cli.Options{Stdout: &out, Stderr: &errOut, Env: env,
 		Now: func() time.Time { return time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC) }}
 	return o, &out, &errOut
 }
 
-func runAudit(t *testing.T, o *Options, args ...string) error {
+func runAudit(t *testing.T, o *cli.Options, args ...string) error {
 	t.Helper()
 	root := NewRoot(o)
 	root.SetArgs(append([]string{"audit"}, args...))
@@ -111,7 +112,7 @@ func TestAuditCommandErrors(t *testing.T) {
 	}
 	o, _, _ = auditEnv(t, auditLines...)
 	err := runAudit(t, o, "--since", "last week")
-	if code, _ := ExitCode(err); code != ExitUsage {
+	if code, _ := cli.ExitCode(err); code != cli.ExitUsage {
 		t.Errorf("bad --since: %v (exit %d)", err, code)
 	}
 	// A link planted at the log's place is not followed.

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 )
 
 // What a grant's scope narrows, per host command: the one place that says
@@ -134,7 +135,7 @@ func scopeAllows(client *sera.KnownClient, c *cobra.Command) error {
 		}
 		for _, flag := range []string{"groups", "set-groups"} {
 			gs, _ := c.Flags().GetStringSlice(flag)
-			for _, g := range splitAll(gs) {
+			for _, g := range cli.SplitAll(gs) {
 				if !client.AllowsOn("group members add", g) {
 					return fmt.Errorf("client %s may not put accounts into group %s (--%s needs \"group.members.add\" on it)", client.Name, g, flag)
 				}
@@ -173,12 +174,12 @@ func checkGrantScopes(g sera.Grant) error {
 		}
 	}
 	if kind == subjectNone {
-		return usageErr("invalid --allow: %s takes no scope (it acts on no one account, group or port)", sera.FormatAllow([]string{g.Path}))
+		return cli.UsageErr("invalid --allow: %s takes no scope (it acts on no one account, group or port)", sera.FormatAllow([]string{g.Path}))
 	}
 	for _, v := range g.Scope {
 		isPort := v[0] >= '0' && v[0] <= '9'
 		if isPort != (kind == subjectPort) {
-			return usageErr("invalid --allow: %s is scoped by %ss, not %q", sera.FormatAllow([]string{g.Path}), kindWord(kind), v)
+			return cli.UsageErr("invalid --allow: %s is scoped by %ss, not %q", sera.FormatAllow([]string{g.Path}), kindWord(kind), v)
 		}
 	}
 	return nil
@@ -220,7 +221,7 @@ func mayDelegate(caller *sera.KnownClient, allow []string, account string) error
 		}
 	}
 	if slices.Contains(allow, sera.SelfGrant) && account == "" {
-		return usageErr("--allow self needs --account USER: the account the client may manage its own keys of")
+		return cli.UsageErr("--allow self needs --account USER: the account the client may manage its own keys of")
 	}
 	return nil
 }

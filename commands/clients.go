@@ -13,12 +13,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/safefile"
 )
 
 func (t *hostTree) clientsCmd() *cobra.Command {
-	c := group(&cobra.Command{
+	c := cli.Group(&cobra.Command{
 		Use:   "clients",
 		Short: "Manage the clients a watcher trusts (known_clients)",
 		Long: `Manage the clients a watcher trusts, in its known_clients file.
@@ -62,16 +63,16 @@ holds more than it does. See docs/security.md.`,
 		Example: `  sera clients add sera1… --name alice --allow '*' --local
   sera clients add sera1… --name helpdesk --allow 'user(ext-*),key(ext-*)' --to web1
   sera clients add sera1… --name bob --account bob --allow self --all`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			if _, err := crypto.ParsePublicKey(args[0]); err != nil {
-				return usageErr("%v", err)
+				return cli.UsageErr("%v", err)
 			}
 			if name == "" {
-				return usageErr("--name is required: a name for the client, shown in the audit log")
+				return cli.UsageErr("--name is required: a name for the client, shown in the audit log")
 			}
 			if err := sera.CheckName(name); err != nil {
-				return usageErr("invalid --name: %v", err)
+				return cli.UsageErr("invalid --name: %v", err)
 			}
 			if account != "" {
 				if err := checkAccountName("user", account); err != nil {
@@ -83,7 +84,7 @@ holds more than it does. See docs/security.md.`,
 				return err
 			}
 			if slices.Contains(want, sera.SelfGrant) && account == "" {
-				return usageErr("--allow self needs --account USER: the account whose keys the client may manage")
+				return cli.UsageErr("--allow self needs --account USER: the account whose keys the client may manage")
 			}
 			return nil
 		},
@@ -145,7 +146,7 @@ func (t *hostTree) clientsRemoveCmd() *cobra.Command {
 		Short: "Stop trusting a client",
 		Long: `Stop trusting a client. Run on a watcher (--to), the caller may remove only
 clients whose grants are all within its own.`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 	}
 	return t.leaf(c, true, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		sel := args[0]
@@ -171,7 +172,7 @@ func (t *hostTree) clientsListCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List trusted clients, marking the root-equivalent ones",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per client")
 	return t.leaf(c, true, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
@@ -222,7 +223,7 @@ func allowString(allow []string) string {
 func checkAllow(s string) ([]string, error) {
 	allow, err := sera.ParseAllow(s)
 	if err != nil {
-		return nil, usageErr("invalid --allow: %v", err)
+		return nil, cli.UsageErr("invalid --allow: %v", err)
 	}
 	known := HostCommands()
 	for _, a := range allow {
@@ -231,7 +232,7 @@ func checkAllow(s string) ([]string, error) {
 			continue
 		}
 		if !slices.Contains(known, g.Path) {
-			return nil, usageErr("invalid --allow: %q is not a host command (one of: %s, self, or '*')",
+			return nil, cli.UsageErr("invalid --allow: %q is not a host command (one of: %s, self, or '*')",
 				strings.ReplaceAll(g.Path, " ", "."), strings.Join(topLevel(known), ", "))
 		}
 		if err := checkGrantScopes(g); err != nil {

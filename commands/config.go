@@ -9,12 +9,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 )
 
-func newConfigCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newConfigCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "config",
 		Short: "Show and change settings ($SERA_HOME/env)",
 		Long: `Show and change sera's settings. They live in $SERA_HOME/env as KEY=VALUE
@@ -27,18 +28,18 @@ in the environment overrides the file.`,
 
 // newExportCmd is "sera export KEY=VALUE", kept for users of the original
 // tool; it is "sera config set".
-func newExportCmd(o *Options) *cobra.Command {
+func newExportCmd(o *cli.Options) *cobra.Command {
 	c := newConfigSetCmd(o, "export")
 	c.Hidden = true
 	return c
 }
 
-func newConfigSetCmd(o *Options, use string) *cobra.Command {
+func newConfigSetCmd(o *cli.Options, use string) *cobra.Command {
 	return &cobra.Command{
 		Use:     use + " KEY=VALUE…",
 		Short:   "Set settings in the env file",
 		Example: "  sera config set SERA_TRANSPORT=sqs SERA_REGION=eu-west-1",
-		Args:    usageArgs(cobra.MinimumNArgs(1)),
+		Args:    cli.UsageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			// Validate every pair before writing any.
 			type kv struct{ k, v string }
@@ -46,17 +47,17 @@ func newConfigSetCmd(o *Options, use string) *cobra.Command {
 			for _, a := range args {
 				k, v, ok := strings.Cut(a, "=")
 				if !ok {
-					return usageErr("%q is not KEY=VALUE", a)
+					return cli.UsageErr("%q is not KEY=VALUE", a)
 				}
 				if strings.ContainsAny(v, "\n\r\x00") {
-					return usageErr("the value of %s contains a line break", k)
+					return cli.UsageErr("the value of %s contains a line break", k)
 				}
 				if err := settings.Check(k, v); err != nil {
-					return usageErr("%v", err)
+					return cli.UsageErr("%v", err)
 				}
 				pairs = append(pairs, kv{k, v})
 			}
-			cfg, err := o.config()
+			cfg, err := o.Config()
 			if err != nil {
 				return err
 			}
@@ -84,18 +85,18 @@ func newConfigSetCmd(o *Options, use string) *cobra.Command {
 	}
 }
 
-func newConfigUnsetCmd(o *Options) *cobra.Command {
+func newConfigUnsetCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "unset KEY…",
 		Short: "Remove settings from the env file",
-		Args:  usageArgs(cobra.MinimumNArgs(1)),
+		Args:  cli.UsageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			for _, k := range args {
 				if _, ok := settings.Lookup(k); !ok {
-					return usageErr("%v %q (see 'sera config list')", settings.ErrUnknown, k)
+					return cli.UsageErr("%v %q (see 'sera config list')", settings.ErrUnknown, k)
 				}
 			}
-			cfg, err := o.config()
+			cfg, err := o.Config()
 			if err != nil {
 				return err
 			}
@@ -120,16 +121,16 @@ func newConfigUnsetCmd(o *Options) *cobra.Command {
 	}
 }
 
-func newConfigGetCmd(o *Options) *cobra.Command {
+func newConfigGetCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "get KEY",
 		Short: "Print one setting's value",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cli.UsageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			if _, ok := settings.Lookup(args[0]); !ok {
-				return usageErr("%v %q (see 'sera config list')", settings.ErrUnknown, args[0])
+				return cli.UsageErr("%v %q (see 'sera config list')", settings.ErrUnknown, args[0])
 			}
-			cfg, err := o.config()
+			cfg, err := o.Config()
 			if err != nil {
 				return err
 			}
@@ -139,14 +140,14 @@ func newConfigGetCmd(o *Options) *cobra.Command {
 	}
 }
 
-func newConfigListCmd(o *Options) *cobra.Command {
+func newConfigListCmd(o *cli.Options) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List every setting with its value and where it came from",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			cfg, err := o.config()
+			cfg, err := o.Config()
 			if err != nil {
 				return err
 			}

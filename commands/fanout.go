@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/transport"
 )
 
@@ -63,13 +64,13 @@ func (tf *targetFlags) single() bool {
 func (tf *targetFlags) resolve(kw *sera.KnownWatchers) ([]*sera.KnownWatcher, sera.Target, error) {
 	var target sera.Target
 	if tf.all && (len(tf.to) > 0 || len(tf.groups) > 0) {
-		return nil, target, usageErr("--all excludes --to and --group")
+		return nil, target, cli.UsageErr("--all excludes --to and --group")
 	}
 	selected := map[string]*sera.KnownWatcher{}
 	var unknown []string
 	for _, sel := range tf.to {
 		if _, err := path.Match(sel, ""); err != nil || sel == "" {
-			return nil, target, usageErr("invalid --to %q: not a name or glob", sel)
+			return nil, target, cli.UsageErr("invalid --to %q: not a name or glob", sel)
 		}
 		if !slices.Contains(target.Names, sel) {
 			target.Names = append(target.Names, sel)
@@ -88,7 +89,7 @@ func (tf *targetFlags) resolve(kw *sera.KnownWatchers) ([]*sera.KnownWatcher, se
 	var noMembers []string
 	for _, g := range tf.groups {
 		if err := sera.CheckName(g); err != nil {
-			return nil, target, usageErr("invalid --group %q: %v", g, err)
+			return nil, target, cli.UsageErr("invalid --group %q: %v", g, err)
 		}
 		if !slices.Contains(target.Groups, g) {
 			target.Groups = append(target.Groups, g)
@@ -118,10 +119,10 @@ func (tf *targetFlags) resolve(kw *sera.KnownWatchers) ([]*sera.KnownWatcher, se
 		problems = append(problems, "no known watcher in group "+strings.Join(noMembers, ", ")+" (see 'sera watchers list')")
 	}
 	if len(problems) > 0 {
-		return nil, target, usageErr("%s", strings.Join(problems, "; "))
+		return nil, target, cli.UsageErr("%s", strings.Join(problems, "; "))
 	}
 	if len(selected) == 0 {
-		return nil, target, usageErr("no watchers known: add them with 'sera watchers add NAME PUBKEY'")
+		return nil, target, cli.UsageErr("no watchers known: add them with 'sera watchers add NAME PUBKEY'")
 	}
 	out := make([]*sera.KnownWatcher, 0, len(selected))
 	for _, w := range selected {
@@ -172,7 +173,7 @@ func parseLimit(flag, s string, total, floor int) (int, error) {
 	n, err := strconv.Atoi(v)
 	switch {
 	case err != nil || n < 0 || (pct && n > 100):
-		return 0, usageErr("invalid --%s %q: want a whole number N or a percentage N%% (0 to 100)", flag, s)
+		return 0, cli.UsageErr("invalid --%s %q: want a whole number N or a percentage N%% (0 to 100)", flag, s)
 	case pct:
 		return max(n*total/100, floor), nil
 	}
@@ -184,11 +185,11 @@ func parseLimit(flag, s string, total, floor int) (int, error) {
 func (ff *fanoutFlags) job(selected []*sera.KnownWatcher, wait time.Duration) (*sera.Job, error) {
 	job := &sera.Job{Watchers: selected, Timeout: wait, ExecTimeout: ff.execTimeout}
 	if ff.execTimeout < 0 || ff.execTimeout > sera.MaxRequestLifetime {
-		return nil, usageErr("invalid --exec-timeout %s: want more than 0 and at most %s", ff.execTimeout, sera.MaxRequestLifetime)
+		return nil, cli.UsageErr("invalid --exec-timeout %s: want more than 0 and at most %s", ff.execTimeout, sera.MaxRequestLifetime)
 	}
 	switch {
 	case ff.timeout < 0:
-		return nil, usageErr("invalid --timeout %s: want more than 0", ff.timeout)
+		return nil, cli.UsageErr("invalid --timeout %s: want more than 0", ff.timeout)
 	case ff.timeout > 0:
 		job.Timeout = ff.timeout
 	case ff.execTimeout > 0:
@@ -202,13 +203,13 @@ func (ff *fanoutFlags) job(selected []*sera.KnownWatcher, wait time.Duration) (*
 			return nil, err
 		}
 		if n < 1 {
-			return nil, usageErr("invalid --max-concurrency %q: at least one host must be sent the request", ff.maxConcurrency)
+			return nil, cli.UsageErr("invalid --max-concurrency %q: at least one host must be sent the request", ff.maxConcurrency)
 		}
 		job.MaxConcurrency = n
 	}
 	if ff.maxErrors != "" {
 		if job.MaxConcurrency == 0 {
-			return nil, usageErr("--max-errors needs --max-concurrency: without it every host is sent the request at once, and there is nothing left to stop")
+			return nil, cli.UsageErr("--max-errors needs --max-concurrency: without it every host is sent the request at once, and there is nothing left to stop")
 		}
 		n, err := parseLimit("max-errors", ff.maxErrors, len(selected), 0)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/safefile"
 )
 
@@ -35,7 +36,7 @@ func checkUsageErr(t *testing.T, err error, want string) bool {
 		}
 		return true
 	}
-	if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), want) {
+	if !errors.Is(err, cli.ErrUsage) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %v, want a usage error with %q", err, want)
 	}
 	return false
@@ -95,7 +96,7 @@ func TestTargetResolve(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err := (&targetFlags{all: true}).resolve(&sera.KnownWatchers{}); !errors.Is(err, ErrUsage) {
+	if _, _, err := (&targetFlags{all: true}).resolve(&sera.KnownWatchers{}); !errors.Is(err, cli.ErrUsage) {
 		t.Errorf("--all with no known watchers: %v", err)
 	}
 }
@@ -181,7 +182,7 @@ func TestSingleOutcome(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var stderr bytes.Buffer
-		code, _ := ExitCode(singleOutcome(&stderr, tt.out, time.Second))
+		code, _ := cli.ExitCode(singleOutcome(&stderr, tt.out, time.Second))
 		if code != tt.code || stderr.String() != tt.stderr {
 			t.Errorf("%s: exit %d, stderr %q; want %d, %q", tt.name, code, stderr.String(), tt.code, tt.stderr)
 		}
@@ -350,7 +351,7 @@ func testFanoutMaxErrorsCLI(t *testing.T, f *khFleet, names []string) {
 		}
 	}
 	stdout, stderr, err := f.sera("hostkey", "list", "--all", "--max-concurrency", "2", "--max-errors", "1", "--timeout", "20s")
-	if code, _ := ExitCode(err); code != ExitFailure {
+	if code, _ := cli.ExitCode(err); code != cli.ExitFailure {
 		t.Fatalf("exit %d (%v), want 1; stderr:\n%s", code, err, stderr)
 	}
 	// A watcher audits a request just after it replies, and one sent

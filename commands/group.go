@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/accounts"
 	"github.com/sera-dev/sera/host/sudo"
 	"github.com/sera-dev/sera/plan"
@@ -25,7 +26,7 @@ import (
 const maxGID = math.MaxUint32 - 1
 
 func (t *hostTree) groupCmd() *cobra.Command {
-	c := group(&cobra.Command{
+	c := cli.Group(&cobra.Command{
 		Use:   "group",
 		Short: "Manage regular groups (gid in GID_MIN..GID_MAX) and their members",
 		Long: `Manage regular groups through shadow-utils (groupadd, groupdel, gpasswd);
@@ -33,7 +34,7 @@ func (t *hostTree) groupCmd() *cobra.Command {
 GID_MIN..GID_MAX of /etc/login.defs, e.g. sudo or adm) are refused. Give a
 group sudo with 'sera sudo grant GROUP'.`,
 	})
-	members := group(&cobra.Command{
+	members := cli.Group(&cobra.Command{
 		Use:   "members",
 		Short: "Add users to a group or remove them",
 	})
@@ -77,10 +78,10 @@ func (h *Host) withAccounts(fn func(db *accounts.DB) error) error {
 // host's own GID_MIN..GID_MAX is checked on the host.
 func checkGIDFlag(gid int) error {
 	if gid < accounts.DefaultLoginDefs.GIDMin {
-		return plan.Unchanged(usageErr("refusing --gid %d: sera only manages regular groups (gid %d and up)", gid, accounts.DefaultLoginDefs.GIDMin))
+		return plan.Unchanged(cli.UsageErr("refusing --gid %d: sera only manages regular groups (gid %d and up)", gid, accounts.DefaultLoginDefs.GIDMin))
 	}
 	if int64(gid) > maxGID {
-		return plan.Unchanged(usageErr("invalid --gid %d: not a group id (at most %d)", gid, maxGID))
+		return plan.Unchanged(cli.UsageErr("invalid --gid %d: not a group id (at most %d)", gid, maxGID))
 	}
 	return nil
 }
@@ -97,7 +98,7 @@ with another gid, or the gid belongs to another group, it fails and changes
 nothing.`,
 		Example: `  sera group add ops --to web1
   sera group add ops --gid 2000 --to 'web*'`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 	}
 	c.PreRunE = func(c *cobra.Command, args []string) error {
 		if err := checkAccountName("group", args[0]); err != nil {
@@ -115,7 +116,7 @@ nothing.`,
 		})
 	}
 	c.Flags().IntVar(&gid, "gid", 0, "the group id (default: the next free one in GID_MIN..GID_MAX)")
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withAccounts(func(db *accounts.DB) error {
 			gidSet := c.Flags().Changed("gid")
@@ -144,7 +145,7 @@ func (t *hostTree) groupDelCmd() *cobra.Command {
 is refused (delete or change the user first). If sera granted the group
 sudo, its drop-in in /etc/sudoers.d is removed first, so a later group of
 the same name does not inherit sudo.`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 	}
 	c.PreRunE = func(c *cobra.Command, args []string) error {
 		if err := checkAccountName("group", args[0]); err != nil {
@@ -155,7 +156,7 @@ the same name does not inherit sudo.`,
 			return err
 		})
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withAccounts(func(db *accounts.DB) error {
 			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
@@ -187,7 +188,7 @@ func (t *hostTree) groupMembersCmd(add bool) *cobra.Command {
 		Long: `Add regular users (uid in UID_MIN..UID_MAX) to a regular group with
 'gpasswd -a'. Users already in the group are left as they are.`,
 		Example: "  sera group members add ops alice bob --to web1",
-		Args:    usageArgs(cobra.MinimumNArgs(2)),
+		Args:    cli.UsageArgs(cobra.MinimumNArgs(2)),
 	}
 	if !add {
 		c.Use, c.Short = "remove GROUP USER...", "Remove users from a regular group"
@@ -209,7 +210,7 @@ group are left as they are. A user's primary group is not changed.`
 			return err
 		})
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withAccounts(func(db *accounts.DB) error {
 			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
@@ -280,7 +281,7 @@ func (t *hostTree) groupListCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List regular groups with their gid and members",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per group")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, _ []string) error {
@@ -292,7 +293,7 @@ func (t *hostTree) groupListCmd() *cobra.Command {
 			if !db.ManagedGID(g.GID) {
 				continue
 			}
-			info := groupInfo{Name: g.Name, GID: g.GID, Members: nonNil(g.Members)}
+			info := groupInfo{Name: g.Name, GID: g.GID, Members: cli.NonNil(g.Members)}
 			if asJSON {
 				json.NewEncoder(out).Encode(info)
 				continue

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/host/sudo"
 )
@@ -283,7 +284,7 @@ func runGroupSudo(h *Host, argv ...string) sera.Result {
 	root.SetErr(&stderr)
 	root.SetArgs(argv)
 	err := root.ExecuteContext(context.Background())
-	code, show := ExitCode(err)
+	code, show := cli.ExitCode(err)
 	if show {
 		fmt.Fprintf(&stderr, "sera: %v\n", err)
 	}
@@ -863,11 +864,11 @@ func TestGroupSudoHandler(t *testing.T) {
 func TestGroupSudoClient(t *testing.T) {
 	run := func(args ...string) (int, string) {
 		var stdout, stderr bytes.Buffer
-		o := &Options{Stdout: &stdout, Stderr: &stderr, Env: testEnv(t)}
+		o := &cli.Options{Stdout: &stdout, Stderr: &stderr, Env: testEnv(t)}
 		root := NewRoot(o)
 		root.SetArgs(args)
 		err := root.Execute()
-		code, _ := ExitCode(err)
+		code, _ := cli.ExitCode(err)
 		msg := stderr.String()
 		if err != nil {
 			msg += err.Error()
@@ -894,12 +895,12 @@ func TestGroupSudoClient(t *testing.T) {
 				i = len(c.argv)
 			}
 			args := slices.Insert(slices.Clone(c.argv), i, target...)
-			if code, msg := run(args...); code != ExitUsage || !strings.Contains(msg, c.err) {
+			if code, msg := run(args...); code != cli.ExitUsage || !strings.Contains(msg, c.err) {
 				t.Errorf("%q: exit %d, %q; want exit 2 and %q", args, code, msg, c.err)
 			}
 		}
 	}
-	if code, msg := run("group", "add", "web"); code != ExitUsage || !strings.Contains(msg, "no target: give --to HOST, --group GROUP or --all, or --local") {
+	if code, msg := run("group", "add", "web"); code != cli.ExitUsage || !strings.Contains(msg, "no target: give --to HOST, --group GROUP or --all, or --local") {
 		t.Errorf("no target: exit %d, %q", code, msg)
 	}
 }

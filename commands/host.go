@@ -14,17 +14,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/settings"
-)
-
-// Flag annotations.
-const (
-	// annClientOnly marks flags that steer the client (--to, --timeout,
-	// --local, --system) and are never sent to a watcher.
-	annClientOnly = "sera-client-only"
-	// annSecret marks flags whose values the audit log masks.
-	annSecret = "sera-secret"
 )
 
 // Host is what a host command runs against: the watcher's own host when it
@@ -52,7 +44,7 @@ type hostRun func(ctx context.Context, h *Host, out, errOut io.Writer, args []st
 // hostTree builds the host commands in one of two modes: for the client
 // CLI (opts set) or inside the watcher (host set).
 type hostTree struct {
-	opts *Options
+	opts *cli.Options
 	host *Host
 	// caller is the client of the request the tree runs, nil on the
 	// client side and with --local (root on the host already). Commands
@@ -81,7 +73,7 @@ func (t *hostTree) addClientFlags(c *cobra.Command) {
 	pf.BoolVar(&t.local, "local", false, "run on this machine, in-process, instead of on a watcher")
 	names = append(names, "local")
 	for _, n := range names {
-		_ = pf.SetAnnotation(n, annClientOnly, []string{"true"})
+		_ = pf.SetAnnotation(n, cli.AnnClientOnly, []string{"true"})
 	}
 	// --json: a command's own (ping, user list, …) is sent to the watcher
 	// and also shapes the client's output; the others get one that only
@@ -91,13 +83,13 @@ func (t *hostTree) addClientFlags(c *cobra.Command) {
 		if c.Runnable() && !c.HasSubCommands() {
 			if c.Flags().Lookup("json") == nil {
 				c.Flags().BoolVar(&t.fan.json, "json", false, "print one JSON object per host")
-				_ = c.Flags().SetAnnotation("json", annClientOnly, []string{"true"})
+				_ = c.Flags().SetAnnotation("json", cli.AnnClientOnly, []string{"true"})
 			}
 			long := c.Long
 			if long == "" {
 				long = c.Short + "."
 			}
-			c.Long = long + "\n\n" + targetsHelp + "\n\n" + exitCodesHelp
+			c.Long = long + "\n\n" + targetsHelp + "\n\n" + cli.ExitCodesHelp
 		}
 		for _, s := range c.Commands() {
 			walk(s)
@@ -128,10 +120,10 @@ func (t *hostTree) leafPrepared(c *cobra.Command, localByDefault bool, prepare p
 			return run(ctx, t.host, c.OutOrStdout(), c.ErrOrStderr(), args)
 		}
 		if t.local && t.target.set() {
-			return usageErr("--local excludes --to, --group and --all")
+			return cli.UsageErr("--local excludes --to, --group and --all")
 		}
 		if !t.target.set() && !t.local && !localByDefault {
-			return usageErr("no target: give --to HOST, --group GROUP or --all, or --local to run it on this machine")
+			return cli.UsageErr("no target: give --to HOST, --group GROUP or --all, or --local to run it on this machine")
 		}
 		if prepare != nil {
 			var err error
@@ -153,15 +145,15 @@ func (t *hostTree) leafPrepared(c *cobra.Command, localByDefault bool, prepare p
 
 func (t *hostTree) localHost() (*Host, error) {
 	o := t.opts
-	cfg, err := o.config()
+	cfg, err := o.Config()
 	if err != nil {
 		return nil, err
 	}
 	h := &Host{
 		Name: cfg.Get(settings.KeyName), Groups: cfg.Groups(), Version: o.Version,
-		KnownClients: cfg.KnownClientsFile(), Sys: o.hostSystem(cfg), Config: cfg,
+		KnownClients: cfg.KnownClientsFile(), Sys: o.HostSystem(cfg), Config: cfg,
 	}
-	if id, err := loadIdentity(cfg); err == nil {
+	if id, err := cli.LoadIdentity(cfg); err == nil {
 		h.Fingerprint = id.Public().Fingerprint()
 	}
 	return h, nil
@@ -173,10 +165,10 @@ func (t *hostTree) localHost() (*Host, error) {
 func remoteArgv(c *cobra.Command, args []string) []string {
 	argv := strings.Fields(c.CommandPath())[1:]
 	c.Flags().Visit(func(f *pflag.Flag) {
-		if _, ok := f.Annotations[annClientOnly]; ok {
+		if _, ok := f.Annotations[cli.AnnClientOnly]; ok {
 			return
 		}
-		for _, v := range flagValues(f) {
+		for _, v := range cli.FlagValues(f) {
 			argv = append(argv, "--"+f.Name+"="+v)
 		}
 	})
@@ -192,7 +184,7 @@ func remoteArgv(c *cobra.Command, args []string) []string {
 func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	o := t.opts
 	ctx := c.Context()
-	cfg, err := o.config()
+	cfg, err := o.Config()
 	if err != nil {
 		return err
 	}
@@ -208,12 +200,12 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	// for JSON here.
 	jsonFlag := c.Flags().Lookup("json")
 	asJSON := jsonFlag != nil && jsonFlag.Value.String() == "true"
-	_, clientJSON := jsonFlag.Annotations[annClientOnly]
+	_, clientJSON := jsonFlag.Annotations[cli.AnnClientOnly]
 	job, err := t.fan.job(selected, cfg.Duration(settings.KeyTimeout))
 	if err != nil {
 		return err
 	}
-	client, _, closeClient, err := o.newClient(ctx, cfg, kw, job.Timeout)
+	client, _, closeClient, err := o.NewClient(ctx, cfg, kw, job.Timeout)
 	if err != nil {
 		return err
 	}
@@ -241,7 +233,7 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 		}
 		return singleOutcome(stderr, out, job.Timeout)
 	}
-	p := newFanoutPrinter(stdout, stderr, len(selected), job.Timeout, o.now)
+	p := newFanoutPrinter(stdout, stderr, len(selected), job.Timeout, o.Time)
 	p.asJSON, p.embedJSON = asJSON, asJSON && !clientJSON
 	p.progress = isTerminal(stderr)
 	job.OnEvent = p.event
@@ -271,10 +263,10 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	}
 	if t.target.single() && len(out.Replies) == 1 && out.Replies[0].Reply.Status != 0 {
 		// --json for one host by name: still its exit status.
-		return &ExitError{Code: out.Replies[0].Reply.Status}
+		return &cli.ExitError{Code: out.Replies[0].Reply.Status}
 	}
 	if !p.succeeded() {
-		return &ExitError{Code: ExitFailure}
+		return &cli.ExitError{Code: cli.ExitFailure}
 	}
 	return nil
 }
@@ -284,38 +276,16 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 func singleOutcome(stderr io.Writer, out *sera.Outcome, timeout time.Duration) error {
 	for name, err := range out.SendErrors {
 		fmt.Fprintf(stderr, "sera: %s: failed to send: %v\n", name, err)
-		return &ExitError{Code: ExitFailure}
+		return &cli.ExitError{Code: cli.ExitFailure}
 	}
 	for _, w := range out.Missing {
 		fmt.Fprintf(stderr, "sera: %s: no reply within %s\n", w.Name, timeout)
-		return &ExitError{Code: ExitFailure}
+		return &cli.ExitError{Code: cli.ExitFailure}
 	}
 	if s := out.Replies[0].Reply.Status; s != 0 {
-		return &ExitError{Code: s}
+		return &cli.ExitError{Code: s}
 	}
 	return nil
-}
-
-// newClient opens the transport and builds the client of remote calls;
-// closeClient releases the transport. A timeout of 0 is SERA_TIMEOUT. kw
-// are the known watchers: replies sealed by any other key are deleted.
-func (o *Options) newClient(ctx context.Context, cfg *settings.Config, kw *sera.KnownWatchers, timeout time.Duration) (client *sera.Client, wait time.Duration, closeClient func(), err error) {
-	id, err := loadIdentity(cfg)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	tr, err := o.openTransport(ctx, cfg)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	if timeout <= 0 {
-		timeout = cfg.Duration(settings.KeyTimeout)
-	}
-	client = &sera.Client{
-		Identity: id, Transport: tr, Prefix: cfg.Get(settings.KeyPrefix),
-		TTL: cfg.Duration(settings.KeyRequestTTL), Now: o.Now, Rand: o.Rand, Known: kw,
-	}
-	return client, timeout, func() { tr.Close() }, nil
 }
 
 func prefixLines(w io.Writer, name string, b []byte) {
@@ -343,7 +313,7 @@ func (h *Handler) treeFor(caller *sera.KnownClient) *cobra.Command {
 	root := &cobra.Command{Use: "sera", SilenceUsage: true, SilenceErrors: true}
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageErr("%v", err)
+		return cli.UsageErr("%v", err)
 	})
 	t := &hostTree{host: h.Host, caller: caller}
 	root.AddCommand(t.commands()...)
@@ -438,7 +408,7 @@ func redactWith(root *cobra.Command, argv []string) []string {
 		if f == nil || !strings.HasPrefix(out[i], "--") {
 			continue
 		}
-		if _, secret := f.Annotations[annSecret]; !secret {
+		if _, secret := f.Annotations[cli.AnnSecret]; !secret {
 			continue
 		}
 		if hasValue {
@@ -459,7 +429,7 @@ func (h *Handler) Run(ctx context.Context, call *sera.Call) sera.Result {
 	root.SetErr(&stderr)
 	root.SetArgs(call.Argv)
 	err := root.ExecuteContext(ctx)
-	code, show := ExitCode(err)
+	code, show := cli.ExitCode(err)
 	if show {
 		fmt.Fprintf(&stderr, "sera: %v\n", err)
 	}

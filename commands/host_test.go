@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/settings"
@@ -144,7 +145,7 @@ func TestRedact(t *testing.T) {
 	// Give the tree a secret flag, as user add --password-hash will have.
 	c := &cobra.Command{Use: "secret", RunE: func(*cobra.Command, []string) error { return nil }}
 	c.Flags().String("password-hash", "", "")
-	_ = c.Flags().SetAnnotation("password-hash", annSecret, []string{"true"})
+	_ = c.Flags().SetAnnotation("password-hash", cli.AnnSecret, []string{"true"})
 	c.Flags().String("comment", "", "")
 	root := &cobra.Command{Use: "sera"}
 	root.AddCommand(c)
@@ -176,7 +177,7 @@ func TestRemoteArgv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var got []string
-			o := &Options{Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}, Env: testEnv(t)}
+			o := &cli.Options{Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}, Env: testEnv(t)}
 			root := NewRoot(o)
 			c, rest, err := root.Find(tt.args)
 			if err != nil {
@@ -207,15 +208,15 @@ func TestExitCode(t *testing.T) {
 	}{
 		{nil, 0, false},
 		{errors.New("boom"), 1, true},
-		{usageErr("bad"), 2, true},
-		{fmt.Errorf("wrapped: %w", usageErr("bad")), 2, true},
-		{&ExitError{Code: 126}, 126, false},
-		{&ExitError{Code: 3, Err: errors.New("x")}, 3, true},
+		{cli.UsageErr("bad"), 2, true},
+		{fmt.Errorf("wrapped: %w", cli.UsageErr("bad")), 2, true},
+		{&cli.ExitError{Code: 126}, 126, false},
+		{&cli.ExitError{Code: 3, Err: errors.New("x")}, 3, true},
 	}
 	for _, tt := range tests {
-		code, print := ExitCode(tt.err)
+		code, print := cli.ExitCode(tt.err)
 		if code != tt.code || print != tt.print {
-			t.Errorf("ExitCode(%v) = %d, %v; want %d, %v", tt.err, code, print, tt.code, tt.print)
+			t.Errorf("cli.ExitCode(%v) = %d, %v; want %d, %v", tt.err, code, print, tt.code, tt.print)
 		}
 	}
 }
@@ -233,7 +234,7 @@ func TestPrefixLines(t *testing.T) {
 func TestRunFlagErrorIsUsage(t *testing.T) {
 	h := testHandler(t)
 	res := h.Run(context.Background(), &sera.Call{Argv: []string{"ping", "--bogus"}})
-	if res.Status != ExitUsage || !strings.Contains(string(res.Stderr), "unknown flag: --bogus") {
+	if res.Status != cli.ExitUsage || !strings.Contains(string(res.Stderr), "unknown flag: --bogus") {
 		t.Errorf("status %d, stderr %q", res.Status, res.Stderr)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/safefile"
 )
 
@@ -141,7 +142,7 @@ func (h *Host) editKnownHosts(ctx context.Context, out, errOut io.Writer, dryRun
 }
 
 func (t *hostTree) hostkeyCmd() *cobra.Command {
-	c := group(&cobra.Command{
+	c := cli.Group(&cobra.Command{
 		Use:   "hostkey",
 		Short: "Report this host's SSH host keys; trust other hosts' keys",
 		Long: `Report a host's SSH host keys (/etc/ssh/ssh_host_*_key.pub), and manage the
@@ -180,26 +181,26 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 		Example: `  sera hostkey list --to web1
   sera hostkey list --to web1 --known-hosts      # lines for a known_hosts file
   sera hostkey list --to 'web*' --json`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		PreRunE: func(c *cobra.Command, args []string) error {
-			for _, n := range splitAll(names) {
+			for _, n := range cli.SplitAll(names) {
 				if _, err := parseHostName(n); err != nil {
 					return err
 				}
 			}
-			for _, a := range splitAll(addrs) {
+			for _, a := range cli.SplitAll(addrs) {
 				if _, err := netip.ParseAddr(a); err != nil {
-					return usageErr("invalid --addr %q: not an IP address", a)
+					return cli.UsageErr("invalid --addr %q: not an IP address", a)
 				}
 				if _, err := parseHostName(a); err != nil {
 					return err
 				}
 			}
 			if noAddrs && len(addrs) > 0 {
-				return usageErr("--addr and --no-addrs exclude each other")
+				return cli.UsageErr("--addr and --no-addrs exclude each other")
 			}
 			if asJSON && asKnownHosts {
-				return usageErr("--json and --known-hosts exclude each other")
+				return cli.UsageErr("--json and --known-hosts exclude each other")
 			}
 			return nil
 		},
@@ -210,7 +211,7 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per key")
 	c.Flags().BoolVar(&asKnownHosts, "known-hosts", false, "print known_hosts lines ('NAME[,ADDR…] KEYTYPE BASE64')")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, _ []string) error {
-		ns, as, err := h.knownBy(splitAll(names), splitAll(addrs), noAddrs)
+		ns, as, err := h.knownBy(cli.SplitAll(names), cli.SplitAll(addrs), noAddrs)
 		if err != nil {
 			return err
 		}
@@ -229,7 +230,7 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 					Fingerprint: ssh.FingerprintSHA256(k.key), Key: keyText(k.key), File: k.file})
 			case asKnownHosts:
 				if len(all) == 0 {
-					return usageErr("no names to print known_hosts lines for: give --name")
+					return cli.UsageErr("no names to print known_hosts lines for: give --name")
 				}
 				fmt.Fprintf(out, "%s %s\n", strings.Join(all, ","), keyText(k.key))
 			default:
@@ -282,13 +283,13 @@ and a type not given is no longer trusted. The names and addresses given
 with NAME are written on its lines (and no longer name any other host in
 sera's block). KEY is "KEYTYPE BASE64 [COMMENT]", as in a .pub file.`,
 		Example: `  sera hostkey trust web2,10.0.0.12 "$(cat web2_ed25519.pub)" --to web1`,
-		Args:    usageArgs(cobra.MinimumNArgs(2)),
+		Args:    cli.UsageArgs(cobra.MinimumNArgs(2)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			_, err := trustArgs(args)
 			return err
 		},
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		e, err := trustArgs(args)
 		if err != nil {
@@ -318,13 +319,13 @@ func (t *hostTree) hostkeyUntrustCmd() *cobra.Command {
 		Long: `Remove the entries sera keeps for each NAME in /etc/ssh/ssh_known_hosts, and
 NAME from the names of any other host there. Lines sera did not write are
 left alone.`,
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+		Args: cli.UsageArgs(cobra.MinimumNArgs(1)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			_, err := parse(args)
 			return err
 		},
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		names, err := parse(args)
 		if err != nil {
@@ -361,7 +362,7 @@ func setArgs(args []string) ([]*khHost, error) {
 			groups[name] = g
 			order = append(order, name)
 		} else if !slices.Equal(g.aliases, aliases) {
-			return nil, usageErr("the entries of %s give different names (%s and %s): give them on every line alike",
+			return nil, cli.UsageErr("the entries of %s give different names (%s and %s): give them on every line alike",
 				name, strings.Join(append([]string{name}, g.aliases...), ","), strings.Join(append([]string{name}, aliases...), ","))
 		}
 		g.keys = append(g.keys, key)
@@ -375,7 +376,7 @@ func setArgs(args []string) ([]*khHost, error) {
 		}
 		for _, n := range e.names() {
 			if o, ok := owner[n]; ok {
-				return nil, usageErr("%s is given as a name of both %s and %s", n, o, name)
+				return nil, cli.UsageErr("%s is given as a name of both %s and %s", n, o, name)
 			}
 			owner[n] = name
 		}
@@ -394,13 +395,13 @@ known_hosts line "NAME[,ADDR…] KEYTYPE BASE64", and for every NAME given,
 the keys sera trusts become exactly the keys of its entries. Hosts not
 named are left as they are. 'sera known-hosts sync' uses it.`,
 		Example: `  sera hostkey set --to web1 -- "web2,10.0.0.12 ssh-ed25519 AAAA…" "web3 ssh-ed25519 AAAA…"`,
-		Args:    usageArgs(cobra.MinimumNArgs(1)),
+		Args:    cli.UsageArgs(cobra.MinimumNArgs(1)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			_, err := setArgs(args)
 			return err
 		},
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		entries, err := setArgs(args)
 		if err != nil {

@@ -7,24 +7,20 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/safefile"
-	"github.com/sera-dev/sera/settings"
 )
 
-// ErrNoIdentity is returned when a command needs a key and there is none.
-var ErrNoIdentity = errors.New("no key")
-
 type keygenOptions struct {
-	*Options
+	*cli.Options
 	force bool
 }
 
-func newKeygenCmd(o *Options) *cobra.Command {
+func newKeygenCmd(o *cli.Options) *cobra.Command {
 	ko := &keygenOptions{Options: o}
 	c := &cobra.Command{
 		Use:   "keygen",
@@ -35,7 +31,7 @@ printed on stdout as one string, for 'sera clients add' on a watcher or
 'sera watchers add' on a client, and its fingerprint on stderr.
 
 As root, or with --system, SERA_HOME is /etc/sera; otherwise ~/.sera.`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error { return runKeygen(ko) },
 	}
 	c.Flags().BoolVar(&ko.force, "force", false, "replace an existing key (clients and watchers that trusted it must be updated)")
@@ -43,13 +39,13 @@ As root, or with --system, SERA_HOME is /etc/sera; otherwise ~/.sera.`,
 }
 
 func runKeygen(o *keygenOptions) error {
-	cfg, err := o.config()
+	cfg, err := o.Config()
 	if err != nil {
 		return err
 	}
 	path := cfg.KeyFile()
 	if _, err := os.Lstat(path); err == nil && !o.force {
-		return usageErr("%s already exists; use --force to replace it (everything that trusts the old key must then be updated)", path)
+		return cli.UsageErr("%s already exists; use --force to replace it (everything that trusts the old key must then be updated)", path)
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("failed to check %s: %w", path, err)
 	}
@@ -66,7 +62,7 @@ func runKeygen(o *keygenOptions) error {
 	}
 	pub := id.Public()
 	body := fmt.Sprintf("# sera identity, created %s\n# public key: %s\n# fingerprint: %s\n%s\n",
-		o.now().UTC().Format("2006-01-02T15:04:05Z"), pub, pub.Fingerprint(), id.SecretString())
+		o.Time().UTC().Format("2006-01-02T15:04:05Z"), pub, pub.Fingerprint(), id.SecretString())
 	if err := safefile.WriteAtomic(path, []byte(body), 0o600); err != nil {
 		return err
 	}
@@ -75,17 +71,17 @@ func runKeygen(o *keygenOptions) error {
 	return nil
 }
 
-func newPubkeyCmd(o *Options) *cobra.Command {
+func newPubkeyCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "pubkey",
 		Short: "Print this machine's public key (and its fingerprint on stderr)",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			cfg, err := o.config()
+			cfg, err := o.Config()
 			if err != nil {
 				return err
 			}
-			id, err := loadIdentity(cfg)
+			id, err := cli.LoadIdentity(cfg)
 			if err != nil {
 				return err
 			}
@@ -96,34 +92,11 @@ func newPubkeyCmd(o *Options) *cobra.Command {
 	}
 }
 
-// loadIdentity reads $SERA_HOME/key, refusing a key file others can read.
-func loadIdentity(cfg *settings.Config) (*crypto.Identity, error) {
-	path := cfg.KeyFile()
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s does not exist; create it with 'sera keygen'", ErrNoIdentity, path)
-	} else if err != nil {
-		return nil, fmt.Errorf("failed to read key: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("key file %s is readable by others (mode %o); run 'chmod 600 %s'", path, fi.Mode().Perm(), path)
-	}
-	b, err := safefile.ReadNoFollow(path)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read key: %w", err)
-	}
-	id, err := crypto.ParseIdentityFile(b)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read key %s: %w", filepath.Clean(path), err)
-	}
-	return id, nil
-}
-
-func newVersionCmd(o *Options) *cobra.Command {
+func newVersionCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print sera's version",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			_, err := io.WriteString(o.Stdout, "sera "+o.Version+"\n")
 			return err

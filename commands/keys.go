@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/accounts"
 	"github.com/sera-dev/sera/host/sshkeys"
 	"github.com/sera-dev/sera/plan"
@@ -21,13 +22,13 @@ import (
 func parseKeyArg(arg, options string) (*sshkeys.Key, error) {
 	k, err := sshkeys.ParseArg(arg, options)
 	if err != nil {
-		return nil, usageErr("%s", err)
+		return nil, cli.UsageErr("%s", err)
 	}
 	return k, nil
 }
 
 func (t *hostTree) keyCmd() *cobra.Command {
-	c := group(&cobra.Command{
+	c := cli.Group(&cobra.Command{
 		Use:   "key",
 		Short: "Manage a user's SSH keys (~/.ssh/authorized_keys)",
 		Long: `Manage the SSH keys of a regular user (uid in UID_MIN..UID_MAX).
@@ -64,11 +65,11 @@ func (t *hostTree) keyAddCmd() *cobra.Command {
 		Use:     "add USER KEY…",
 		Short:   "Add SSH keys for a user",
 		Example: `  sera key add alice "$(cat ~/.ssh/id_ed25519.pub)" --to web1`,
-		Args:    usageArgs(cobra.MinimumNArgs(2)),
+		Args:    cli.UsageArgs(cobra.MinimumNArgs(2)),
 		PreRunE: keyArgs(&options),
 	}
 	c.Flags().StringVar(&options, "options", "", `authorized_keys options for these keys, e.g. 'from="10.0.0.0/8",no-pty'`)
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withUserKeys(ctx, t.caller, out, dryRun, args[0], func(ak *sshkeys.File) []string {
 			return sshkeys.Add(ak, mustKeys(args[1:], options), out)
@@ -91,7 +92,7 @@ func (t *hostTree) keyRemoveCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "remove USER KEY|FINGERPRINT…",
 		Short: "Remove SSH keys sera added for a user",
-		Args:  usageArgs(cobra.MinimumNArgs(2)),
+		Args:  cli.UsageArgs(cobra.MinimumNArgs(2)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			if err := checkAccountName("user", args[0]); err != nil {
 				return err
@@ -106,7 +107,7 @@ func (t *hostTree) keyRemoveCmd() *cobra.Command {
 			return nil
 		},
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withUserKeys(ctx, t.caller, out, dryRun, args[0], func(ak *sshkeys.File) []string {
 			return sshkeys.Remove(ak, args[1:], out)
@@ -123,12 +124,12 @@ func (t *hostTree) keySyncCmd() *cobra.Command {
 		Long: `Make the keys sera manages for a user exactly the given ones: missing ones
 are added, others sera added are removed. Keys sera did not add are kept,
 unless --exclusive, which makes these the only keys in the file.`,
-		Args:    usageArgs(cobra.MinimumNArgs(2)),
+		Args:    cli.UsageArgs(cobra.MinimumNArgs(2)),
 		PreRunE: keyArgs(&options),
 	}
 	c.Flags().StringVar(&options, "options", "", "authorized_keys options for these keys")
 	c.Flags().BoolVar(&exclusive, "exclusive", false, "also remove every key sera did not add")
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withUserKeys(ctx, t.caller, out, dryRun, args[0], func(ak *sshkeys.File) []string {
 			return sshkeys.Sync(ak, mustKeys(args[1:], options), exclusive, out)
@@ -141,7 +142,7 @@ func (t *hostTree) keyListCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:     "list USER",
 		Short:   "List a user's SSH keys",
-		Args:    usageArgs(cobra.ExactArgs(1)),
+		Args:    cli.UsageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per key")

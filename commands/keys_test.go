@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/sshkeys"
 	"golang.org/x/crypto/ssh"
 )
@@ -464,7 +465,7 @@ func TestKeysRefuseLinks(t *testing.T) {
 				snap := f.snapshot()
 				for _, run := range []func(...string) acctRun{f.run, f.runDirect} {
 					r := run(c.argv...)
-					if r.resolveErr != nil || r.status != ExitFailure {
+					if r.resolveErr != nil || r.status != cli.ExitFailure {
 						t.Fatalf("want a host-side refusal:\n%s", r)
 					}
 					acctContains(t, "the error", r.stderr, pl.want...)

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
@@ -65,41 +66,41 @@ var hostKeyTypes = []string{
 func parseHostName(s string) (string, error) {
 	switch {
 	case s == "":
-		return "", usageErr("empty host name")
+		return "", cli.UsageErr("empty host name")
 	case strings.ContainsAny(s, "*?!"):
-		return "", usageErr("invalid host name %q: wildcards and negations are not accepted; give each name", s)
+		return "", cli.UsageErr("invalid host name %q: wildcards and negations are not accepted; give each name", s)
 	case strings.HasPrefix(s, "|"):
-		return "", usageErr("invalid host name %q: hashed names are not accepted; give the name itself", s)
+		return "", cli.UsageErr("invalid host name %q: hashed names are not accepted; give the name itself", s)
 	case strings.HasPrefix(s, "["):
-		return "", usageErr("invalid host name %q: [host]:port is not supported; sera's entries are for port 22", s)
+		return "", cli.UsageErr("invalid host name %q: [host]:port is not supported; sera's entries are for port 22", s)
 	}
 	if a, err := netip.ParseAddr(s); err == nil {
 		switch {
 		case a.Zone() != "":
-			return "", usageErr("invalid address %q: a zone (%%%s) is not accepted", s, a.Zone())
+			return "", cli.UsageErr("invalid address %q: a zone (%%%s) is not accepted", s, a.Zone())
 		case a.Is4In6():
-			return "", usageErr("invalid address %q: give the IPv4 address %s", s, a.Unmap())
+			return "", cli.UsageErr("invalid address %q: give the IPv4 address %s", s, a.Unmap())
 		case a.IsUnspecified(), a.IsMulticast():
-			return "", usageErr("invalid address %q: not a host's address", s)
+			return "", cli.UsageErr("invalid address %q: not a host's address", s)
 		}
 		return a.String(), nil
 	}
 	if strings.Contains(s, ":") {
-		return "", usageErr("invalid host name %q: not a host name or IP address", s)
+		return "", cli.UsageErr("invalid host name %q: not a host name or IP address", s)
 	}
 	name := strings.ToLower(s)
 	if len(name) > 253 {
-		return "", usageErr("invalid host name %q: longer than 253 characters", abbreviate(s))
+		return "", cli.UsageErr("invalid host name %q: longer than 253 characters", abbreviate(s))
 	}
 	labels := strings.Split(name, ".")
 	for _, l := range labels {
 		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' ||
 			strings.IndexFunc(l, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') }) >= 0 {
-			return "", usageErr("invalid host name %q: use letters, digits and '-' in dot-separated labels (RFC 1123), or an IP address", abbreviate(s))
+			return "", cli.UsageErr("invalid host name %q: use letters, digits and '-' in dot-separated labels (RFC 1123), or an IP address", abbreviate(s))
 		}
 	}
 	if last := labels[len(labels)-1]; strings.Trim(last, "0123456789") == "" {
-		return "", usageErr("invalid host name %q: not an IP address, and a host name's last label is not all digits", s)
+		return "", cli.UsageErr("invalid host name %q: not an IP address, and a host name's last label is not all digits", s)
 	}
 	return name, nil
 }
@@ -123,14 +124,14 @@ func parseHostList(s string) (name string, aliases []string, err error) {
 // checkHostKey refuses keys sera does not install as host keys.
 func checkHostKey(k ssh.PublicKey) error {
 	if _, ok := k.(*ssh.Certificate); ok {
-		return usageErr("key %s is a certificate: sera installs plain host keys only (no @cert-authority)", ssh.FingerprintSHA256(k))
+		return cli.UsageErr("key %s is a certificate: sera installs plain host keys only (no @cert-authority)", ssh.FingerprintSHA256(k))
 	}
 	if !slices.Contains(hostKeyTypes, k.Type()) {
-		return usageErr("key %s: type %s is not a host key type sera installs (%s)", ssh.FingerprintSHA256(k), k.Type(), strings.Join(hostKeyTypes, ", "))
+		return cli.UsageErr("key %s: type %s is not a host key type sera installs (%s)", ssh.FingerprintSHA256(k), k.Type(), strings.Join(hostKeyTypes, ", "))
 	}
 	if ck, ok := k.(ssh.CryptoPublicKey); ok {
 		if rk, ok := ck.CryptoPublicKey().(*rsa.PublicKey); ok && rk.N.BitLen() < minRSABits {
-			return usageErr("key %s: a %d-bit RSA key is too weak (at least %d bits)", ssh.FingerprintSHA256(k), rk.N.BitLen(), minRSABits)
+			return cli.UsageErr("key %s: a %d-bit RSA key is too weak (at least %d bits)", ssh.FingerprintSHA256(k), rk.N.BitLen(), minRSABits)
 		}
 	}
 	return nil
@@ -140,20 +141,20 @@ func checkHostKey(k ssh.PublicKey) error {
 // in an ssh_host_*_key.pub file.
 func parseHostKeyArg(s string) (ssh.PublicKey, error) {
 	if strings.ContainsAny(s, "\r\n") {
-		return nil, usageErr("invalid key: it spans several lines; give one key per argument")
+		return nil, cli.UsageErr("invalid key: it spans several lines; give one key per argument")
 	}
 	if strings.HasPrefix(strings.TrimSpace(s), "@") {
-		return nil, usageErr("invalid key %q: markers (@cert-authority, @revoked) are not accepted", abbreviate(s))
+		return nil, cli.UsageErr("invalid key %q: markers (@cert-authority, @revoked) are not accepted", abbreviate(s))
 	}
 	pub, _, opts, rest, err := ssh.ParseAuthorizedKey([]byte(s))
 	if err != nil {
-		return nil, usageErr("invalid key %q: %v", abbreviate(s), err)
+		return nil, cli.UsageErr("invalid key %q: %v", abbreviate(s), err)
 	}
 	if len(opts) > 0 {
-		return nil, usageErr("invalid key %q: give it as 'KEYTYPE BASE64' (%q before it is not part of a key)", abbreviate(s), strings.Join(opts, ","))
+		return nil, cli.UsageErr("invalid key %q: give it as 'KEYTYPE BASE64' (%q before it is not part of a key)", abbreviate(s), strings.Join(opts, ","))
 	}
 	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, usageErr("invalid key: give one key per argument")
+		return nil, cli.UsageErr("invalid key: give one key per argument")
 	}
 	return pub, checkHostKey(pub)
 }
@@ -162,19 +163,19 @@ func parseHostKeyArg(s string) (ssh.PublicKey, error) {
 // "NAME[,ALIAS…] KEYTYPE BASE64", no marker, no hashed or wildcard names.
 func parseKnownHostsEntry(s string) (name string, aliases []string, key ssh.PublicKey, err error) {
 	if strings.ContainsAny(s, "\r\n") {
-		return "", nil, nil, usageErr("invalid entry: it spans several lines; give one entry per argument")
+		return "", nil, nil, cli.UsageErr("invalid entry: it spans several lines; give one entry per argument")
 	}
 	marker, hosts, pub, _, rest, err := ssh.ParseKnownHosts([]byte(s))
 	if errors.Is(err, io.EOF) {
-		return "", nil, nil, usageErr("invalid entry %q: empty or a comment; want 'NAME[,ADDR…] KEYTYPE BASE64'", abbreviate(s))
+		return "", nil, nil, cli.UsageErr("invalid entry %q: empty or a comment; want 'NAME[,ADDR…] KEYTYPE BASE64'", abbreviate(s))
 	} else if err != nil {
-		return "", nil, nil, usageErr("invalid entry %q: %v; want 'NAME[,ADDR…] KEYTYPE BASE64'", abbreviate(s), err)
+		return "", nil, nil, cli.UsageErr("invalid entry %q: %v; want 'NAME[,ADDR…] KEYTYPE BASE64'", abbreviate(s), err)
 	}
 	if marker != "" {
-		return "", nil, nil, usageErr("invalid entry %q: the @%s marker is not accepted", abbreviate(s), marker)
+		return "", nil, nil, cli.UsageErr("invalid entry %q: the @%s marker is not accepted", abbreviate(s), marker)
 	}
 	if len(bytes.TrimSpace(rest)) > 0 {
-		return "", nil, nil, usageErr("invalid entry: give one entry per argument")
+		return "", nil, nil, cli.UsageErr("invalid entry: give one entry per argument")
 	}
 	if name, aliases, err = parseHostList(strings.Join(hosts, ",")); err != nil {
 		return "", nil, nil, err
@@ -212,7 +213,7 @@ func newKHHost(name string, aliases []string, keys []ssh.PublicKey) (*khHost, er
 			if sameKey(old, k) {
 				continue
 			}
-			return nil, usageErr("two %s keys for %s (%s, %s): give one key per type", k.Type(), name, ssh.FingerprintSHA256(old), ssh.FingerprintSHA256(k))
+			return nil, cli.UsageErr("two %s keys for %s (%s, %s): give one key per type", k.Type(), name, ssh.FingerprintSHA256(old), ssh.FingerprintSHA256(k))
 		}
 		e.keys = append(e.keys, k)
 	}
@@ -633,7 +634,7 @@ func (k *knownHostsPath) edit(ctx context.Context, out, errOut io.Writer, dryRun
 // known-hosts sync, the client side.
 
 type knownHostsSync struct {
-	o       *Options
+	o       *cli.Options
 	target  targetFlags
 	timeout time.Duration
 	dryRun  bool
@@ -643,8 +644,8 @@ type knownHostsSync struct {
 	asJSON  bool
 }
 
-func newKnownHostsCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newKnownHostsCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "known-hosts",
 		Short: "Keep SSH known_hosts files in step with the watchers' host keys",
 	})
@@ -652,7 +653,7 @@ func newKnownHostsCmd(o *Options) *cobra.Command {
 	return c
 }
 
-func newKnownHostsSyncCmd(o *Options) *cobra.Command {
+func newKnownHostsSyncCmd(o *cli.Options) *cobra.Command {
 	s := &knownHostsSync{o: o}
 	c := &cobra.Command{
 		Use:   "sync [--to HOST… | --group GROUP… | --all] [--accept HOST…]",
@@ -684,15 +685,15 @@ to install (split into a few if the keys do not fit one message).`,
   sera known-hosts sync --group web
   sera known-hosts sync --accept web1      # trust the names web1 reports, from now on
   sera known-hosts sync --json | jq -r 'select(.untrusted != []) | .watcher'`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			if s.noLocal && s.file != "" {
-				return usageErr("--file and --no-local exclude each other")
+				return cli.UsageErr("--file and --no-local exclude each other")
 			}
-			s.accept = splitAll(s.accept)
+			s.accept = cli.SplitAll(s.accept)
 			for _, a := range s.accept {
 				if err := sera.CheckName(a); err != nil {
-					return usageErr("invalid --accept: %v", err)
+					return cli.UsageErr("invalid --accept: %v", err)
 				}
 			}
 			return nil
@@ -706,7 +707,7 @@ to install (split into a few if the keys do not fit one message).`,
 	f.BoolVar(&s.noLocal, "no-local", false, "leave this machine's known_hosts file alone")
 	f.StringSliceVar(&s.accept, "accept", nil, "trust the names this watcher reports, and record them in known_watchers (repeatable)")
 	f.BoolVar(&s.asJSON, "json", false, "print one JSON object per watcher: the names trusted, the names reported and not trusted, the outcome")
-	addDryRun(c, &s.dryRun)
+	cli.AddDryRun(c, &s.dryRun)
 	return c
 }
 
@@ -957,7 +958,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 		// stdout holds the JSON lines only.
 		hostOut = io.Discard
 	}
-	cfg, err := o.config()
+	cfg, err := o.Config()
 	if err != nil {
 		return err
 	}
@@ -975,14 +976,14 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	}
 	for _, a := range s.accept {
 		if !slices.ContainsFunc(selected, func(w *sera.KnownWatcher) bool { return w.Name == a }) {
-			return usageErr("--accept %s: not one of the watchers this sync targets", a)
+			return cli.UsageErr("--accept %s: not one of the watchers this sync targets", a)
 		}
 	}
 	local, err := s.localFile()
 	if err != nil {
 		return err
 	}
-	client, timeout, closeClient, err := o.newClient(ctx, cfg, kw, s.timeout)
+	client, timeout, closeClient, err := o.NewClient(ctx, cfg, kw, s.timeout)
 	if err != nil {
 		return err
 	}
@@ -1052,7 +1053,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	if len(entries) == 0 {
 		fmt.Fprintf(stderr, "sera: known-hosts sync: no host keys collected from any of %d hosts; nothing installed\n", len(selected))
 		s.printJSON(stdout, selected, set, noKeys, nil, false)
-		return &ExitError{Code: ExitFailure}
+		return &cli.ExitError{Code: cli.ExitFailure}
 	}
 	// Accepted names become the admin's, in known_watchers, before they
 	// are installed anywhere: what a host is trusted for is always
@@ -1152,7 +1153,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 			summary += "; failed: " + strings.Join(failed, ", ")
 		}
 		fmt.Fprintf(stderr, "sera: %s\n", summary)
-		return &ExitError{Code: ExitFailure}
+		return &cli.ExitError{Code: cli.ExitFailure}
 	}
 	if s.asJSON {
 		_, err = fmt.Fprintf(stderr, "sera: %s\n", summary)
@@ -1278,7 +1279,7 @@ func (s *knownHostsSync) localFile() (*knownHostsPath, error) {
 	if p == "" {
 		home := s.o.Env.UserHome
 		if home == "" {
-			return nil, usageErr("cannot tell your home directory: give --file or --no-local")
+			return nil, cli.UsageErr("cannot tell your home directory: give --file or --no-local")
 		}
 		p = filepath.Join(home, ".ssh", "known_hosts")
 		show = "~/.ssh/known_hosts"

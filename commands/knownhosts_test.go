@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
@@ -162,7 +163,7 @@ func TestParseHostName(t *testing.T) {
 	}
 	for in, want := range bad {
 		_, err := parseHostName(in)
-		if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, ErrUsage) {
+		if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, cli.ErrUsage) {
 			t.Errorf("parseHostName(%q) = %v, want a usage error with %q", in, err, want)
 		}
 	}
@@ -197,7 +198,7 @@ func TestParseHostKeyArg(t *testing.T) {
 	}
 	for in, want := range bad {
 		_, err := parseHostKeyArg(in)
-		if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, ErrUsage) {
+		if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, cli.ErrUsage) {
 			t.Errorf("parseHostKeyArg(%q) = %v, want a usage error with %q", abbreviate(in), err, want)
 		}
 	}
@@ -618,7 +619,7 @@ func (f *khFleet) startWatcher(name string, id *crypto.Identity, h *Host) {
 
 func (f *khFleet) sera(args ...string) (string, string, error) {
 	var stdout, stderr bytes.Buffer
-	o := &Options{Stdout: &stdout, Stderr: &stderr, Env: settings.Env{Getenv: func(k string) string { return f.env[k] }, UserHome: f.dir, Hostname: "laptop"},
+	o := &cli.Options{Stdout: &stdout, Stderr: &stderr, Env: settings.Env{Getenv: func(k string) string { return f.env[k] }, UserHome: f.dir, Hostname: "laptop"},
 		OpenTransport: func(context.Context, *settings.Config) (transport.Transport, error) {
 			if f.maxSize > 0 {
 				return spool.New(f.spool, spool.WithPolling(), spool.WithMaxMessageSize(f.maxSize))
@@ -661,7 +662,7 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 	// web3 is silent: web1 and web2 are synced, web3 reported, exit 1.
 	// The 1s is fake time, which does not pass while web1 and web2 work.
 	out, errOut, err := f.sera("known-hosts", "sync", "--timeout=1s")
-	if code, _ := ExitCode(err); code != 1 {
+	if code, _ := cli.ExitCode(err); code != 1 {
 		t.Fatalf("exit %d, want 1 (web3 silent)\n%s\n%s", code, out, errOut)
 	}
 	for _, w := range []string{"web3: no keys collected (no reply within 1s); its entries are left as each host has them",
@@ -744,7 +745,7 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 	// web1 stops answering: its entries stay where they are.
 	f.stops["web1"]()
 	out, errOut, err = f.sera("known-hosts", "sync", "--timeout=500ms", "--no-local")
-	if code, _ := ExitCode(err); code != 1 || !strings.Contains(errOut, "failed: web1, web3") {
+	if code, _ := cli.ExitCode(err); code != 1 || !strings.Contains(errOut, "failed: web1, web3") {
 		t.Errorf("exit %d\n%s\n%s", code, out, errOut)
 	}
 	if again := f.files(); !maps2Equal(again, files) {
@@ -815,7 +816,7 @@ func testKnownHostsSyncLocalFile(t *testing.T, f *khFleet) {
 		t.Fatal(err)
 	}
 	_, errOut, err := f.sera("known-hosts", "sync", "--file", other)
-	if code, _ := ExitCode(err); code != 1 || !strings.Contains(errOut, "symbolic link") {
+	if code, _ := cli.ExitCode(err); code != 1 || !strings.Contains(errOut, "symbolic link") {
 		t.Errorf("symlinked --file: exit %d, %s", code, errOut)
 	}
 	for _, args := range [][]string{
@@ -824,7 +825,7 @@ func testKnownHostsSyncLocalFile(t *testing.T, f *khFleet) {
 		{"known-hosts", "sync", "--file", "x", "--no-local"},
 		{"known-hosts"},
 	} {
-		if _, _, err := f.sera(args...); !errors.Is(err, ErrUsage) {
+		if _, _, err := f.sera(args...); !errors.Is(err, cli.ErrUsage) {
 			t.Errorf("%q: %v, want a usage error", args, err)
 		}
 	}
@@ -917,7 +918,7 @@ func testKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T, f *khFleet) {
 	}
 
 	// --accept is per targeted host; a dry run records nothing.
-	if _, _, err := f.sera("known-hosts", "sync", "--to", "web1", "--accept", "web2"); !errors.Is(err, ErrUsage) {
+	if _, _, err := f.sera("known-hosts", "sync", "--to", "web1", "--accept", "web2"); !errors.Is(err, cli.ErrUsage) {
 		t.Errorf("--accept of a host not targeted: %v, want a usage error", err)
 	}
 	out, errOut, err = f.sera("known-hosts", "sync", "--accept", "web2", "--dry-run")

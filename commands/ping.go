@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/spf13/cobra"
 )
 
@@ -32,7 +33,7 @@ func (t *hostTree) pingCmd() *cobra.Command {
 		Short: "Show a watcher's name, version, uptime and key fingerprint",
 		Example: `  sera ping --to web1
   sera ping --to 'web*' --json`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, _ []string) error {

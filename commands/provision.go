@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/plan"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
@@ -51,13 +52,13 @@ func (f *awsFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.prefix, "prefix", "", "queue, topic and IAM name prefix (default SERA_PREFIX, sera)")
 	c.Flags().StringVar(&f.region, "region", "", "AWS region (default SERA_REGION, else the AWS SDK's)")
 	c.Flags().StringVar(&f.profile, "profile", "", "AWS shared config profile with admin credentials")
-	addDryRun(c, &f.dryRun)
+	cli.AddDryRun(c, &f.dryRun)
 	c.Flags().Lookup("dry-run").Usage = "print the AWS calls it would make, with the policy JSON, and make none (it still reads)"
 }
 
 // setup resolves the prefix and region and returns the provisioner.
-func (f *awsFlags) setup(ctx context.Context, o *Options) (*sqs.Provisioner, *settings.Config, error) {
-	cfg, err := o.config()
+func (f *awsFlags) setup(ctx context.Context, o *cli.Options) (*sqs.Provisioner, *settings.Config, error) {
+	cfg, err := o.Config()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -66,7 +67,7 @@ func (f *awsFlags) setup(ctx context.Context, o *Options) (*sqs.Provisioner, *se
 		prefix = cfg.Get(settings.KeyPrefix)
 	}
 	if err := settings.Check(settings.KeyPrefix, prefix); err != nil {
-		return nil, nil, usageErr("invalid --prefix: %v", err)
+		return nil, nil, cli.UsageErr("invalid --prefix: %v", err)
 	}
 	region := f.region
 	if region == "" {
@@ -100,12 +101,12 @@ func provisionErr(err error) error {
 
 // runPlan executes (or with dryRun prints) p, after what was found as
 // wanted outside it.
-func (o *Options) runPlan(ctx context.Context, p plan.Plan, found []string, dryRun bool, noChange string) error {
+func runPlan(o *cli.Options, ctx context.Context, p plan.Plan, found []string, dryRun bool, noChange string) error {
 	p.Found = append(p.Found, found...)
 	return p.Execute(ctx, o.Stdout, dryRun, noChange)
 }
 
-func newProvisionCmd(o *Options) *cobra.Command {
+func newProvisionCmd(o *cli.Options) *cobra.Command {
 	var f awsFlags
 	c := &cobra.Command{
 		Use:     "create-provider-keys",
@@ -126,7 +127,7 @@ func newProvisionCmd(o *Options) *cobra.Command {
 'sera policy print' shows the policies. Then register watchers
 ('sera watcher register') and clients ('sera client register').
 ` + provisionHelp,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := cmdContext(c)
 			p, _, err := f.setup(ctx, o)
@@ -137,7 +138,7 @@ func newProvisionCmd(o *Options) *cobra.Command {
 			if err != nil {
 				return provisionErr(err)
 			}
-			return o.runPlan(ctx, pl.Plan, nil, f.dryRun,
+			return runPlan(o, ctx, pl.Plan, nil, f.dryRun,
 				fmt.Sprintf("nothing to change: the IAM groups, their policies and topic %s are in place in %s", sqs.AllTopic(p.Prefix), p.Account.Region))
 		},
 	}
@@ -145,8 +146,8 @@ func newProvisionCmd(o *Options) *cobra.Command {
 	return c
 }
 
-func newWatcherCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newWatcherCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "watcher",
 		Short: "Register watchers on AWS: IAM user, access key, queues, topics",
 	})
@@ -187,10 +188,10 @@ func checkEnvOut(path string) error {
 	}
 	dir := filepath.Dir(path)
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return usageErr("invalid --env-out: directory %s does not exist", dir)
+		return cli.UsageErr("invalid --env-out: directory %s does not exist", dir)
 	}
 	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		return usageErr("invalid --env-out: %s is not a regular file", path)
+		return cli.UsageErr("invalid --env-out: %s is not a regular file", path)
 	}
 	return nil
 }
@@ -211,7 +212,7 @@ func mergeEnvFile(path string, kvs [][2]string) error {
 // deliverKey keeps a new key's settings: in envOut if set, else printed.
 // If the file cannot be written they are printed, so the secret is never
 // lost.
-func (o *Options) deliverKey(who, envOut string, settings [][2]string) error {
+func deliverKey(o *cli.Options, who, envOut string, settings [][2]string) error {
 	if envOut != "" {
 		err := mergeEnvFile(envOut, settings)
 		if err == nil {
@@ -226,7 +227,7 @@ func (o *Options) deliverKey(who, envOut string, settings [][2]string) error {
 	return nil
 }
 
-func newWatcherRegisterCmd(o *Options) *cobra.Command {
+func newWatcherRegisterCmd(o *cli.Options) *cobra.Command {
 	var f awsFlags
 	var groups []string
 	var envOut string
@@ -255,7 +256,7 @@ a second key and cannot show the first again; 'sera watcher rotate-key
 NAME' replaces a lost one.
 ` + provisionHelp,
 		Example: `  sera watcher register web1 sera1… --group web --env-out web1.env`,
-		Args:    usageArgs(cobra.ExactArgs(2)),
+		Args:    cli.UsageArgs(cobra.ExactArgs(2)),
 		RunE: func(c *cobra.Command, args []string) error {
 			name, key, groups, err := watcherArgs(args, groups)
 			if err != nil {
@@ -272,7 +273,7 @@ NAME' replaces a lost one.
 				return err
 			}
 			if _, err := p.WatcherUser(name); err != nil {
-				return usageErr("%v", err)
+				return cli.UsageErr("%v", err)
 			}
 			kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
 			if err != nil {
@@ -283,7 +284,7 @@ NAME' replaces a lost one.
 			}
 			settings := hostSettings(p, name, groups)
 			pl, err := p.Watcher(ctx, name, groups, func(ctx context.Context, k sqs.AccessKey) error {
-				return o.deliverKey(name, envOut, append(slices.Clone(settings), keySettings(k)...))
+				return deliverKey(o, name, envOut, append(slices.Clone(settings), keySettings(k)...))
 			})
 			if err != nil {
 				return provisionErr(err)
@@ -296,7 +297,7 @@ NAME' replaces a lost one.
 			} else {
 				steps.Add(fmt.Sprintf("add watcher %s (%s) groups=%s to %s", name, key.Fingerprint(), strings.Join(groups, ","), cfg.KnownWatchersFile()),
 					func(context.Context) error {
-						return updateKnownWatchers(o.quiet(), func(kw *sera.KnownWatchers) (string, error) {
+						return updateKnownWatchers(quiet(o), func(kw *sera.KnownWatchers) (string, error) {
 							w := &sera.KnownWatcher{Name: name, Key: key, Groups: groups}
 							if cur := kw.ByName(name); cur != nil {
 								w.Addrs = cur.Addrs
@@ -308,7 +309,7 @@ NAME' replaces a lost one.
 						})
 					})
 			}
-			if err := o.runPlan(ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
+			if err := runPlan(o, ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
 				return err
 			}
 			if len(pl.Keys) > 0 {
@@ -338,13 +339,13 @@ func keyList(ks []sqs.KeyInfo) string {
 
 // quiet is o with its output discarded, for helpers that report on their
 // own when the plan reports already.
-func (o *Options) quiet() *Options {
+func quiet(o *cli.Options) *cli.Options {
 	q := *o
 	q.Stdout = io.Discard
 	return &q
 }
 
-func newWatcherDeregisterCmd(o *Options) *cobra.Command {
+func newWatcherDeregisterCmd(o *cli.Options) *cobra.Command {
 	var f awsFlags
 	c := &cobra.Command{
 		Use:   "deregister NAME",
@@ -355,11 +356,11 @@ and its dead-letter queue (with any messages in them), and its entry in
 this client's known_watchers. Its group topics stay: other watchers may use
 them. AWS lets a deleted queue's name be used again after 60 seconds.
 ` + provisionHelp,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			name := args[0]
 			if err := sera.CheckName(name); err != nil {
-				return usageErr("invalid NAME: %v", err)
+				return cli.UsageErr("invalid NAME: %v", err)
 			}
 			ctx := cmdContext(c)
 			p, cfg, err := f.setup(ctx, o)
@@ -384,13 +385,13 @@ them. AWS lets a deleted queue's name be used again after 60 seconds.
 				found = append(found, fmt.Sprintf("%s absent from %s", name, cfg.KnownWatchersFile()))
 			} else {
 				steps.Add(fmt.Sprintf("remove watcher %s from %s", name, cfg.KnownWatchersFile()), func(context.Context) error {
-					return updateKnownWatchers(o.quiet(), func(kw *sera.KnownWatchers) (string, error) {
+					return updateKnownWatchers(quiet(o), func(kw *sera.KnownWatchers) (string, error) {
 						kw.Watchers = slices.DeleteFunc(kw.Watchers, func(w *sera.KnownWatcher) bool { return w.Name == name })
 						return "", nil
 					})
 				})
 			}
-			return o.runPlan(ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is not registered", name))
+			return runPlan(o, ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is not registered", name))
 		},
 	}
 	f.add(c)
@@ -426,7 +427,7 @@ func rotateErr(err error, cmd string) error {
 	return provisionErr(err)
 }
 
-func newWatcherRotateCmd(o *Options) *cobra.Command {
+func newWatcherRotateCmd(o *cli.Options) *cobra.Command {
 	var f awsFlags
 	var r rotateFlags
 	var envOut string
@@ -436,11 +437,11 @@ func newWatcherRotateCmd(o *Options) *cobra.Command {
 		Long: `Replace the access key of watcher NAME; the new key's settings are printed
 as 'sera config set' lines or, with --env-out, written to FILE (mode 0600).
 ` + rotateHelp + "\n" + credentialsHelp + " See docs/aws.md.",
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			name := args[0]
 			if err := sera.CheckName(name); err != nil {
-				return usageErr("invalid NAME: %v", err)
+				return cli.UsageErr("invalid NAME: %v", err)
 			}
 			if err := checkEnvOut(envOut); err != nil {
 				return err
@@ -452,15 +453,15 @@ as 'sera config set' lines or, with --env-out, written to FILE (mode 0600).
 			}
 			user, err := p.WatcherUser(name)
 			if err != nil {
-				return usageErr("%v", err)
+				return cli.UsageErr("%v", err)
 			}
 			pl, err := p.RotateKey(ctx, user, sqs.RotateOptions{KeepOld: r.keepOld, Finish: r.finish}, func(ctx context.Context, k sqs.AccessKey) error {
-				return o.deliverKey(name, envOut, keySettings(k))
+				return deliverKey(o, name, envOut, keySettings(k))
 			})
 			if err != nil {
 				return rotateErr(err, "sera watcher rotate-key "+name)
 			}
-			return o.runPlan(ctx, pl.Plan, nil, f.dryRun, fmt.Sprintf("nothing to change: watcher %s has one access key", name))
+			return runPlan(o, ctx, pl.Plan, nil, f.dryRun, fmt.Sprintf("nothing to change: watcher %s has one access key", name))
 		},
 	}
 	f.add(c)
@@ -469,8 +470,8 @@ as 'sera config set' lines or, with --env-out, written to FILE (mode 0600).
 	return c
 }
 
-func newClientCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newClientCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "client",
 		Short: "Register this client on AWS: IAM user, access key, reply queue",
 	})
@@ -486,7 +487,7 @@ func fanoutSettings(p *sqs.Provisioner) [][2]string {
 
 // clientKeyWriter stores a new key in this client's settings, with the
 // transport and fan-out settings that go with it.
-func (o *Options) clientKeyWriter(cfg *settings.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
+func clientKeyWriter(o *cli.Options, cfg *settings.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
 	return func(_ context.Context, k sqs.AccessKey) error {
 		settings := append([][2]string{
 			{settings.KeyTransport, settings.TransportSQS}, {settings.KeyRegion, p.Account.Region}, {settings.KeyPrefix, p.Prefix},
@@ -506,7 +507,7 @@ func (o *Options) clientKeyWriter(cfg *settings.Config, p *sqs.Provisioner) func
 	}
 }
 
-func newClientRegisterCmd(o *Options) *cobra.Command {
+func newClientRegisterCmd(o *cli.Options) *cobra.Command {
 	var f awsFlags
 	var name string
 	c := &cobra.Command{
@@ -525,11 +526,11 @@ that lack them.
 AWS shows a key's secret only when it is made: a re-run does not make a
 second key; 'sera client rotate-key' replaces a lost one.
 ` + provisionHelp,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			if name != "" {
 				if err := sera.CheckName(name); err != nil {
-					return usageErr("invalid --name: %v", err)
+					return cli.UsageErr("invalid --name: %v", err)
 				}
 			}
 			ctx := cmdContext(c)
@@ -537,12 +538,12 @@ second key; 'sera client rotate-key' replaces a lost one.
 			if err != nil {
 				return err
 			}
-			id, err := loadIdentity(cfg)
+			id, err := cli.LoadIdentity(cfg)
 			if err != nil {
 				return err
 			}
 			fp := id.Public().Fingerprint()
-			pl, err := p.Client(ctx, fp, name, o.clientKeyWriter(cfg, p))
+			pl, err := p.Client(ctx, fp, name, clientKeyWriter(o, cfg, p))
 			if err != nil {
 				return provisionErr(err)
 			}
@@ -558,7 +559,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 					found = append(found, fmt.Sprintf("access key %s in this client's settings (%s)", cur.Value, cur.Source))
 					// A client registered before SNS fan-out lacks its
 					// settings; a new key brings them (clientKeyWriter).
-					fan, err := o.planFanoutSettings(cfg, p, &steps)
+					fan, err := planFanoutSettings(o, cfg, p, &steps)
 					if err != nil {
 						return err
 					}
@@ -567,7 +568,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 					lacking = true
 				}
 			}
-			if err := o.runPlan(ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
+			if err := runPlan(o, ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
 				return err
 			}
 			if lacking {
@@ -585,7 +586,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 
 // planFanoutSettings adds a step that writes the fan-out settings to the
 // client's env file when the file lacks them, or says they are there.
-func (o *Options) planFanoutSettings(cfg *settings.Config, p *sqs.Provisioner, steps *plan.Plan) (found []string, err error) {
+func planFanoutSettings(o *cli.Options, cfg *settings.Config, p *sqs.Provisioner, steps *plan.Plan) (found []string, err error) {
 	file, err := settings.ReadEnvFile(cfg.EnvFile)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
@@ -611,7 +612,7 @@ func (o *Options) planFanoutSettings(cfg *settings.Config, p *sqs.Provisioner, s
 	return nil, nil
 }
 
-func newClientRotateCmd(o *Options) *cobra.Command {
+func newClientRotateCmd(o *cli.Options) *cobra.Command {
 	var f awsFlags
 	var r rotateFlags
 	c := &cobra.Command{
@@ -620,23 +621,23 @@ func newClientRotateCmd(o *Options) *cobra.Command {
 		Long: `Replace this client's access key; the new one is written into its
 settings ($SERA_HOME/env, mode 0600).
 ` + rotateHelp + "\n" + credentialsHelp + " See docs/aws.md.",
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			ctx := cmdContext(c)
 			p, cfg, err := f.setup(ctx, o)
 			if err != nil {
 				return err
 			}
-			id, err := loadIdentity(cfg)
+			id, err := cli.LoadIdentity(cfg)
 			if err != nil {
 				return err
 			}
 			user := transport.ClientQueue(p.Prefix, id.Public().Fingerprint())
-			pl, err := p.RotateKey(ctx, user, sqs.RotateOptions{KeepOld: r.keepOld, Finish: r.finish}, o.clientKeyWriter(cfg, p))
+			pl, err := p.RotateKey(ctx, user, sqs.RotateOptions{KeepOld: r.keepOld, Finish: r.finish}, clientKeyWriter(o, cfg, p))
 			if err != nil {
 				return rotateErr(err, "sera client rotate-key")
 			}
-			return o.runPlan(ctx, pl.Plan, nil, f.dryRun, "nothing to change: this client has one access key")
+			return runPlan(o, ctx, pl.Plan, nil, f.dryRun, "nothing to change: this client has one access key")
 		},
 	}
 	f.add(c)
@@ -644,8 +645,8 @@ settings ($SERA_HOME/env, mode 0600).
 	return c
 }
 
-func newPolicyCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newPolicyCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "policy",
 		Short: "Show the IAM policies sera's AWS keys get",
 	})
@@ -659,10 +660,10 @@ create-provider-keys puts them, for the account (--account, else STS
 GetCallerIdentity with the admin's credentials) and region. With --role,
 only that policy, as plain JSON. With --dry-run it makes no AWS call and
 shows ACCOUNT_ID where --account is not given.`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			if role != "" && role != "watcher" && role != "client" {
-				return usageErr("invalid --role %q: watcher or client", role)
+				return cli.UsageErr("invalid --role %q: watcher or client", role)
 			}
 			ctx := cmdContext(c)
 			p, _, err := f.setup(ctx, o)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
@@ -46,9 +47,9 @@ type machine struct {
 	home string
 }
 
-func (m *machine) options(stdout, stderr *lockedBuffer) *commands.Options {
+func (m *machine) options(stdout, stderr *lockedBuffer) *cli.Options {
 	env := map[string]string{"SERA_HOME": m.home}
-	return &commands.Options{
+	return &cli.Options{
 		Stdin: strings.NewReader(""), Stdout: stdout, Stderr: stderr, Version: "test",
 		Env: settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: m.home, Hostname: "box"},
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/install"
 )
@@ -15,7 +16,7 @@ import (
 // service is the service installer of this host: o.Host when a test
 // set one (a directory with a recording systemctl), this machine
 // otherwise.
-func (o *Options) service() (*install.Service, error) {
+func service(o *cli.Options) (*install.Service, error) {
 	exe := o.Exe
 	if exe == "" {
 		var err error
@@ -33,8 +34,8 @@ func (o *Options) service() (*install.Service, error) {
 	return &install.Service{Exe: exe, Sys: sys}, nil
 }
 
-func newInstallCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newInstallCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "install",
 		Short: "Install the watcher on this host",
 	})
@@ -42,8 +43,8 @@ func newInstallCmd(o *Options) *cobra.Command {
 	return c
 }
 
-func newUninstallCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newUninstallCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "uninstall",
 		Short: "Remove what 'sera install' added",
 	})
@@ -51,7 +52,7 @@ func newUninstallCmd(o *Options) *cobra.Command {
 	return c
 }
 
-func newInstallServiceCmd(o *Options) *cobra.Command {
+func newInstallServiceCmd(o *cli.Options) *cobra.Command {
 	var dryRun bool
 	c := &cobra.Command{
 		Use:   "service",
@@ -67,9 +68,9 @@ this command only enables and starts it. Without a running systemd (a
 container, a chroot) it writes the files and says what to run later.
 
 Run it as root. A second run changes nothing and says so.`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, err := o.service()
+			s, err := service(o)
 			if err != nil {
 				return err
 			}
@@ -83,11 +84,11 @@ Run it as root. A second run changes nothing and says so.`,
 			return p.Execute(c.Context(), o.Stdout, dryRun, "nothing to do")
 		},
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return c
 }
 
-func newUninstallServiceCmd(o *Options) *cobra.Command {
+func newUninstallServiceCmd(o *cli.Options) *cobra.Command {
 	var dryRun bool
 	c := &cobra.Command{
 		Use:   "service",
@@ -96,9 +97,9 @@ func newUninstallServiceCmd(o *Options) *cobra.Command {
 The key, known clients and settings (` + install.ConfigDir + `) and the state and audit
 log (` + install.StateDir + `) are kept. A service installed by the Debian package
 is removed with the package (apt remove sera).`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			s, err := o.service()
+			s, err := service(o)
 			if err != nil {
 				return err
 			}
@@ -112,6 +113,6 @@ is removed with the package (apt remove sera).`,
 			return p.Execute(c.Context(), o.Stdout, dryRun, install.UnitName+" is not installed; nothing to do")
 		},
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return c
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/install"
 )
@@ -48,7 +49,7 @@ func serviceRoot(t *testing.T) (sys *host.System, root string, calls *[]string) 
 func runService(t *testing.T, sys *host.System, args ...string) (string, error) {
 	t.Helper()
 	var out bytes.Buffer
-	o := &Options{Stdout: &out, Stderr: &out, Env: testEnv(t), Exe: "/usr/local/bin/sera"}
+	o := &cli.Options{Stdout: &out, Stderr: &out, Env: testEnv(t), Exe: "/usr/local/bin/sera"}
 	if sys != nil {
 		o.Host = sys
 	}

@@ -9,13 +9,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/accounts"
 	"github.com/sera-dev/sera/host/sudo"
 	"github.com/sera-dev/sera/plan"
 )
 
 func (t *hostTree) sudoCmd() *cobra.Command {
-	c := group(&cobra.Command{
+	c := cli.Group(&cobra.Command{
 		Use:   "sudo",
 		Short: "Grant sudo to regular groups, one drop-in per group in /etc/sudoers.d",
 		Long: `Grant sudo to the members of a regular group (gid in GID_MIN..GID_MAX),
@@ -38,7 +39,7 @@ func (t *hostTree) sudoGrantCmd() *cobra.Command {
 --nopasswd it rewrites the drop-in.`,
 		Example: `  sera sudo grant ops --to web1
   sera sudo grant deploy --nopasswd --to 'web*'`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 	}
 	c.PreRunE = func(c *cobra.Command, args []string) error {
 		if err := checkAccountName("group", args[0]); err != nil {
@@ -50,7 +51,7 @@ func (t *hostTree) sudoGrantCmd() *cobra.Command {
 		})
 	}
 	c.Flags().BoolVar(&nopasswd, "nopasswd", false, "no password asked (NOPASSWD)")
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		return h.withAccounts(func(db *accounts.DB) error {
 			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
@@ -74,7 +75,7 @@ func (t *hostTree) sudoRevokeCmd() *cobra.Command {
 		Short: "Remove the sudo drop-in of a group",
 		Long: `Remove /etc/sudoers.d/sera-GROUP. Other drop-ins, and sudo a group gets
 from anywhere else, are left alone.`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 	}
 	c.PreRunE = func(c *cobra.Command, args []string) error {
 		if err := checkAccountName("group", args[0]); err != nil {
@@ -85,7 +86,7 @@ from anywhere else, are left alone.`,
 			return err
 		})
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withAccounts(func(db *accounts.DB) error {
 			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
@@ -104,7 +105,7 @@ func (t *hostTree) sudoListCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List the groups sera granted sudo",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per group")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, _ []string) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/accounts"
 	"github.com/sera-dev/sera/plan"
 )
@@ -22,7 +23,7 @@ import (
 var cryptRE = regexp.MustCompile(`^\$(1|5|6|y|gy|7|2[abxy])\$[./0-9A-Za-z$=,]{8,}$`)
 
 func (t *hostTree) userCmd() *cobra.Command {
-	c := group(&cobra.Command{
+	c := cli.Group(&cobra.Command{
 		Use:   "user",
 		Short: "Manage regular user accounts (uid in UID_MIN..UID_MAX)",
 		Long: `Manage regular user accounts through shadow-utils (useradd, usermod,
@@ -51,29 +52,29 @@ func (o *userAddOptions) validate(c *cobra.Command, args []string) error {
 	// The host checks its own UID_MIN..UID_MAX again; this catches root
 	// and system ids before anything is sent.
 	if changed("uid") && o.uid < accounts.DefaultLoginDefs.UIDMin {
-		return usageErr("refusing --uid %d: sera only manages regular accounts (uid %d and up)", o.uid, accounts.DefaultLoginDefs.UIDMin)
+		return cli.UsageErr("refusing --uid %d: sera only manages regular accounts (uid %d and up)", o.uid, accounts.DefaultLoginDefs.UIDMin)
 	}
 	if changed("gid") && o.gid < accounts.DefaultLoginDefs.GIDMin {
-		return usageErr("refusing --gid %d: sera only manages regular groups (gid %d and up)", o.gid, accounts.DefaultLoginDefs.GIDMin)
+		return cli.UsageErr("refusing --gid %d: sera only manages regular groups (gid %d and up)", o.gid, accounts.DefaultLoginDefs.GIDMin)
 	}
 	if changed("groups") && changed("set-groups") {
-		return usageErr("--groups adds groups and --set-groups replaces them: give one")
+		return cli.UsageErr("--groups adds groups and --set-groups replaces them: give one")
 	}
-	for _, g := range append(splitAll(o.groups), splitAll(o.setGroups)...) {
+	for _, g := range append(cli.SplitAll(o.groups), cli.SplitAll(o.setGroups)...) {
 		if err := checkAccountName("group", g); err != nil {
 			return err
 		}
 	}
 	if changed("shell") {
 		if !filepath.IsAbs(o.shell) || filepath.Clean(o.shell) != o.shell || strings.ContainsAny(o.shell, ": \t\n\r\x00") {
-			return usageErr("invalid --shell %q: give the absolute path of a login shell", o.shell)
+			return cli.UsageErr("invalid --shell %q: give the absolute path of a login shell", o.shell)
 		}
 	}
 	if strings.ContainsAny(o.comment, ":\n\r\x00") || len(o.comment) > 255 {
-		return usageErr("invalid --comment: no ':' or line breaks, at most 255 bytes")
+		return cli.UsageErr("invalid --comment: no ':' or line breaks, at most 255 bytes")
 	}
 	if changed("password-hash") && !cryptRE.MatchString(o.passwordHash) {
-		return usageErr("invalid --password-hash: not a crypt(3) hash ($6$…, $y$…); make one with 'mkpasswd -m yescrypt'")
+		return cli.UsageErr("invalid --password-hash: not a crypt(3) hash ($6$…, $y$…); make one with 'mkpasswd -m yescrypt'")
 	}
 	for _, k := range o.keys {
 		if _, err := parseKeyArg(k, o.options); err != nil {
@@ -96,7 +97,7 @@ nothing, unless --update, which changes them with usermod.
 --groups adds the user to these groups; --set-groups makes them the user's
 only groups managed by sera (system groups such as sudo are kept, and said so).`,
 		Example: `  sera user add alice --key "$(cat alice.pub)" --groups ops --to web1`,
-		Args:    usageArgs(cobra.ExactArgs(1)),
+		Args:    cli.UsageArgs(cobra.ExactArgs(1)),
 	}
 	c.PreRunE = o.validate
 	f := c.Flags()
@@ -109,9 +110,9 @@ only groups managed by sera (system groups such as sudo are kept, and said so).`
 	f.StringArrayVar(&o.keys, "key", nil, "an SSH public key line (repeatable)")
 	f.StringVar(&o.options, "options", "", "authorized_keys options for the --key keys")
 	f.StringVar(&o.passwordHash, "password-hash", "", "a crypt(3) password hash (default: no password, keys only)")
-	_ = f.SetAnnotation("password-hash", annSecret, []string{"true"})
+	_ = f.SetAnnotation("password-hash", cli.AnnSecret, []string{"true"})
 	f.BoolVar(&o.update, "update", false, "change an existing user's attributes to these")
-	addDryRun(c, &o.dryRun)
+	cli.AddDryRun(c, &o.dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return o.run(ctx, h, t.caller, o.spec(c, args[0]), out)
 	})
@@ -120,9 +121,9 @@ only groups managed by sera (system groups such as sudo are kept, and said so).`
 // spec is what the flags ask for: a flag not given is nil.
 func (o *userAddOptions) spec(c *cobra.Command, name string) *accounts.UserSpec {
 	changed := c.Flags().Changed
-	s := &accounts.UserSpec{Name: name, Groups: splitAll(o.groups), Update: o.update}
+	s := &accounts.UserSpec{Name: name, Groups: cli.SplitAll(o.groups), Update: o.update}
 	if changed("set-groups") {
-		s.Groups, s.SetGroups = splitAll(o.setGroups), true
+		s.Groups, s.SetGroups = cli.SplitAll(o.setGroups), true
 	}
 	if changed("uid") {
 		s.UID = &o.uid
@@ -213,13 +214,13 @@ func (t *hostTree) userLockCmd(lock bool) *cobra.Command {
 PAM enforces for every SSH method, keys included), every key sera manages
 disabled, and the user's running processes ended. 'user unlock' reverses
 exactly what lock did.`,
-		Args:    usageArgs(cobra.ExactArgs(1)),
+		Args:    cli.UsageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	if !lock {
 		c.Use, c.Short, c.Long = "unlock NAME", "Reverse 'user lock'", "Reverse exactly what 'user lock' did: password, expiry and keys as they were."
 	}
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return runUserLock(ctx, h, t.caller, out, lock, dryRun, args[0])
 	})
@@ -256,11 +257,11 @@ func (t *hostTree) userDelCmd() *cobra.Command {
 root-only tarball under $SERA_STATE/archive/ (/var/lib/sera/archive), then
 'userdel --remove' deletes the account and the home. With --keep-home the
 home is left in place (and not archived).`,
-		Args:    usageArgs(cobra.ExactArgs(1)),
+		Args:    cli.UsageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&keepHome, "keep-home", false, "leave the home directory in place")
-	addDryRun(c, &dryRun)
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, args []string) error {
 		return h.withAccounts(func(db *accounts.DB) error {
 			return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
@@ -275,7 +276,7 @@ func (t *hostTree) userListCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List regular users with their groups, keys and state",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per user")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, _ io.Writer, _ []string) error {
@@ -304,7 +305,7 @@ func (t *hostTree) userShowCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:     "show NAME",
 		Short:   "Show one user",
-		Args:    usageArgs(cobra.ExactArgs(1)),
+		Args:    cli.UsageArgs(cobra.ExactArgs(1)),
 		PreRunE: userArg,
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/accounts"
 )
 
@@ -254,7 +255,7 @@ func TestUserAddExisting(t *testing.T) {
 
 			snap := f.snapshot()
 			r := f.run(argv...)
-			if r.resolveErr != nil || r.status != ExitFailure {
+			if r.resolveErr != nil || r.status != cli.ExitFailure {
 				t.Fatalf("want a host-side failure:\n%s", r)
 			}
 			acctContains(t, "the error", r.stderr, "user alice exists with other attributes: "+tt.diff,
@@ -970,8 +971,8 @@ func (tt acctBadInput) check(t *testing.T) {
 		t.Errorf("Resolve accepted it, want it refused before anything runs:\n%s", r)
 	case !tt.client && r.resolveErr != nil:
 		t.Errorf("Resolve refused it (%v), want the host to", r.resolveErr)
-	case !tt.client && r.status != ExitFailure:
-		t.Errorf("want exit status %d:\n%s", ExitFailure, r)
+	case !tt.client && r.status != cli.ExitFailure:
+		t.Errorf("want exit status %d:\n%s", cli.ExitFailure, r)
 	}
 	acctContains(t, "the refusal", r.stderr, tt.want...)
 	// The host's own checks, without Resolve.
@@ -979,8 +980,8 @@ func (tt acctBadInput) check(t *testing.T) {
 	if d.status == 0 {
 		t.Errorf("the host ran it:\n%s", d)
 	}
-	if tt.client && !tt.flagErr && d.status != ExitUsage {
-		t.Errorf("want a usage error (status %d):\n%s", ExitUsage, d)
+	if tt.client && !tt.flagErr && d.status != cli.ExitUsage {
+		t.Errorf("want a usage error (status %d):\n%s", cli.ExitUsage, d)
 	}
 	acctContains(t, "the host's refusal", d.stderr, tt.want...)
 	if !tt.client && !slices.Contains([]string{"show", "list"}, tt.argv[1]) {

@@ -11,12 +11,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/install"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 )
 
-func newWatchCmd(o *Options) *cobra.Command {
+func newWatchCmd(o *cli.Options) *cobra.Command {
 	var verbose bool
 	c := &cobra.Command{
 		Use:   "watch",
@@ -38,7 +39,7 @@ loop and shows its last poll and request counts in 'systemctl status sera'.
 
 SIGTERM or SIGINT stops it: a running command is finished and answered,
 no new request is taken.`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			return runWatch(c.Context(), o, verbose)
 		},
@@ -47,8 +48,8 @@ no new request is taken.`,
 	return c
 }
 
-func runWatch(ctx context.Context, o *Options, verbose bool) error {
-	cfg, err := o.config()
+func runWatch(ctx context.Context, o *cli.Options, verbose bool) error {
+	cfg, err := o.Config()
 	if err != nil {
 		return err
 	}
@@ -63,7 +64,7 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	if err := safefile.CheckStrictModes(strict...); err != nil {
 		return fmt.Errorf("refusing to start: %w", err)
 	}
-	id, err := loadIdentity(cfg)
+	id, err := cli.LoadIdentity(cfg)
 	if err != nil {
 		return err
 	}
@@ -78,7 +79,7 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	if err != nil {
 		return err
 	}
-	tr, err := o.openTransport(ctx, cfg)
+	tr, err := o.Transport(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func runWatch(ctx context.Context, o *Options, verbose bool) error {
 	log := slog.New(slog.NewTextHandler(o.Stderr, &slog.HandlerOptions{Level: level}))
 	host := &Host{
 		Name: name, Groups: cfg.Groups(), Version: o.Version, Fingerprint: id.Public().Fingerprint(),
-		Started: o.now(), KnownClients: cfg.KnownClientsFile(), Sys: o.hostSystem(cfg), Config: cfg,
+		Started: o.Time(), KnownClients: cfg.KnownClientsFile(), Sys: o.HostSystem(cfg), Config: cfg,
 	}
 	w := &sera.Watcher{
 		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(settings.KeyPrefix),

@@ -9,11 +9,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 )
 
-func newWatchersCmd(o *Options) *cobra.Command {
-	c := group(&cobra.Command{
+func newWatchersCmd(o *cli.Options) *cobra.Command {
+	c := cli.Group(&cobra.Command{
 		Use:   "watchers",
 		Short: "Manage the watchers this client knows (known_watchers)",
 	})
@@ -21,7 +22,7 @@ func newWatchersCmd(o *Options) *cobra.Command {
 	return c
 }
 
-func newWatchersAddCmd(o *Options) *cobra.Command {
+func newWatchersAddCmd(o *cli.Options) *cobra.Command {
 	var groups, addrs []string
 	c := &cobra.Command{
 		Use:   "add NAME PUBKEY [--group G]… [--addr A]…",
@@ -34,7 +35,7 @@ nothing; with other details, it updates them.
 --addr gives the addresses (and other host names) of the watcher's host:
 'sera known-hosts sync' trusts its SSH host keys for its name, these, and
 NAME.SERA_DOMAIN, never for names the host reports of itself.`,
-		Args: usageArgs(cobra.ExactArgs(2)),
+		Args: cli.UsageArgs(cobra.ExactArgs(2)),
 		RunE: func(c *cobra.Command, args []string) error {
 			name, key, groups, err := watcherArgs(args, groups)
 			if err != nil {
@@ -45,10 +46,10 @@ NAME.SERA_DOMAIN, never for names the host reports of itself.`,
 			// into known_hosts, so one that sync would leave out is
 			// refused here.
 			var canon []string
-			for _, a := range splitAll(addrs) {
+			for _, a := range cli.SplitAll(addrs) {
 				n, err := parseHostName(a)
 				if err != nil {
-					return usageErr("invalid --addr: %v", err)
+					return cli.UsageErr("invalid --addr: %v", err)
 				}
 				if !slices.Contains(canon, n) {
 					canon = append(canon, n)
@@ -82,34 +83,26 @@ NAME.SERA_DOMAIN, never for names the host reports of itself.`,
 func watcherArgs(args, groups []string) (string, *crypto.PublicKey, []string, error) {
 	name := args[0]
 	if err := sera.CheckName(name); err != nil {
-		return "", nil, nil, usageErr("invalid NAME: %v", err)
+		return "", nil, nil, cli.UsageErr("invalid NAME: %v", err)
 	}
 	key, err := crypto.ParsePublicKey(args[1])
 	if err != nil {
-		return "", nil, nil, usageErr("%v", err)
+		return "", nil, nil, cli.UsageErr("%v", err)
 	}
-	groups = splitAll(groups)
+	groups = cli.SplitAll(groups)
 	for _, g := range groups {
 		if err := sera.CheckName(g); err != nil {
-			return "", nil, nil, usageErr("invalid --group: %v", err)
+			return "", nil, nil, cli.UsageErr("invalid --group: %v", err)
 		}
 	}
 	return name, key, groups, nil
 }
 
-func splitAll(vals []string) []string {
-	var out []string
-	for _, v := range vals {
-		out = append(out, sera.SplitList(v)...)
-	}
-	return out
-}
-
-func newWatchersRemoveCmd(o *Options) *cobra.Command {
+func newWatchersRemoveCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "remove NAME",
 		Short: "Forget a watcher",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cli.UsageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			return updateKnownWatchers(o, func(kw *sera.KnownWatchers) (string, error) {
 				i := slices.IndexFunc(kw.Watchers, func(w *sera.KnownWatcher) bool { return w.Name == args[0] })
@@ -123,14 +116,14 @@ func newWatchersRemoveCmd(o *Options) *cobra.Command {
 	}
 }
 
-func newWatchersListCmd(o *Options) *cobra.Command {
+func newWatchersListCmd(o *cli.Options) *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List known watchers",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			cfg, err := o.config()
+			cfg, err := o.Config()
 			if err != nil {
 				return err
 			}
@@ -142,7 +135,7 @@ func newWatchersListCmd(o *Options) *cobra.Command {
 				if asJSON {
 					json.NewEncoder(o.Stdout).Encode(map[string]any{
 						"name": w.Name, "fingerprint": w.Key.Fingerprint(), "key": w.Key.String(),
-						"groups": nonNil(w.Groups), "addrs": nonNil(w.Addrs),
+						"groups": cli.NonNil(w.Groups), "addrs": cli.NonNil(w.Addrs),
 					})
 					continue
 				}
@@ -155,15 +148,8 @@ func newWatchersListCmd(o *Options) *cobra.Command {
 	return c
 }
 
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}
-
-func updateKnownWatchers(o *Options, change func(*sera.KnownWatchers) (string, error)) error {
-	cfg, err := o.config()
+func updateKnownWatchers(o *cli.Options, change func(*sera.KnownWatchers) (string, error)) error {
+	cfg, err := o.Config()
 	if err != nil {
 		return err
 	}

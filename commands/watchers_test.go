@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/settings"
 )
@@ -24,7 +25,7 @@ func TestWatchersAddAddrs(t *testing.T) {
 	env := map[string]string{"SERA_HOME": filepath.Join(dir, "client")}
 	run := func(args ...string) (string, string, error) {
 		var stdout, stderr bytes.Buffer
-		root := NewRoot(&Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
+		root := NewRoot(&cli.Options{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr,
 			Env: settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "laptop"}})
 		root.SetArgs(args)
 		err := root.ExecuteContext(context.Background())
@@ -48,7 +49,7 @@ func TestWatchersAddAddrs(t *testing.T) {
 	}
 	before, _ := os.ReadFile(path)
 	for _, bad := range []string{"*.example.com", "|1|abc|def", "[10.0.0.1]:2222", "fe80::1%eth0", "::ffff:10.0.0.1", "bad_name", "0.0.0.0"} {
-		if _, _, err := run("watchers", "add", "web1", pub, "--addr", bad); !errors.Is(err, ErrUsage) {
+		if _, _, err := run("watchers", "add", "web1", pub, "--addr", bad); !errors.Is(err, cli.ErrUsage) {
 			t.Errorf("--addr %q: %v, want a usage error", bad, err)
 		}
 	}

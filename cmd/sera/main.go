@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/sera-dev/sera/commands"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/settings"
 )
 
@@ -23,12 +24,12 @@ func main() { os.Exit(run()) }
 func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	root := commands.NewRoot(&commands.Options{
+	root := commands.NewRoot(&cli.Options{
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		Env: settings.OSEnv(), Version: buildVersion(),
 	})
 	err := root.ExecuteContext(ctx)
-	code, show := commands.ExitCode(err)
+	code, show := cli.ExitCode(err)
 	if show {
 		fmt.Fprintf(os.Stderr, "sera: %v\n", err)
 	}

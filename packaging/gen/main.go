@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/cobra/doc"
 
 	"github.com/sera-dev/sera/commands"
+	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/install"
 	"github.com/sera-dev/sera/settings"
 )
@@ -55,7 +56,7 @@ func run(out, version, maintainer string) error {
 			return err
 		}
 	}
-	root := commands.NewRoot(&commands.Options{
+	root := commands.NewRoot(&cli.Options{
 		Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard,
 		Env: settings.Env{Getenv: func(string) string { return "" }}, Version: version,
 	})

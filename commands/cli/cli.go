@@ -1,0 +1,228 @@
+// Package cli is what every sera command shares, on the laptop and on a
+// host: the Options that carry streams, environment and side effects
+// (injectable for tests), exit statuses and usage errors, the flag
+// helpers, and the client of remote calls. Packages commands (the host
+// commands, defined once for both sides) and admin (the laptop's admin
+// commands) build on it; neither imports the other's internals.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/sera-dev/sera"
+	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/settings"
+	"github.com/sera-dev/sera/transport"
+)
+
+// Exit statuses. main maps errors to them in one place (ExitCode).
+const (
+	ExitOK      = 0
+	ExitFailure = 1
+	ExitUsage   = 2
+)
+
+// ExitError carries a specific exit status, e.g. a remote command's. Err
+// may be nil when the reason was already shown.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ErrUsage marks errors in flags or arguments (exit status 2).
+var ErrUsage = errors.New("usage error")
+
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string        { return e.msg }
+func (e *usageError) Is(target error) bool { return target == ErrUsage }
+
+// UsageErr is an error in flags or arguments: exit status 2, and on a
+// host a refusal before anything ran.
+func UsageErr(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// ExitCode maps an error from the command tree to the process exit status
+// and reports whether the error still needs to be printed.
+func ExitCode(err error) (code int, print bool) {
+	var ee *ExitError
+	switch {
+	case err == nil:
+		return ExitOK, false
+	case errors.As(err, &ee):
+		return ee.Code, ee.Err != nil
+	case errors.Is(err, ErrUsage):
+		return ExitUsage, true
+	default:
+		return ExitFailure, true
+	}
+}
+
+// ExitCodesHelp is the exit statuses, for the root command's --help.
+const ExitCodesHelp = `Exit status:
+  0    success (on every targeted host)
+  1    failure; a host failed, did not answer in time, could not be sent
+       the request, or was skipped after --max-errors
+  2    usage error: bad flags or arguments, nothing was sent or changed
+  N    with one host named exactly (--to web1), the remote command's own
+       exit status (126: the watcher refused the request; 124: the command
+       ran past its execution timeout and was killed; 123: the watcher
+       could not record or audit it, did not run it, and will run it once
+       it can, while the request is valid)`
+
+// Flag annotations the host command tree reads: a client-only flag is
+// never sent to the host; a secret one is redacted in the audit log.
+const (
+	AnnClientOnly = "sera-client-only"
+	AnnSecret     = "sera-secret"
+)
+
+// Options holds what every command shares: its streams, the environment
+// and the side effects it may have, all injectable for tests.
+type Options struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Env            settings.Env
+	Version        string
+	// Now and Rand default to the real clock and crypto/rand.
+	Now  func() time.Time
+	Rand io.Reader
+	// OpenTransport opens the configured transport; the root command
+	// sets the real factory when it is nil.
+	OpenTransport func(ctx context.Context, cfg *settings.Config) (transport.Transport, error)
+	// Host is this machine, for --local, the watcher and the public
+	// address 'sera allow' looks up; nil is the real one, with SERA_STATE
+	// as its state directory and Now as its clock.
+	Host *host.System
+	// Exe is the sera binary 'sera install service' makes the unit run;
+	// "" is this process's own executable.
+	Exe string
+	// System is --system: use /etc/sera whatever the user.
+	System bool
+}
+
+// Time is the time now, by Now if set.
+func (o *Options) Time() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+// HostSystem is this machine as host commands see it.
+func (o *Options) HostSystem(cfg *settings.Config) *host.System {
+	if o.Host != nil {
+		return o.Host
+	}
+	s := host.Real(cfg.Get(settings.KeyState))
+	if o.Now != nil {
+		s.Clock = host.ClockFunc(o.Now)
+	}
+	return s
+}
+
+// Config loads the settings of this user (or the system's, --system).
+func (o *Options) Config() (*settings.Config, error) {
+	return settings.Load(o.Env, o.System)
+}
+
+// Transport opens the configured transport.
+func (o *Options) Transport(ctx context.Context, cfg *settings.Config) (transport.Transport, error) {
+	if o.OpenTransport == nil {
+		return nil, errors.New("no transport factory set")
+	}
+	return o.OpenTransport(ctx, cfg)
+}
+
+// NewClient opens the transport and builds the client of remote calls;
+// closeClient releases the transport. A timeout of 0 is SERA_TIMEOUT. kw
+// are the known watchers: replies sealed by any other key are deleted.
+func (o *Options) NewClient(ctx context.Context, cfg *settings.Config, kw *sera.KnownWatchers, timeout time.Duration) (client *sera.Client, wait time.Duration, closeClient func(), err error) {
+	id, err := LoadIdentity(cfg)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	tr, err := o.Transport(ctx, cfg)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	if timeout <= 0 {
+		timeout = cfg.Duration(settings.KeyTimeout)
+	}
+	client = &sera.Client{
+		Identity: id, Transport: tr, Prefix: cfg.Get(settings.KeyPrefix),
+		TTL: cfg.Duration(settings.KeyRequestTTL), Now: o.Now, Rand: o.Rand, Known: kw,
+	}
+	return client, timeout, func() { tr.Close() }, nil
+}
+
+// Group makes c a command that only holds subcommands: run bare or with an
+// unknown subcommand it fails with a usage error instead of exiting 0.
+func Group(c *cobra.Command) *cobra.Command {
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return UsageErr("unknown command %q for %q (see '%s --help')", args[0], c.CommandPath(), c.CommandPath())
+		}
+		return UsageErr("%s needs a subcommand (see '%s --help')", c.CommandPath(), c.CommandPath())
+	}
+	return c
+}
+
+// UsageArgs wraps a positional-argument check so its error is a usage
+// error.
+func UsageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if err := check(c, args); err != nil {
+			return UsageErr("%v (see '%s --help')", err, c.CommandPath())
+		}
+		return nil
+	}
+}
+
+// FlagValues lists a flag's values as the command line would give them.
+func FlagValues(f *pflag.Flag) []string {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		return sv.GetSlice()
+	}
+	return []string{f.Value.String()}
+}
+
+// AddDryRun gives a changing command its --dry-run flag.
+func AddDryRun(c *cobra.Command, dryRun *bool) {
+	c.Flags().BoolVar(dryRun, "dry-run", false, "print the exact changes and make none")
+}
+
+// SplitAll splits repeated comma-separated flag values into names.
+func SplitAll(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		out = append(out, sera.SplitList(v)...)
+	}
+	return out
+}
+
+// NonNil is s, or an empty list where s is nil, so JSON says [] not null.
+func NonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
