@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"errors"
-	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -198,27 +196,6 @@ func testEnv(t *testing.T) settings.Env {
 	dir := t.TempDir()
 	env := map[string]string{"SERA_HOME": dir, "SERA_STATE": filepath.Join(dir, "state")}
 	return settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "box.example"}
-}
-
-func TestExitCode(t *testing.T) {
-	tests := []struct {
-		err   error
-		code  int
-		print bool
-	}{
-		{nil, 0, false},
-		{errors.New("boom"), 1, true},
-		{cli.UsageErr("bad"), 2, true},
-		{fmt.Errorf("wrapped: %w", cli.UsageErr("bad")), 2, true},
-		{&cli.ExitError{Code: 126}, 126, false},
-		{&cli.ExitError{Code: 3, Err: errors.New("x")}, 3, true},
-	}
-	for _, tt := range tests {
-		code, print := cli.ExitCode(tt.err)
-		if code != tt.code || print != tt.print {
-			t.Errorf("cli.ExitCode(%v) = %d, %v; want %d, %v", tt.err, code, print, tt.code, tt.print)
-		}
-	}
 }
 
 func TestPrefixLines(t *testing.T) {

@@ -5,6 +5,7 @@
 package commands
 
 import (
+	"github.com/sera-dev/sera/commands/admin"
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/spf13/cobra"
 )
@@ -37,22 +38,15 @@ each host, over AWS SQS or a local spool directory, and collects the replies.
 	root.CompletionOptions.HiddenDefaultCmd = true
 
 	root.AddCommand(
-		newKeygenCmd(o),
-		newPubkeyCmd(o),
-		newConfigCmd(o),
-		newExportCmd(o),
 		newWatchersCmd(o),
 		newWatchCmd(o),
-		newVersionCmd(o),
 		newKnownHostsCmd(o),
-		newInstallCmd(o),
-		newUninstallCmd(o),
-		newAuditCmd(o),
 		newProvisionCmd(o),
 		newWatcherCmd(o),
 		newClientCmd(o),
 		newPolicyCmd(o),
 	)
+	root.AddCommand(admin.Commands(o)...)
 	t := &hostTree{opts: o}
 	root.AddCommand(t.commands()...)
 	return root

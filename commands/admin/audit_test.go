@@ -1,4 +1,4 @@
-package commands
+package admin
 
 import (
 	"bytes"
@@ -59,9 +59,19 @@ func auditEnv(t *testing.T, lines ...string) (*cli.Options, *bytes.Buffer, *byte
 
 func runAudit(t *testing.T, o *cli.Options, args ...string) error {
 	t.Helper()
-	root := NewRoot(o)
-	root.SetArgs(append([]string{"audit"}, args...))
-	return root.Execute()
+	c := newAuditCmd(o)
+	c.SetArgs(args)
+	c.SetOut(o.Stdout)
+	c.SetErr(o.Stderr)
+	c.SilenceUsage, c.SilenceErrors = true, true
+	return c.Execute()
+}
+
+// testEnv is a user whose home and state are temporary directories.
+func testEnv(t *testing.T) settings.Env {
+	dir := t.TempDir()
+	env := map[string]string{"SERA_HOME": dir, "SERA_STATE": filepath.Join(dir, "state")}
+	return settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "box.example"}
 }
 
 var auditLines = []string{
