@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -15,7 +14,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
-	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/plan"
 )
 
 func (t *hostTree) clientsCmd() *cobra.Command {
@@ -97,7 +96,7 @@ holds more than it does. See docs/security.md.`,
 		want, _ := sera.ParseAllow(allow)
 		by := t.caller
 		if err := mayDelegate(by, want, account); err != nil {
-			return fmt.Errorf("%w; nothing was changed", err)
+			return plan.Unchanged(err)
 		}
 		warn := ""
 		err := updateKnownClients(h.KnownClients, func(kc *sera.KnownClients) (string, error) {
@@ -159,7 +158,7 @@ clients whose grants are all within its own.`,
 			}
 			gone := kc.Clients[i]
 			if err := mayDelegate(t.caller, gone.Allow, gone.Account); err != nil {
-				return "", fmt.Errorf("client %s holds grants the caller lacks: %w; nothing was changed", gone.Name, err)
+				return "", fmt.Errorf("client %s holds grants the caller lacks: %w", gone.Name, err)
 			}
 			kc.Clients = slices.Delete(kc.Clients, i, i+1)
 			return fmt.Sprintf("client %s (%s) removed\n", gone.Name, gone.Key.Fingerprint()), nil
@@ -254,36 +253,5 @@ func topLevel(paths []string) []string {
 
 // updateKnownClients applies change to the known_clients file at path.
 func updateKnownClients(path string, change func(*sera.KnownClients) (string, error), out io.Writer) error {
-	return updateFile(path, sera.ReadKnownClients, change, out)
-}
-
-// updateFile applies change to a trust file under a lock, writes it back
-// atomically (0600) only if it changed, and prints change's message: two
-// sera processes cannot lose each other's update, and a no-op writes
-// nothing.
-func updateFile[T interface{ Bytes() []byte }](path string, read func(string) (T, error), change func(T) (string, error), out io.Writer) error {
-	if err := safefile.MkdirPrivate(filepath.Dir(path)); err != nil {
-		return err
-	}
-	unlock, err := safefile.Lock(path + ".lock")
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	v, err := read(path)
-	if err != nil {
-		return err
-	}
-	before := v.Bytes()
-	msg, err := change(v)
-	if err != nil {
-		return err
-	}
-	if after := v.Bytes(); string(after) != string(before) {
-		if err := safefile.WriteAtomic(path, after, 0o600); err != nil {
-			return err
-		}
-	}
-	_, err = io.WriteString(out, msg)
-	return err
+	return cli.UpdateFile(path, sera.ReadKnownClients, change, out)
 }

@@ -1177,7 +1177,7 @@ func (s *knownHostsSync) recordAccepted(cfg *settings.Config, accepted map[strin
 		}
 		return nil
 	}
-	return updateFile(cfg.KnownWatchersFile(), sera.ReadKnownWatchers, func(kw *sera.KnownWatchers) (string, error) {
+	return cli.UpdateFile(cfg.KnownWatchersFile(), sera.ReadKnownWatchers, func(kw *sera.KnownWatchers) (string, error) {
 		var msg strings.Builder
 		for _, n := range names {
 			w := kw.ByName(n)
