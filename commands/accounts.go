@@ -11,7 +11,7 @@ import (
 // changes the host; a bad one is a usage error.
 func checkAccountName(kind, name string) error {
 	if err := accounts.CheckName(kind, name); err != nil {
-		return cli.UsageErr("%s", err)
+		return cli.AsUsage(err)
 	}
 	return nil
 }

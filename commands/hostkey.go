@@ -6,139 +6,35 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"path"
-	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera/commands/cli"
-	"github.com/sera-dev/sera/safefile"
+	"github.com/sera-dev/sera/host/hostkeys"
+	"github.com/sera-dev/sera/plan"
 )
 
-const sshDir = "/etc/ssh"
-
-// usableAddr reports whether another host can reach this one at a: not
-// loopback, link-local (not unique across hosts, and needs a zone),
-// multicast or unspecified.
-func usableAddr(a netip.Addr) bool {
-	return a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() && !a.IsUnspecified() && a.Zone() == ""
-}
-
-// hostKeyFile is one of the host's SSH host public keys.
-type hostKeyFile struct {
-	file string // host path
-	key  ssh.PublicKey
-}
-
-// hostKeys reads the host's /etc/ssh/ssh_host_*_key.pub files. A key of a
-// type sera does not install is skipped with a warning; an unreadable
-// file is an error, so no partial set is ever reported as the whole.
-func (h *Host) hostKeys(errOut io.Writer) ([]hostKeyFile, error) {
-	ents, err := h.Sys.FS.ReadDir(sshDir)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read %s: %w", sshDir, err)
-	}
-	var out []hostKeyFile
-	for _, e := range ents {
-		if ok, _ := path.Match("ssh_host_*_key.pub", e.Name()); !ok {
-			continue
-		}
-		file := sshDir + "/" + e.Name()
-		b, err := h.Sys.FS.ReadFile(file)
-		if err != nil {
-			return nil, fmt.Errorf("failed to read %s: %w", file, err)
-		}
-		pub, _, opts, rest, err := ssh.ParseAuthorizedKey(b)
-		if err != nil || len(opts) > 0 || len(strings.TrimSpace(string(rest))) > 0 {
-			return nil, fmt.Errorf("%s is not one public key: %v", file, err)
-		}
-		if err := checkHostKey(pub); err != nil {
-			fmt.Fprintf(errOut, "warning: %s skipped: %v\n", file, err)
-			continue
-		}
-		if i := slices.IndexFunc(out, func(k hostKeyFile) bool { return k.key.Type() == pub.Type() }); i >= 0 {
-			fmt.Fprintf(errOut, "warning: %s skipped: %s is already the %s key\n", file, out[i].file, pub.Type())
-			continue
-		}
-		out = append(out, hostKeyFile{file: file, key: pub})
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no SSH host keys (%s/ssh_host_*_key.pub)", sshDir)
-	}
-	sort.Slice(out, func(i, j int) bool { return typeRank(out[i].key.Type()) < typeRank(out[j].key.Type()) })
-	return out, nil
-}
-
-// knownBy is what the host is known by: names and addresses. Given ones
-// replace the defaults: the host's sera name and hostname, and its
-// addresses that other hosts can reach.
-func (h *Host) knownBy(names, addrs []string, noAddrs bool) ([]string, []string, error) {
-	var outNames, outAddrs []string
-	add := func(list *[]string, n string) {
-		if !slices.Contains(*list, n) {
-			*list = append(*list, n)
-		}
-	}
-	if len(names) > 0 {
-		for _, n := range names {
-			c, _ := parseHostName(n)
-			add(&outNames, c)
-		}
-	} else {
-		hn, _ := h.Sys.Net.Hostname()
-		for _, n := range []string{h.Name, hn} {
-			if c, err := parseHostName(n); err == nil && n != "" && c != "localhost" {
-				add(&outNames, c)
-			}
-		}
-	}
-	switch {
-	case noAddrs:
-	case len(addrs) > 0:
-		for _, a := range addrs {
-			c, _ := parseHostName(a)
-			add(&outAddrs, c)
-		}
-	default:
-		found, err := h.Sys.Net.Addrs()
-		if err != nil {
-			return nil, nil, fmt.Errorf("failed to list this host's addresses: %w (give --addr or --no-addrs)", err)
-		}
-		slices.SortFunc(found, func(a, b netip.Addr) int { return a.Compare(b) })
-		for _, a := range found {
-			if usableAddr(a) {
-				add(&outAddrs, a.String())
-			}
-		}
-	}
-	return outNames, outAddrs, nil
-}
-
-// lockKnownHosts serializes sera's edits of the host's known_hosts file.
-func (h *Host) lockKnownHosts() (unlock func(), err error) {
-	dir := h.Sys.State
-	if dir == "" {
-		dir = h.Sys.Path("/var/lib/sera")
-	}
-	if err := safefile.MkdirPrivate(dir); err != nil {
-		return nil, err
-	}
-	return safefile.Lock(filepath.Join(dir, "known_hosts.lock"))
-}
-
 // editKnownHosts edits sera's block of the host's ssh_known_hosts.
-func (h *Host) editKnownHosts(ctx context.Context, out, errOut io.Writer, dryRun bool, noChange string, change func(*knownHostsFile) error) error {
-	unlock, err := h.lockKnownHosts()
+func (h *Host) editKnownHosts(ctx context.Context, out, errOut io.Writer, dryRun bool, noChange string, change func(*hostkeys.File) error) error {
+	unlock, err := hostkeys.Lock(h.Sys)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	k := &knownHostsPath{show: systemKnownHosts, path: h.Sys.Path(systemKnownHosts), mode: 0o644, dirMode: 0o755}
-	return k.edit(ctx, out, errOut, dryRun, noChange, change)
+	k := &hostkeys.Path{Show: hostkeys.SystemFile, File: h.Sys.Path(hostkeys.SystemFile), Mode: 0o644, DirMode: 0o755}
+	return editKnownHostsFile(ctx, k, out, errOut, dryRun, noChange, change)
+}
+
+// editKnownHostsFile plans the edit of k by change and executes it (or
+// with dryRun shows it); an error before the write changed nothing.
+func editKnownHostsFile(ctx context.Context, k *hostkeys.Path, out, errOut io.Writer, dryRun bool, noChange string, change func(*hostkeys.File) error) error {
+	return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
+		p, err := k.Plan(errOut, change)
+		return p, noChange, err
+	})
 }
 
 func (t *hostTree) hostkeyCmd() *cobra.Command {
@@ -184,16 +80,16 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 		Args: cli.UsageArgs(cobra.NoArgs),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			for _, n := range cli.SplitAll(names) {
-				if _, err := parseHostName(n); err != nil {
-					return err
+				if _, err := hostkeys.ParseHostName(n); err != nil {
+					return cli.AsUsage(err)
 				}
 			}
 			for _, a := range cli.SplitAll(addrs) {
 				if _, err := netip.ParseAddr(a); err != nil {
 					return cli.UsageErr("invalid --addr %q: not an IP address", a)
 				}
-				if _, err := parseHostName(a); err != nil {
-					return err
+				if _, err := hostkeys.ParseHostName(a); err != nil {
+					return cli.AsUsage(err)
 				}
 			}
 			if noAddrs && len(addrs) > 0 {
@@ -211,11 +107,11 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per key")
 	c.Flags().BoolVar(&asKnownHosts, "known-hosts", false, "print known_hosts lines ('NAME[,ADDR…] KEYTYPE BASE64')")
 	return t.leaf(c, false, func(ctx context.Context, h *Host, out, errOut io.Writer, _ []string) error {
-		ns, as, err := h.knownBy(cli.SplitAll(names), cli.SplitAll(addrs), noAddrs)
+		ns, as, err := hostkeys.KnownBy(h.Sys, h.Name, cli.SplitAll(names), cli.SplitAll(addrs), noAddrs)
 		if err != nil {
 			return err
 		}
-		keys, err := h.hostKeys(errOut)
+		keys, err := hostkeys.ReadKeys(h.Sys, errOut)
 		if err != nil {
 			return err
 		}
@@ -226,15 +122,15 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 		for _, k := range keys {
 			switch {
 			case asJSON:
-				json.NewEncoder(out).Encode(reportedKey{Host: h.Name, Names: khNonNil(ns), Addrs: khNonNil(as), Type: k.key.Type(),
-					Fingerprint: ssh.FingerprintSHA256(k.key), Key: keyText(k.key), File: k.file})
+				json.NewEncoder(out).Encode(reportedKey{Host: h.Name, Names: khNonNil(ns), Addrs: khNonNil(as), Type: k.Key.Type(),
+					Fingerprint: ssh.FingerprintSHA256(k.Key), Key: hostkeys.KeyText(k.Key), File: k.File})
 			case asKnownHosts:
 				if len(all) == 0 {
 					return cli.UsageErr("no names to print known_hosts lines for: give --name")
 				}
-				fmt.Fprintf(out, "%s %s\n", strings.Join(all, ","), keyText(k.key))
+				fmt.Fprintf(out, "%s %s\n", strings.Join(all, ","), hostkeys.KeyText(k.Key))
 			default:
-				fmt.Fprintf(out, "%-20s %s  %s\n", k.key.Type(), ssh.FingerprintSHA256(k.key), k.file)
+				fmt.Fprintf(out, "%-20s %s  %s\n", k.Key.Type(), ssh.FingerprintSHA256(k.Key), k.File)
 			}
 		}
 		return nil
@@ -256,20 +152,20 @@ func khNonNil(s []string) []string {
 }
 
 // trustArgs parses "NAME[,ADDR…] KEY…".
-func trustArgs(args []string) (*khHost, error) {
-	name, aliases, err := parseHostList(args[0])
+func trustArgs(args []string) (*hostkeys.Host, error) {
+	name, aliases, err := hostkeys.ParseHostList(args[0])
 	if err != nil {
 		return nil, err
 	}
 	var keys []ssh.PublicKey
 	for _, a := range args[1:] {
-		k, err := parseHostKeyArg(a)
+		k, err := hostkeys.ParseKeyArg(a)
 		if err != nil {
 			return nil, err
 		}
 		keys = append(keys, k)
 	}
-	return newKHHost(name, aliases, keys)
+	return hostkeys.NewHost(name, aliases, keys)
 }
 
 func (t *hostTree) hostkeyTrustCmd() *cobra.Command {
@@ -286,7 +182,7 @@ sera's block). KEY is "KEYTYPE BASE64 [COMMENT]", as in a .pub file.`,
 		Args:    cli.UsageArgs(cobra.MinimumNArgs(2)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			_, err := trustArgs(args)
-			return err
+			return cli.AsUsage(err)
 		},
 	}
 	cli.AddDryRun(c, &dryRun)
@@ -295,8 +191,8 @@ sera's block). KEY is "KEYTYPE BASE64 [COMMENT]", as in a .pub file.`,
 		if err != nil {
 			return err
 		}
-		return h.editKnownHosts(ctx, out, errOut, dryRun, "keys of "+e.name+": already trusted, no change",
-			func(f *knownHostsFile) error { return f.set(e) })
+		return h.editKnownHosts(ctx, out, errOut, dryRun, "keys of "+e.Name+": already trusted, no change",
+			func(f *hostkeys.File) error { return f.Set(e) })
 	})
 }
 
@@ -305,7 +201,7 @@ func (t *hostTree) hostkeyUntrustCmd() *cobra.Command {
 	parse := func(args []string) ([]string, error) {
 		var names []string
 		for _, a := range args {
-			n, err := parseHostName(a)
+			n, err := hostkeys.ParseHostName(a)
 			if err != nil {
 				return nil, err
 			}
@@ -322,7 +218,7 @@ left alone.`,
 		Args: cli.UsageArgs(cobra.MinimumNArgs(1)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			_, err := parse(args)
-			return err
+			return cli.AsUsage(err)
 		},
 	}
 	cli.AddDryRun(c, &dryRun)
@@ -332,9 +228,9 @@ left alone.`,
 			return err
 		}
 		return h.editKnownHosts(ctx, out, errOut, dryRun, strings.Join(names, ", ")+": already absent, no change",
-			func(f *knownHostsFile) error {
+			func(f *hostkeys.File) error {
 				for _, n := range names {
-					f.remove(n)
+					f.Remove(n)
 				}
 				return nil
 			})
@@ -343,7 +239,7 @@ left alone.`,
 
 // setArgs parses 'hostkey set' entries, grouped by host: every line of a
 // host must carry the same names, and no name may be two hosts'.
-func setArgs(args []string) ([]*khHost, error) {
+func setArgs(args []string) ([]*hostkeys.Host, error) {
 	type group struct {
 		aliases []string
 		keys    []ssh.PublicKey
@@ -351,11 +247,11 @@ func setArgs(args []string) ([]*khHost, error) {
 	groups := map[string]*group{}
 	var order []string
 	for _, a := range args {
-		name, aliases, key, err := parseKnownHostsEntry(a)
+		name, aliases, key, err := hostkeys.ParseEntry(a)
 		if err != nil {
 			return nil, err
 		}
-		sortHostNames(aliases)
+		hostkeys.SortNames(aliases)
 		g := groups[name]
 		if g == nil {
 			g = &group{aliases: aliases}
@@ -368,13 +264,13 @@ func setArgs(args []string) ([]*khHost, error) {
 		g.keys = append(g.keys, key)
 	}
 	owner := map[string]string{}
-	var out []*khHost
+	var out []*hostkeys.Host
 	for _, name := range order {
-		e, err := newKHHost(name, groups[name].aliases, groups[name].keys)
+		e, err := hostkeys.NewHost(name, groups[name].aliases, groups[name].keys)
 		if err != nil {
 			return nil, err
 		}
-		for _, n := range e.names() {
+		for _, n := range e.Names() {
 			if o, ok := owner[n]; ok {
 				return nil, cli.UsageErr("%s is given as a name of both %s and %s", n, o, name)
 			}
@@ -398,7 +294,7 @@ named are left as they are. 'sera known-hosts sync' uses it.`,
 		Args:    cli.UsageArgs(cobra.MinimumNArgs(1)),
 		PreRunE: func(c *cobra.Command, args []string) error {
 			_, err := setArgs(args)
-			return err
+			return cli.AsUsage(err)
 		},
 	}
 	cli.AddDryRun(c, &dryRun)
@@ -408,9 +304,9 @@ named are left as they are. 'sera known-hosts sync' uses it.`,
 			return err
 		}
 		return h.editKnownHosts(ctx, out, errOut, dryRun, "known hosts: no change",
-			func(f *knownHostsFile) error {
+			func(f *hostkeys.File) error {
 				for _, e := range entries {
-					if err := f.set(e); err != nil {
+					if err := f.Set(e); err != nil {
 						return err
 					}
 				}

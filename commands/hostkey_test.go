@@ -16,13 +16,14 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/host/hostkeys"
 )
 
 // hkRoot is a host whose filesystem root is a temporary directory with
 // SSH host keys in /etc/ssh.
 type hkRoot struct {
 	h    *Host
-	keys []ssh.PublicKey // its host keys, in hostKeyTypes order
+	keys []ssh.PublicKey // its host keys, in hostkeys.KeyTypes order
 }
 
 func newHostkeyRoot(t *testing.T, name string) *hkRoot {
@@ -40,13 +41,13 @@ func newHostkeyRoot(t *testing.T, name string) *hkRoot {
 // writeHostKey installs k as the host's ssh_host_NAME_key.pub.
 func (r *hkRoot) writeHostKey(t *testing.T, name string, k ssh.PublicKey) {
 	t.Helper()
-	line := keyText(k) + " root@" + r.h.Name + "\n"
+	line := hostkeys.KeyText(k) + " root@" + r.h.Name + "\n"
 	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_"+name+"_key.pub"), []byte(line), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r.keys = slices.DeleteFunc(r.keys, func(o ssh.PublicKey) bool { return o.Type() == k.Type() })
 	r.keys = append(r.keys, k)
-	sort.Slice(r.keys, func(i, j int) bool { return typeRank(r.keys[i].Type()) < typeRank(r.keys[j].Type()) })
+	sort.Slice(r.keys, func(i, j int) bool { return hostkeys.TypeRank(r.keys[i].Type()) < hostkeys.TypeRank(r.keys[j].Type()) })
 }
 
 // hkRun runs argv as the watcher does: Resolve, then Run.
@@ -83,10 +84,10 @@ func TestHostkeyList(t *testing.T) {
 	r.writeHostKey(t, "rsa", rsa2048)
 	// Neither a FIDO key nor a weak RSA key is ever a host key sera
 	// reports; a *-cert.pub is not a key file.
-	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_sk_key.pub"), []byte(keyText(khSKKey(t))+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_sk_key.pub"), []byte(hostkeys.KeyText(khSKKey(t))+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_old_key.pub"), []byte(keyText(rsa1024)+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_old_key.pub"), []byte(hostkeys.KeyText(rsa1024)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_ed25519_key-cert.pub"), []byte("garbage\n"), 0o644); err != nil {
@@ -125,17 +126,17 @@ func TestHostkeyList(t *testing.T) {
 	}
 	for i, k := range got {
 		if k.Host != "web1" || !slices.Equal(k.Names, []string{"web1", "web1.example"}) || !slices.Equal(k.Addrs, []string{"10.0.0.1", "192.0.2.1", "2001:db8::1"}) ||
-			k.Type != r.keys[i].Type() || k.Fingerprint != fp(r.keys[i]) || k.Key != keyText(r.keys[i]) {
+			k.Type != r.keys[i].Type() || k.Fingerprint != fp(r.keys[i]) || k.Key != hostkeys.KeyText(r.keys[i]) {
 			t.Errorf("json key %d: %+v", i, k)
 		}
 	}
 
 	out = hkMustRun(t, r.h, "hostkey", "list", "--known-hosts=true", "--name=web1", "--name=Web1.Lan", "--addr=10.9.9.9")
-	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || lines[0] != "web1,web1.lan,10.9.9.9 "+keyText(r.keys[0]) {
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 3 || lines[0] != "web1,web1.lan,10.9.9.9 "+hostkeys.KeyText(r.keys[0]) {
 		t.Errorf("--known-hosts: %s", out)
 	}
 	// What it prints is what trust and set take.
-	if _, _, _, err := parseKnownHostsEntry(strings.Split(out, "\n")[2]); err != nil {
+	if _, _, _, err := hostkeys.ParseEntry(strings.Split(out, "\n")[2]); err != nil {
 		t.Errorf("--known-hosts line does not parse: %v", err)
 	}
 	out = hkMustRun(t, r.h, "hostkey", "list", "--no-addrs=true")
@@ -187,7 +188,7 @@ func TestHostkeyListErrors(t *testing.T) {
 // hkFile reads the host's ssh_known_hosts ("" if missing).
 func hkFile(t *testing.T, h *Host) string {
 	t.Helper()
-	b, err := os.ReadFile(h.Sys.Path(systemKnownHosts))
+	b, err := os.ReadFile(h.Sys.Path(hostkeys.SystemFile))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
@@ -216,27 +217,29 @@ func TestHostkeyTrustUntrustSet(t *testing.T) {
 	ed2, ec2, ed2new, ed3 := khEd25519(t), khECDSA(t), khEd25519(t), khEd25519(t)
 
 	// 1. No file yet: trust creates it, 0644.
-	out := hkTwice(t, h, "keys of web2: already trusted, no change", "hostkey", "trust", "--", "web2,10.0.0.2", keyText(ec2)+" root@web2", keyText(ed2))
+	out := hkTwice(t, h, "keys of web2: already trusted, no change", "hostkey", "trust", "--", "web2,10.0.0.2", hostkeys.KeyText(ec2)+" root@web2", hostkeys.KeyText(ed2))
 	if want := "done: create /etc/ssh/ssh_known_hosts (0644): trust web2 as web2,10.0.0.2: ssh-ed25519 " + fp(ed2) + ", ecdsa-sha2-nistp256 " + fp(ec2) + "\n"; out != want {
 		t.Errorf("trust: %q\nwant %q", out, want)
 	}
-	if fi, err := os.Stat(h.Sys.Path(systemKnownHosts)); err != nil || fi.Mode().Perm() != 0o644 {
+	if fi, err := os.Stat(h.Sys.Path(hostkeys.SystemFile)); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Errorf("mode: %v %v", fi.Mode(), err)
 	}
-	block := func(lines ...string) string { return khBegin + "\n" + strings.Join(lines, "\n") + "\n" + khEnd + "\n" }
-	want := block("web2,10.0.0.2 "+keyText(ed2), "web2,10.0.0.2 "+keyText(ec2))
+	block := func(lines ...string) string {
+		return hostkeys.Begin + "\n" + strings.Join(lines, "\n") + "\n" + hostkeys.End + "\n"
+	}
+	want := block("web2,10.0.0.2 "+hostkeys.KeyText(ed2), "web2,10.0.0.2 "+hostkeys.KeyText(ec2))
 	if got := hkFile(t, h); got != want {
 		t.Fatalf("file:\n%s\nwant:\n%s", got, want)
 	}
 
 	// 2. The admin's own lines, before and after the block, are kept.
-	own1, own2 := "# mine\ngitlab.example "+keyText(ed3)+"\n", "\n# also mine\n"
-	if err := os.WriteFile(h.Sys.Path(systemKnownHosts), []byte(own1+want+own2), 0o600); err != nil {
+	own1, own2 := "# mine\ngitlab.example "+hostkeys.KeyText(ed3)+"\n", "\n# also mine\n"
+	if err := os.WriteFile(h.Sys.Path(hostkeys.SystemFile), []byte(own1+want+own2), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	// 3. A new key replaces the old one: dry run first, nothing changed.
-	args := []string{"hostkey", "trust", "--", "WEB2", keyText(ed2new)}
+	args := []string{"hostkey", "trust", "--", "WEB2", hostkeys.KeyText(ed2new)}
 	out = hkMustRun(t, h, append([]string{"hostkey", "trust", "--dry-run=true"}, args[2:]...)...)
 	change := "web2: replace ssh-ed25519 " + fp(ed2) + " with " + fp(ed2new) + "; web2: remove ecdsa-sha2-nistp256 " + fp(ec2) + "; web2: names web2 (were web2,10.0.0.2)"
 	if out != "would: write /etc/ssh/ssh_known_hosts (0644): "+change+"\n" {
@@ -249,27 +252,27 @@ func TestHostkeyTrustUntrustSet(t *testing.T) {
 	if out != "done: write /etc/ssh/ssh_known_hosts (0644): "+change+"\n" {
 		t.Errorf("replace: %q", out)
 	}
-	want = own1 + block("web2 "+keyText(ed2new)) + own2
+	want = own1 + block("web2 "+hostkeys.KeyText(ed2new)) + own2
 	if got := hkFile(t, h); got != want {
 		t.Errorf("after replace:\n%s\nwant:\n%s", got, want)
 	}
-	if fi, _ := os.Stat(h.Sys.Path(systemKnownHosts)); fi.Mode().Perm() != 0o644 {
+	if fi, _ := os.Stat(h.Sys.Path(hostkeys.SystemFile)); fi.Mode().Perm() != 0o644 {
 		t.Errorf("mode after write: %v", fi.Mode())
 	}
 
 	// 4. set: several hosts in one request; hosts not named stay.
 	out = hkTwice(t, h, "known hosts: no change", "hostkey", "set", "--",
-		"web3,10.0.0.3 "+keyText(ed3), "web4 "+keyText(ec2), "web4 "+keyText(ed2))
+		"web3,10.0.0.3 "+hostkeys.KeyText(ed3), "web4 "+hostkeys.KeyText(ec2), "web4 "+hostkeys.KeyText(ed2))
 	if !strings.Contains(out, "trust web3 as web3,10.0.0.3: ssh-ed25519 "+fp(ed3)+"; trust web4 as web4: ssh-ed25519 "+fp(ed2)+", ecdsa") {
 		t.Errorf("set: %s", out)
 	}
-	want = own1 + block("web2 "+keyText(ed2new), "web3,10.0.0.3 "+keyText(ed3), "web4 "+keyText(ed2), "web4 "+keyText(ec2)) + own2
+	want = own1 + block("web2 "+hostkeys.KeyText(ed2new), "web3,10.0.0.3 "+hostkeys.KeyText(ed3), "web4 "+hostkeys.KeyText(ed2), "web4 "+hostkeys.KeyText(ec2)) + own2
 	if got := hkFile(t, h); got != want {
 		t.Errorf("after set:\n%s\nwant:\n%s", got, want)
 	}
 
 	// 5. A managed host's name cannot be made another's alias.
-	_, errOut, st, _ := hkRun(t, h, "hostkey", "trust", "--", "web5,web3", keyText(ed3))
+	_, errOut, st, _ := hkRun(t, h, "hostkey", "trust", "--", "web5,web3", hostkeys.KeyText(ed3))
 	if st != 1 || !strings.Contains(errOut, "web3 is a host sera keeps keys for") || !strings.Contains(errOut, "nothing was changed") {
 		t.Errorf("alias clash: %d %s", st, errOut)
 	}
@@ -293,7 +296,7 @@ func TestHostkeyBadInputs(t *testing.T) {
 	h := r.h
 	ed, ed2 := khEd25519(t), khEd25519(t)
 	_, rsa1024 := khRSAKeys(t)
-	key := keyText(ed)
+	key := hostkeys.KeyText(ed)
 	hkMustRun(t, h, "hostkey", "trust", "--", "web2", key)
 	before := hkFile(t, h)
 	cases := []struct {
@@ -309,18 +312,18 @@ func TestHostkeyBadInputs(t *testing.T) {
 		{[]string{"trust", "--", "web2", "web2 " + key}, "not part of a key"},
 		{[]string{"trust", "--", "web2", "@revoked " + key}, "markers"},
 		{[]string{"trust", "--", "web2", "@cert-authority " + key}, "markers"},
-		{[]string{"trust", "--", "web2", keyText(khCert(t, ed))}, "certificate"},
-		{[]string{"trust", "--", "web2", keyText(rsa1024)}, "too weak"},
-		{[]string{"trust", "--", "web2", keyText(khSKKey(t))}, "not a host key type"},
+		{[]string{"trust", "--", "web2", hostkeys.KeyText(khCert(t, ed))}, "certificate"},
+		{[]string{"trust", "--", "web2", hostkeys.KeyText(rsa1024)}, "too weak"},
+		{[]string{"trust", "--", "web2", hostkeys.KeyText(khSKKey(t))}, "not a host key type"},
 		{[]string{"trust", "--", "web2", key + "\n" + key}, "several lines"},
-		{[]string{"trust", "--", "web2", key, keyText(ed2)}, "two ssh-ed25519 keys for web2"},
+		{[]string{"trust", "--", "web2", key, hostkeys.KeyText(ed2)}, "two ssh-ed25519 keys for web2"},
 		{[]string{"trust", "--bogus", "--", "web2", key}, "unknown flag"},
 		{[]string{"untrust"}, "requires at least 1 arg(s)"},
 		{[]string{"untrust", "--", "web?"}, "wildcards"},
 		{[]string{"set"}, "requires at least 1 arg(s)"},
-		{[]string{"set", "--", "web2 " + key, "web2,10.0.0.2 " + keyText(khECDSA(t))}, "give different names"},
-		{[]string{"set", "--", "web2,10.0.0.9 " + key, "web3,10.0.0.9 " + keyText(ed2)}, "10.0.0.9 is given as a name of both web2 and web3"},
-		{[]string{"set", "--", "web2 " + key, "web3,web2 " + keyText(ed2)}, "web2 is given as a name of both"},
+		{[]string{"set", "--", "web2 " + key, "web2,10.0.0.2 " + hostkeys.KeyText(khECDSA(t))}, "give different names"},
+		{[]string{"set", "--", "web2,10.0.0.9 " + key, "web3,10.0.0.9 " + hostkeys.KeyText(ed2)}, "10.0.0.9 is given as a name of both web2 and web3"},
+		{[]string{"set", "--", "web2 " + key, "web3,web2 " + hostkeys.KeyText(ed2)}, "web2 is given as a name of both"},
 		{[]string{"set", "--", "@cert-authority *.example " + key}, "marker"},
 		{[]string{"set", "--", "web2 " + key, "garbage"}, "invalid entry"},
 		{[]string{"set", "--", key}, "invalid entry"},
@@ -342,13 +345,13 @@ func TestHostkeyBadInputs(t *testing.T) {
 
 // What the host holds can make a command fail: it fails before writing.
 func TestHostkeyFileRefused(t *testing.T) {
-	ed := keyText(khEd25519(t))
+	ed := hostkeys.KeyText(khEd25519(t))
 	r := newHostkeyRoot(t, "web1")
 	h := r.h
-	file := h.Sys.Path(systemKnownHosts)
+	file := h.Sys.Path(hostkeys.SystemFile)
 
 	// A damaged block: sera cannot tell its lines from the admin's.
-	damaged := "mine\n" + khBegin + "\nweb2 " + ed + "\nmine too?\n"
+	damaged := "mine\n" + hostkeys.Begin + "\nweb2 " + ed + "\nmine too?\n"
 	os.WriteFile(file, []byte(damaged), 0o644)
 	_, errOut, st, _ := hkRun(t, h, "hostkey", "trust", "--", "web3", ed)
 	if st != 1 || !strings.Contains(errOut, "has no end line") || !strings.Contains(errOut, "nothing was changed") || hkFile(t, h) != damaged {
@@ -377,7 +380,7 @@ func TestHostkeyFileRefused(t *testing.T) {
 	// Bad lines in sera's block are reported; they go at the next change.
 	os.Remove(h.Sys.Path("/etc/ssh"))
 	os.Mkdir(h.Sys.Path("/etc/ssh"), 0o755)
-	os.WriteFile(file, []byte(khBegin+"\nweb2 "+ed+"\nhand-edited junk\n"+khEnd+"\n"), 0o644)
+	os.WriteFile(file, []byte(hostkeys.Begin+"\nweb2 "+ed+"\nhand-edited junk\n"+hostkeys.End+"\n"), 0o644)
 	out, errOut, st, _ := hkRun(t, h, "hostkey", "trust", "--", "web2", ed)
 	if st != 0 || !strings.Contains(out, "already trusted") || !strings.Contains(errOut, "line 3") {
 		t.Errorf("junk line, no change: %d %s %s", st, out, errOut)

@@ -22,7 +22,7 @@ import (
 func parseKeyArg(arg, options string) (*sshkeys.Key, error) {
 	k, err := sshkeys.ParseArg(arg, options)
 	if err != nil {
-		return nil, cli.UsageErr("%s", err)
+		return nil, cli.AsUsage(err)
 	}
 	return k, nil
 }

@@ -3,18 +3,11 @@ package commands
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/rsa"
-	"crypto/sha1"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"maps"
-	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -26,610 +19,10 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
-	"github.com/sera-dev/sera/plan"
+	"github.com/sera-dev/sera/host/hostkeys"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 )
-
-// sera keeps the host keys it installs in a marked block of a known_hosts
-// file (/etc/ssh/ssh_known_hosts on a host, ~/.ssh/known_hosts on the
-// client); every other line is the admin's own and is kept verbatim. In
-// the block, each host sera manages has one line per key type:
-//
-//	NAME[,ALIAS…] KEYTYPE BASE64
-//
-// NAME is what the host is managed under (the watcher's name); ALIASes are
-// its other host names and addresses. A name or address belongs to at most
-// one managed host. Entries are compared by host, type and key, never by
-// text, so a second run with the same keys changes nothing.
-const (
-	khBegin = "# sera: host keys between these lines are managed by sera ('sera hostkey', 'sera known-hosts sync'); edits are overwritten"
-	khEnd   = "# sera: end of sera's host keys"
-
-	systemKnownHosts = "/etc/ssh/ssh_known_hosts"
-	// minRSABits is the smallest RSA host key sera installs.
-	minRSABits = 2048
-)
-
-// hostKeyTypes are the key types sera installs, in the order it writes
-// them. Certificates, DSA and security-key types are never host keys it
-// installs.
-var hostKeyTypes = []string{
-	ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521, ssh.KeyAlgoRSA,
-}
-
-// parseHostName checks one host name or address as sera writes it into a
-// known_hosts file and returns its canonical form: a lower-case RFC 1123
-// host name, or an IP address as netip prints it. Wildcards, negations,
-// hashed names and [host]:port forms are refused: sera writes only names
-// it can compare.
-func parseHostName(s string) (string, error) {
-	switch {
-	case s == "":
-		return "", cli.UsageErr("empty host name")
-	case strings.ContainsAny(s, "*?!"):
-		return "", cli.UsageErr("invalid host name %q: wildcards and negations are not accepted; give each name", s)
-	case strings.HasPrefix(s, "|"):
-		return "", cli.UsageErr("invalid host name %q: hashed names are not accepted; give the name itself", s)
-	case strings.HasPrefix(s, "["):
-		return "", cli.UsageErr("invalid host name %q: [host]:port is not supported; sera's entries are for port 22", s)
-	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		switch {
-		case a.Zone() != "":
-			return "", cli.UsageErr("invalid address %q: a zone (%%%s) is not accepted", s, a.Zone())
-		case a.Is4In6():
-			return "", cli.UsageErr("invalid address %q: give the IPv4 address %s", s, a.Unmap())
-		case a.IsUnspecified(), a.IsMulticast():
-			return "", cli.UsageErr("invalid address %q: not a host's address", s)
-		}
-		return a.String(), nil
-	}
-	if strings.Contains(s, ":") {
-		return "", cli.UsageErr("invalid host name %q: not a host name or IP address", s)
-	}
-	name := strings.ToLower(s)
-	if len(name) > 253 {
-		return "", cli.UsageErr("invalid host name %q: longer than 253 characters", abbreviate(s))
-	}
-	labels := strings.Split(name, ".")
-	for _, l := range labels {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' ||
-			strings.IndexFunc(l, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') }) >= 0 {
-			return "", cli.UsageErr("invalid host name %q: use letters, digits and '-' in dot-separated labels (RFC 1123), or an IP address", abbreviate(s))
-		}
-	}
-	if last := labels[len(labels)-1]; strings.Trim(last, "0123456789") == "" {
-		return "", cli.UsageErr("invalid host name %q: not an IP address, and a host name's last label is not all digits", s)
-	}
-	return name, nil
-}
-
-// parseHostList parses "NAME[,ALIAS…]".
-func parseHostList(s string) (name string, aliases []string, err error) {
-	for i, part := range strings.Split(s, ",") {
-		n, err := parseHostName(part)
-		if err != nil {
-			return "", nil, err
-		}
-		if i == 0 {
-			name = n
-		} else if n != name && !slices.Contains(aliases, n) {
-			aliases = append(aliases, n)
-		}
-	}
-	return name, aliases, nil
-}
-
-// checkHostKey refuses keys sera does not install as host keys.
-func checkHostKey(k ssh.PublicKey) error {
-	if _, ok := k.(*ssh.Certificate); ok {
-		return cli.UsageErr("key %s is a certificate: sera installs plain host keys only (no @cert-authority)", ssh.FingerprintSHA256(k))
-	}
-	if !slices.Contains(hostKeyTypes, k.Type()) {
-		return cli.UsageErr("key %s: type %s is not a host key type sera installs (%s)", ssh.FingerprintSHA256(k), k.Type(), strings.Join(hostKeyTypes, ", "))
-	}
-	if ck, ok := k.(ssh.CryptoPublicKey); ok {
-		if rk, ok := ck.CryptoPublicKey().(*rsa.PublicKey); ok && rk.N.BitLen() < minRSABits {
-			return cli.UsageErr("key %s: a %d-bit RSA key is too weak (at least %d bits)", ssh.FingerprintSHA256(k), rk.N.BitLen(), minRSABits)
-		}
-	}
-	return nil
-}
-
-// parseHostKeyArg parses one KEY argument: "KEYTYPE BASE64 [COMMENT]", as
-// in an ssh_host_*_key.pub file.
-func parseHostKeyArg(s string) (ssh.PublicKey, error) {
-	if strings.ContainsAny(s, "\r\n") {
-		return nil, cli.UsageErr("invalid key: it spans several lines; give one key per argument")
-	}
-	if strings.HasPrefix(strings.TrimSpace(s), "@") {
-		return nil, cli.UsageErr("invalid key %q: markers (@cert-authority, @revoked) are not accepted", abbreviate(s))
-	}
-	pub, _, opts, rest, err := ssh.ParseAuthorizedKey([]byte(s))
-	if err != nil {
-		return nil, cli.UsageErr("invalid key %q: %v", abbreviate(s), err)
-	}
-	if len(opts) > 0 {
-		return nil, cli.UsageErr("invalid key %q: give it as 'KEYTYPE BASE64' (%q before it is not part of a key)", abbreviate(s), strings.Join(opts, ","))
-	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, cli.UsageErr("invalid key: give one key per argument")
-	}
-	return pub, checkHostKey(pub)
-}
-
-// parseKnownHostsEntry parses one known_hosts line as sera writes them:
-// "NAME[,ALIAS…] KEYTYPE BASE64", no marker, no hashed or wildcard names.
-func parseKnownHostsEntry(s string) (name string, aliases []string, key ssh.PublicKey, err error) {
-	if strings.ContainsAny(s, "\r\n") {
-		return "", nil, nil, cli.UsageErr("invalid entry: it spans several lines; give one entry per argument")
-	}
-	marker, hosts, pub, _, rest, err := ssh.ParseKnownHosts([]byte(s))
-	if errors.Is(err, io.EOF) {
-		return "", nil, nil, cli.UsageErr("invalid entry %q: empty or a comment; want 'NAME[,ADDR…] KEYTYPE BASE64'", abbreviate(s))
-	} else if err != nil {
-		return "", nil, nil, cli.UsageErr("invalid entry %q: %v; want 'NAME[,ADDR…] KEYTYPE BASE64'", abbreviate(s), err)
-	}
-	if marker != "" {
-		return "", nil, nil, cli.UsageErr("invalid entry %q: the @%s marker is not accepted", abbreviate(s), marker)
-	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return "", nil, nil, cli.UsageErr("invalid entry: give one entry per argument")
-	}
-	if name, aliases, err = parseHostList(strings.Join(hosts, ",")); err != nil {
-		return "", nil, nil, err
-	}
-	return name, aliases, pub, checkHostKey(pub)
-}
-
-func typeRank(t string) int { return slices.Index(hostKeyTypes, t) }
-
-func sameKey(a, b ssh.PublicKey) bool { return bytes.Equal(a.Marshal(), b.Marshal()) }
-
-func keyText(k ssh.PublicKey) string { return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))) }
-
-// khHost is one managed host: its keys, one per type, under its name and
-// aliases.
-type khHost struct {
-	name    string
-	aliases []string
-	keys    []ssh.PublicKey
-}
-
-// newKHHost checks and normalizes an entry: aliases without the name and
-// without repeats, in a fixed order; keys one per type, in hostKeyTypes
-// order.
-func newKHHost(name string, aliases []string, keys []ssh.PublicKey) (*khHost, error) {
-	e := &khHost{name: name}
-	for _, a := range aliases {
-		if a != name && !slices.Contains(e.aliases, a) {
-			e.aliases = append(e.aliases, a)
-		}
-	}
-	sortHostNames(e.aliases)
-	for _, k := range keys {
-		if old := e.key(k.Type()); old != nil {
-			if sameKey(old, k) {
-				continue
-			}
-			return nil, cli.UsageErr("two %s keys for %s (%s, %s): give one key per type", k.Type(), name, ssh.FingerprintSHA256(old), ssh.FingerprintSHA256(k))
-		}
-		e.keys = append(e.keys, k)
-	}
-	sort.SliceStable(e.keys, func(i, j int) bool { return typeRank(e.keys[i].Type()) < typeRank(e.keys[j].Type()) })
-	return e, nil
-}
-
-// sortHostNames orders names before addresses, each in their own order.
-func sortHostNames(names []string) {
-	sort.SliceStable(names, func(i, j int) bool {
-		a, errA := netip.ParseAddr(names[i])
-		b, errB := netip.ParseAddr(names[j])
-		switch {
-		case errA != nil && errB != nil:
-			return names[i] < names[j]
-		case errA != nil || errB != nil:
-			return errA != nil
-		default:
-			return a.Less(b)
-		}
-	})
-}
-
-func (e *khHost) key(typ string) ssh.PublicKey {
-	for _, k := range e.keys {
-		if k.Type() == typ {
-			return k
-		}
-	}
-	return nil
-}
-
-func (e *khHost) names() []string { return append([]string{e.name}, e.aliases...) }
-
-func (e *khHost) lines() []string {
-	var out []string
-	hosts := strings.Join(e.names(), ",")
-	for _, k := range e.keys {
-		out = append(out, hosts+" "+keyText(k))
-	}
-	return out
-}
-
-func (e *khHost) clone() *khHost {
-	return &khHost{name: e.name, aliases: slices.Clone(e.aliases), keys: slices.Clone(e.keys)}
-}
-
-func (e *khHost) sameAs(o *khHost) bool {
-	if e.name != o.name || !slices.Equal(e.aliases, o.aliases) || len(e.keys) != len(o.keys) {
-		return false
-	}
-	for i := range e.keys {
-		if !sameKey(e.keys[i], o.keys[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func describeKeys(keys []ssh.PublicKey) string {
-	var d []string
-	for _, k := range keys {
-		d = append(d, k.Type()+" "+ssh.FingerprintSHA256(k))
-	}
-	return strings.Join(d, ", ")
-}
-
-// knownHostsFile is a parsed known_hosts file.
-type knownHostsFile struct {
-	before, after []string // the admin's own lines, verbatim
-	afterLine     int      // line number of after[0] in the file read
-	hosts         []*khHost
-	hadBlock      bool
-	// bad are managed lines that could not be read; they are dropped at
-	// the next write.
-	bad []string
-}
-
-// parseKnownHostsFile reads a known_hosts file. A damaged block (a start
-// without an end, or two blocks) is an error: sera cannot tell the
-// admin's lines from its own, and writes nothing.
-func parseKnownHostsFile(b []byte) (*knownHostsFile, error) {
-	f := &knownHostsFile{}
-	s := strings.TrimSuffix(string(b), "\n")
-	if s == "" {
-		return f, nil
-	}
-	in, start := false, 0
-	byName := map[string]*khHost{}
-	for i, line := range strings.Split(s, "\n") {
-		n := i + 1
-		marker := strings.TrimRight(line, " \t\r")
-		switch {
-		case marker == khBegin && f.hadBlock:
-			return nil, fmt.Errorf("line %d: a second start of sera's block (the first is on line %d); fix the file by hand", n, start)
-		case marker == khBegin:
-			in, f.hadBlock, start = true, true, n
-		case marker == khEnd && !in:
-			return nil, fmt.Errorf("line %d: the end of sera's block without its start; fix the file by hand", n)
-		case marker == khEnd:
-			in, f.afterLine = false, n+1
-		case in:
-			f.addManagedLine(byName, n, line)
-		case f.hadBlock:
-			f.after = append(f.after, line)
-		default:
-			f.before = append(f.before, line)
-		}
-	}
-	if in {
-		return nil, fmt.Errorf("sera's block starting on line %d has no end line (%q); fix the file by hand", start, khEnd)
-	}
-	for _, e := range byName {
-		sortHostNames(e.aliases)
-		sort.SliceStable(e.keys, func(i, j int) bool { return typeRank(e.keys[i].Type()) < typeRank(e.keys[j].Type()) })
-		f.hosts = append(f.hosts, e)
-	}
-	f.sortHosts()
-	return f, nil
-}
-
-func (f *knownHostsFile) addManagedLine(byName map[string]*khHost, n int, line string) {
-	t := strings.TrimSpace(line)
-	if t == "" || strings.HasPrefix(t, "#") {
-		return
-	}
-	name, aliases, key, err := parseKnownHostsEntry(t)
-	if err != nil {
-		f.bad = append(f.bad, fmt.Sprintf("line %d: %v", n, err))
-		return
-	}
-	e := byName[name]
-	if e == nil {
-		e = &khHost{name: name}
-		byName[name] = e
-	}
-	for _, a := range aliases {
-		if owner := f.ownerIn(byName, a); owner != nil && owner != e {
-			f.bad = append(f.bad, fmt.Sprintf("line %d: %s is already a name of %s", n, a, owner.name))
-			continue
-		}
-		if !slices.Contains(e.aliases, a) {
-			e.aliases = append(e.aliases, a)
-		}
-	}
-	if old := e.key(key.Type()); old != nil {
-		if !sameKey(old, key) {
-			f.bad = append(f.bad, fmt.Sprintf("line %d: a second %s key for %s", n, key.Type(), name))
-		}
-		return
-	}
-	e.keys = append(e.keys, key)
-}
-
-func (f *knownHostsFile) ownerIn(byName map[string]*khHost, n string) *khHost {
-	if e := byName[n]; e != nil {
-		return e
-	}
-	for _, e := range byName {
-		if slices.Contains(e.aliases, n) {
-			return e
-		}
-	}
-	return nil
-}
-
-func (f *knownHostsFile) sortHosts() {
-	sort.Slice(f.hosts, func(i, j int) bool { return f.hosts[i].name < f.hosts[j].name })
-}
-
-func (f *knownHostsFile) bytes() []byte {
-	var lines []string
-	lines = append(lines, f.before...)
-	if len(f.hosts) > 0 {
-		lines = append(lines, khBegin)
-		for _, e := range f.hosts {
-			lines = append(lines, e.lines()...)
-		}
-		lines = append(lines, khEnd)
-	}
-	lines = append(lines, f.after...)
-	if len(lines) == 0 {
-		return nil
-	}
-	return []byte(strings.Join(lines, "\n") + "\n")
-}
-
-func (f *knownHostsFile) clone() *knownHostsFile {
-	c := &knownHostsFile{before: slices.Clone(f.before), after: slices.Clone(f.after), afterLine: f.afterLine,
-		hadBlock: f.hadBlock, bad: slices.Clone(f.bad)}
-	for _, e := range f.hosts {
-		c.hosts = append(c.hosts, e.clone())
-	}
-	return c
-}
-
-func (f *knownHostsFile) host(name string) *khHost {
-	for _, e := range f.hosts {
-		if e.name == name {
-			return e
-		}
-	}
-	return nil
-}
-
-// set makes e the managed entry of e.name: exactly its keys, under its
-// names. A name or address of e that another managed host had moves to
-// e; a managed host's own name can never become an alias of another.
-func (f *knownHostsFile) set(e *khHost) error {
-	for _, o := range f.hosts {
-		if o.name != e.name && slices.Contains(e.aliases, o.name) {
-			return fmt.Errorf("%s is a host sera keeps keys for; it cannot also be a name of %s (untrust %s first)", o.name, e.name, o.name)
-		}
-	}
-	claimed := e.names()
-	kept := f.hosts[:0]
-	for _, o := range f.hosts {
-		if o.name == e.name {
-			continue
-		}
-		o.aliases = slices.DeleteFunc(o.aliases, func(a string) bool { return slices.Contains(claimed, a) })
-		kept = append(kept, o)
-	}
-	f.hosts = append(kept, e.clone())
-	f.sortHosts()
-	return nil
-}
-
-// remove drops name's managed entries, and name as an alias of any other
-// managed host: sera no longer vouches for any key under it.
-func (f *knownHostsFile) remove(name string) {
-	f.hosts = slices.DeleteFunc(f.hosts, func(e *khHost) bool { return e.name == name })
-	for _, e := range f.hosts {
-		e.aliases = slices.DeleteFunc(e.aliases, func(a string) bool { return a == name })
-	}
-}
-
-// diffHosts says what changes from before to after, host by host.
-func diffHosts(before, after []*khHost) []string {
-	find := func(hs []*khHost, name string) *khHost {
-		for _, e := range hs {
-			if e.name == name {
-				return e
-			}
-		}
-		return nil
-	}
-	var names []string
-	for _, e := range append(slices.Clone(before), after...) {
-		if !slices.Contains(names, e.name) {
-			names = append(names, e.name)
-		}
-	}
-	sort.Strings(names)
-	var d []string
-	for _, n := range names {
-		b, a := find(before, n), find(after, n)
-		switch {
-		case b == nil:
-			d = append(d, fmt.Sprintf("trust %s as %s: %s", n, strings.Join(a.names(), ","), describeKeys(a.keys)))
-		case a == nil:
-			d = append(d, fmt.Sprintf("untrust %s: %s", n, describeKeys(b.keys)))
-		case !a.sameAs(b):
-			for _, t := range hostKeyTypes {
-				bk, ak := b.key(t), a.key(t)
-				switch {
-				case bk == nil && ak != nil:
-					d = append(d, fmt.Sprintf("%s: add %s %s", n, t, ssh.FingerprintSHA256(ak)))
-				case bk != nil && ak == nil:
-					d = append(d, fmt.Sprintf("%s: remove %s %s", n, t, ssh.FingerprintSHA256(bk)))
-				case bk != nil && !sameKey(bk, ak):
-					d = append(d, fmt.Sprintf("%s: replace %s %s with %s", n, t, ssh.FingerprintSHA256(bk), ssh.FingerprintSHA256(ak)))
-				}
-			}
-			if !slices.Equal(a.aliases, b.aliases) {
-				d = append(d, fmt.Sprintf("%s: names %s (were %s)", n, strings.Join(a.names(), ","), strings.Join(b.names(), ",")))
-			}
-		}
-	}
-	return d
-}
-
-// outsideWarnings finds the admin's own lines that trust another key of a
-// type sera manages for one of its names: ssh accepts either key, so a
-// re-keyed host's old key would still be trusted through them.
-func (f *knownHostsFile) outsideWarnings(file string) []string {
-	var out []string
-	check := func(n int, line string) {
-		marker, hosts, key, _, _, err := ssh.ParseKnownHosts([]byte(line))
-		if err != nil || marker != "" {
-			return
-		}
-		for _, e := range f.hosts {
-			mk := e.key(key.Type())
-			if mk == nil || sameKey(mk, key) {
-				continue
-			}
-			for _, name := range e.names() {
-				if hostPatternsMatch(hosts, name) {
-					out = append(out, fmt.Sprintf("%s line %d, outside sera's block, trusts another %s key for %s (%s); ssh accepts it too: remove that line if it is stale",
-						file, n, key.Type(), name, ssh.FingerprintSHA256(key)))
-					return
-				}
-			}
-		}
-	}
-	for i, line := range f.before {
-		check(i+1, line)
-	}
-	for i, line := range f.after {
-		check(f.afterLine+i, line)
-	}
-	return out
-}
-
-// hostPatternsMatch reports whether a known_hosts host field names name
-// exactly, in plain text or hashed (|1|salt|hash). Wildcard patterns are
-// not followed.
-func hostPatternsMatch(patterns []string, name string) bool {
-	for _, p := range patterns {
-		if strings.EqualFold(p, name) {
-			return true
-		}
-		if rest, ok := strings.CutPrefix(p, "|1|"); ok {
-			salt64, hash64, ok := strings.Cut(rest, "|")
-			salt, err1 := base64.StdEncoding.DecodeString(salt64)
-			hash, err2 := base64.StdEncoding.DecodeString(hash64)
-			if !ok || err1 != nil || err2 != nil {
-				continue
-			}
-			m := hmac.New(sha1.New, salt)
-			m.Write([]byte(name))
-			if hmac.Equal(m.Sum(nil), hash) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// knownHostsPath is one known_hosts file sera edits.
-type knownHostsPath struct {
-	show string // the path shown to people
-	path string // the path on this machine
-	// mode of a new file, and of every write unless keepMode, where an
-	// existing file keeps its own.
-	mode     fs.FileMode
-	keepMode bool
-	dirMode  fs.FileMode // of a missing parent directory
-}
-
-func (k *knownHostsPath) read() ([]byte, fs.FileMode, error) {
-	b, err := safefile.ReadNoFollow(k.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, 0, nil
-	} else if err != nil {
-		return nil, 0, fmt.Errorf("failed to read %s: %w", k.show, err)
-	}
-	fi, err := os.Lstat(k.path)
-	if err != nil {
-		return nil, 0, err
-	}
-	return b, fi.Mode().Perm(), nil
-}
-
-// edit reads the file, lets change edit its managed entries, and plans
-// the write when they differ; the plan runs (or with dryRun is shown).
-// The caller holds the lock that serializes sera's edits of the file.
-func (k *knownHostsPath) edit(ctx context.Context, out, errOut io.Writer, dryRun bool, noChange string, change func(*knownHostsFile) error) error {
-	raw, mode, err := k.read()
-	if err != nil {
-		return fmt.Errorf("%w; nothing was changed", err)
-	}
-	before, err := parseKnownHostsFile(raw)
-	if err != nil {
-		return fmt.Errorf("%s: %w; nothing was changed", k.show, err)
-	}
-	after := before.clone()
-	if err := change(after); err != nil {
-		return fmt.Errorf("%w; nothing was changed", err)
-	}
-	for _, b := range before.bad {
-		fmt.Fprintf(errOut, "warning: %s %s in sera's block, dropped at its next change\n", k.show, b)
-	}
-	for _, w := range after.outsideWarnings(k.show) {
-		fmt.Fprintf(errOut, "warning: %s\n", w)
-	}
-	var p plan.Plan
-	data := after.bytes()
-	if !bytes.Equal(before.bytes(), data) {
-		changes := diffHosts(before.hosts, after.hosts)
-		if len(changes) == 0 {
-			changes = []string{"drop unreadable lines in sera's block"}
-		}
-		verb, newMode := "write", k.mode
-		if raw == nil && mode == 0 {
-			verb = "create"
-		} else if k.keepMode {
-			newMode = mode
-		}
-		p.Add(fmt.Sprintf("%s %s (%04o): %s", verb, k.show, newMode, strings.Join(changes, "; ")), func(context.Context) error {
-			cur, _, err := k.read()
-			if err != nil {
-				return err
-			}
-			if !bytes.Equal(cur, raw) {
-				return fmt.Errorf("%s changed while sera was planning; nothing written, run the command again", k.show)
-			}
-			if err := os.MkdirAll(filepath.Dir(k.path), k.dirMode); err != nil {
-				return err
-			}
-			return safefile.WriteAtomic(k.path, data, newMode)
-		})
-	}
-	return p.Execute(ctx, out, dryRun, noChange)
-}
 
 // known-hosts sync, the client side.
 
@@ -739,7 +132,7 @@ type syncHost struct {
 // name: the addresses known_watchers gives it, and NAME.DOMAIN.
 func adminNames(w *sera.KnownWatcher, name, domain string) (names, warnings []string) {
 	for _, a := range w.Addrs {
-		n, err := parseHostName(a)
+		n, err := hostkeys.ParseHostName(a)
 		if err != nil {
 			warnings = append(warnings, fmt.Sprintf("%s: known_watchers address left out: %v", w.Name, err))
 			continue
@@ -749,7 +142,7 @@ func adminNames(w *sera.KnownWatcher, name, domain string) (names, warnings []st
 		}
 	}
 	if domain != "" {
-		n, err := parseHostName(name + "." + domain)
+		n, err := hostkeys.ParseHostName(name + "." + domain)
 		if err != nil {
 			warnings = append(warnings, fmt.Sprintf("%s: %s.%s left out: %v", w.Name, name, domain, err))
 		} else if !slices.Contains(names, n) {
@@ -762,7 +155,7 @@ func adminNames(w *sera.KnownWatcher, name, domain string) (names, warnings []st
 // watcherHostName is a watcher's name as a host name, or an error when its
 // keys cannot be entered under it.
 func watcherHostName(w *sera.KnownWatcher) (string, error) {
-	name, err := parseHostName(w.Name)
+	name, err := hostkeys.ParseHostName(w.Name)
 	if err != nil || strings.Contains(name, ".") {
 		return "", fmt.Errorf("watcher name %q is not a host name, so its keys cannot be entered under it", w.Name)
 	}
@@ -788,21 +181,21 @@ func parseHostKeyReport(w *sera.KnownWatcher, domain string, stdout []byte) (*sy
 		} else if err != nil {
 			return nil, nil, fmt.Errorf("unreadable 'hostkey list' output: %v", err)
 		}
-		k, err := parseHostKeyArg(r.Key)
+		k, err := hostkeys.ParseKeyArg(r.Key)
 		if err != nil {
 			return nil, nil, fmt.Errorf("reported key: %v", err)
 		}
 		if k.Type() != r.Type {
 			return nil, nil, fmt.Errorf("reported key %s is of type %s, not %s", ssh.FingerprintSHA256(k), k.Type(), r.Type)
 		}
-		if slices.ContainsFunc(h.keys, func(o ssh.PublicKey) bool { return o.Type() == k.Type() && !sameKey(o, k) }) {
+		if slices.ContainsFunc(h.keys, func(o ssh.PublicKey) bool { return o.Type() == k.Type() && !hostkeys.SameKey(o, k) }) {
 			return nil, nil, fmt.Errorf("reported two %s keys", k.Type())
 		}
-		if !slices.ContainsFunc(h.keys, func(o ssh.PublicKey) bool { return sameKey(o, k) }) {
+		if !slices.ContainsFunc(h.keys, func(o ssh.PublicKey) bool { return hostkeys.SameKey(o, k) }) {
 			h.keys = append(h.keys, k)
 		}
 		for _, n := range append(slices.Clone(r.Names), r.Addrs...) {
-			c, err := parseHostName(n)
+			c, err := hostkeys.ParseHostName(n)
 			if err != nil {
 				warnings = append(warnings, fmt.Sprintf("%s: reported name left out: %v", w.Name, err))
 				continue
@@ -815,13 +208,13 @@ func parseHostKeyReport(w *sera.KnownWatcher, domain string, stdout []byte) (*sy
 	if len(h.keys) == 0 {
 		return nil, nil, errors.New("reported no host keys")
 	}
-	sortHostNames(h.reported)
+	hostkeys.SortNames(h.reported)
 	return h, warnings, nil
 }
 
 // syncSet is what a sync installs, and what it does not trust.
 type syncSet struct {
-	entries  []*khHost
+	entries  []*hostkeys.Host
 	warnings []string
 	// untrusted are, by watcher name, the names a host reported that
 	// were not given it and not accepted; accepted, those accepted now.
@@ -905,14 +298,14 @@ func buildSyncSet(hosts []*syncHost, all []*sera.KnownWatcher, domain string, ac
 				set.accepted[h.watcher.Name] = append(set.accepted[h.watcher.Name], a)
 			}
 		}
-		e, err := newKHHost(h.name, aliases, h.keys)
+		e, err := hostkeys.NewHost(h.name, aliases, h.keys)
 		if err != nil { // cannot happen: parseHostKeyReport refused two keys of a type
 			warn("%s: %v: left out", h.name, err)
 			continue
 		}
 		set.entries = append(set.entries, e)
 	}
-	sort.Slice(set.entries, func(i, j int) bool { return set.entries[i].name < set.entries[j].name })
+	sort.Slice(set.entries, func(i, j int) bool { return set.entries[i].Name < set.entries[j].Name })
 	set.warnings = khDedupe(set.warnings)
 	return set
 }
@@ -1032,7 +425,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 		fmt.Fprintf(stderr, "sera: warning: %s\n", wn)
 	}
 	for _, h := range reported {
-		if !slices.ContainsFunc(entries, func(e *khHost) bool { return e.name == h.name }) {
+		if !slices.ContainsFunc(entries, func(e *hostkeys.Host) bool { return e.Name == h.name }) {
 			noKeys = append(noKeys, failure{h.watcher.Name, "its keys were left out (see the warning above)"})
 		}
 	}
@@ -1075,7 +468,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 			}
 			argv = append(argv, "--")
 			for _, e := range part {
-				argv = append(argv, e.lines()...)
+				argv = append(argv, e.Lines()...)
 			}
 			out, err = client.Do(ctx, replied, namesTarget(replied), argv, timeout, func(r sera.HostReply) {
 				prefixLines(hostOut, r.Watcher.Name, r.Reply.Stdout)
@@ -1137,7 +530,7 @@ func (s *knownHostsSync) run(c *cobra.Command) error {
 	}
 	where := ""
 	if local != nil && localErr == nil {
-		where = " and in " + local.show
+		where = " and in " + local.Show
 	}
 	summary := fmt.Sprintf("known-hosts sync: keys of %d of %d hosts; installed on %d of %d hosts%s%s",
 		len(reported), len(selected), len(selected)-len(notInstalled), len(selected), where, would)
@@ -1211,9 +604,9 @@ func (s *knownHostsSync) printJSON(out io.Writer, selected []*sera.KnownWatcher,
 		r := syncReport{Watcher: w.Name, Names: []string{}, Keys: []string{},
 			Untrusted: khNonNil(set.untrusted[w.Name]), Accepted: khNonNil(set.accepted[w.Name]), Error: why[w.Name]}
 		if name, err := watcherHostName(w); err == nil {
-			if e := slices.IndexFunc(set.entries, func(e *khHost) bool { return e.name == name }); e >= 0 {
-				r.Names = set.entries[e].names()
-				for _, k := range set.entries[e].keys {
+			if e := slices.IndexFunc(set.entries, func(e *hostkeys.Host) bool { return e.Name == name }); e >= 0 {
+				r.Names = set.entries[e].Names()
+				for _, k := range set.entries[e].Keys {
 					r.Keys = append(r.Keys, k.Type()+" "+ssh.FingerprintSHA256(k))
 				}
 			}
@@ -1226,13 +619,13 @@ func (s *knownHostsSync) printJSON(out io.Writer, selected []*sera.KnownWatcher,
 // chunkEntries splits entries into parts whose lines take at most budget
 // bytes, never splitting one host's lines: 'hostkey set' makes a host's
 // keys exactly those given in one request.
-func chunkEntries(entries []*khHost, budget int) [][]*khHost {
-	var parts [][]*khHost
-	var cur []*khHost
+func chunkEntries(entries []*hostkeys.Host, budget int) [][]*hostkeys.Host {
+	var parts [][]*hostkeys.Host
+	var cur []*hostkeys.Host
 	size := 0
 	for _, e := range entries {
 		n := 0
-		for _, l := range e.lines() {
+		for _, l := range e.Lines() {
 			n += len(l) + 16 // JSON quoting and separators
 		}
 		if len(cur) > 0 && size+n > budget {
@@ -1270,7 +663,7 @@ func firstLine(b []byte) string {
 }
 
 // localFile is this machine's known_hosts file, or nil with --no-local.
-func (s *knownHostsSync) localFile() (*knownHostsPath, error) {
+func (s *knownHostsSync) localFile() (*hostkeys.Path, error) {
 	if s.noLocal {
 		return nil, nil
 	}
@@ -1288,10 +681,10 @@ func (s *knownHostsSync) localFile() (*knownHostsPath, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &knownHostsPath{show: show, path: abs, mode: 0o600, keepMode: true, dirMode: 0o700}, nil
+	return &hostkeys.Path{Show: show, File: abs, Mode: 0o600, KeepMode: true, DirMode: 0o700}, nil
 }
 
-func (s *knownHostsSync) installLocal(ctx context.Context, cfg *settings.Config, k *knownHostsPath, entries []*khHost, out, errOut io.Writer) error {
+func (s *knownHostsSync) installLocal(ctx context.Context, cfg *settings.Config, k *hostkeys.Path, entries []*hostkeys.Host, out, errOut io.Writer) error {
 	state := cfg.Get(settings.KeyState)
 	if err := safefile.MkdirPrivate(state); err != nil {
 		return err
@@ -1301,9 +694,9 @@ func (s *knownHostsSync) installLocal(ctx context.Context, cfg *settings.Config,
 		return err
 	}
 	defer unlock()
-	return k.edit(ctx, out, errOut, s.dryRun, k.show+": no change", func(f *knownHostsFile) error {
+	return editKnownHostsFile(ctx, k, out, errOut, s.dryRun, k.Show+": no change", func(f *hostkeys.File) error {
 		for _, e := range entries {
-			if err := f.set(e); err != nil {
+			if err := f.Set(e); err != nil {
 				return err
 			}
 		}

@@ -6,11 +6,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha1"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"os"
@@ -27,6 +24,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/host/hostkeys"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/spool"
@@ -118,282 +116,24 @@ func khSKKey(t testing.TB) ssh.PublicKey {
 
 func fp(k ssh.PublicKey) string { return ssh.FingerprintSHA256(k) }
 
-func TestParseHostName(t *testing.T) {
-	good := map[string]string{
-		"web1":                  "web1",
-		"Web1.Example.COM":      "web1.example.com",
-		"a-b.c":                 "a-b.c",
-		"10.0.0.1":              "10.0.0.1",
-		"2001:DB8::0:1":         "2001:db8::1",
-		"x" + ".example":        "x.example",
-		"1host":                 "1host",
-		"h.123abc":              "h.123abc",
-		strings.Repeat("a", 63): strings.Repeat("a", 63),
-	}
-	for in, want := range good {
-		got, err := parseHostName(in)
-		if err != nil || got != want {
-			t.Errorf("parseHostName(%q) = %q, %v; want %q", in, got, err, want)
-		}
-	}
-	bad := map[string]string{
-		"":                               "empty",
-		"*.example.com":                  "wildcards",
-		"web?":                           "wildcards",
-		"!web1":                          "negations",
-		"|1|abc=|def=":                   "hashed",
-		"[web1]:2222":                    "[host]:port",
-		"web1:22":                        "not a host name",
-		"fe80::1%eth0":                   "zone",
-		"::ffff:10.0.0.1":                "give the IPv4 address 10.0.0.1",
-		"0.0.0.0":                        "not a host's address",
-		"ff02::1":                        "not a host's address",
-		"web_1":                          "RFC 1123",
-		"-web":                           "RFC 1123",
-		"web-":                           "RFC 1123",
-		"web..example":                   "RFC 1123",
-		"web.":                           "RFC 1123",
-		"a b":                            "RFC 1123",
-		"wéb":                            "RFC 1123",
-		"web,1":                          "RFC 1123",
-		"10.0.0":                         "last label",
-		"1234":                           "last label",
-		strings.Repeat("a", 64):          "RFC 1123",
-		strings.Repeat("a.", 127) + "aa": "longer than 253",
-	}
-	for in, want := range bad {
-		_, err := parseHostName(in)
-		if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, cli.ErrUsage) {
-			t.Errorf("parseHostName(%q) = %v, want a usage error with %q", in, err, want)
-		}
-	}
-}
-
-func TestParseHostKeyArg(t *testing.T) {
-	ed := khEd25519(t)
-	rsa2048, rsa1024 := khRSAKeys(t)
-	line := keyText(ed)
-	if k, err := parseHostKeyArg(line + " root@web2"); err != nil || !sameKey(k, ed) {
-		t.Fatalf("good key: %v", err)
-	}
-	if _, err := parseHostKeyArg(keyText(rsa2048)); err != nil {
-		t.Errorf("2048-bit RSA: %v", err)
-	}
-	if _, err := parseHostKeyArg(keyText(khECDSA(t))); err != nil {
-		t.Errorf("ECDSA: %v", err)
-	}
-	bad := map[string]string{
-		"":                        "invalid key",
-		"ssh-ed25519 notbase64":   "invalid key",
-		"ssh-ed25519":             "invalid key",
-		line + "\n" + line:        "several lines",
-		"@cert-authority " + line: "markers",
-		"@revoked " + line:        "markers",
-		"web2 " + line:            `"web2" before it`,
-		`command="x" ` + line:     "not part of a key",
-		keyText(rsa1024):          "too weak",
-		keyText(khCert(t, ed)):    "certificate",
-		keyText(khSKKey(t)):       "not a host key type",
-		"ssh-dss AAAAB3NzaC1kc3MAAACBAP" + "xx==": "invalid key",
-	}
-	for in, want := range bad {
-		_, err := parseHostKeyArg(in)
-		if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, cli.ErrUsage) {
-			t.Errorf("parseHostKeyArg(%q) = %v, want a usage error with %q", abbreviate(in), err, want)
-		}
-	}
-}
-
-func TestParseKnownHostsEntry(t *testing.T) {
-	ed := khEd25519(t)
-	name, aliases, k, err := parseKnownHostsEntry("Web2,10.0.0.2,web2.example,10.0.0.2 " + keyText(ed) + " comment")
-	if err != nil || name != "web2" || !slices.Equal(aliases, []string{"10.0.0.2", "web2.example"}) || !sameKey(k, ed) {
-		t.Fatalf("entry: %q %q %v", name, aliases, err)
-	}
-	bad := map[string]string{
-		"":                                              "empty or a comment",
-		"# web2 " + keyText(ed):                         "empty or a comment",
-		"web2 ssh-ed25519":                              "invalid entry",
-		"@revoked web2 " + keyText(ed):                  "marker",
-		"@cert-authority *.ex " + keyText(ed):           "marker",
-		"|1|abc=|def= " + keyText(ed):                   "hashed",
-		"*.example " + keyText(ed):                      "wildcards",
-		"[web2]:2222 " + keyText(ed):                    "[host]:port",
-		"web_2 " + keyText(ed):                          "RFC 1123",
-		"web2 " + keyText(khCert(t, ed)):                "certificate",
-		"web2 " + keyText(ed) + "\nweb3 " + keyText(ed): "several lines",
-	}
-	for in, want := range bad {
-		_, _, _, err := parseKnownHostsEntry(in)
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("parseKnownHostsEntry(%q) = %v, want %q", abbreviate(in), err, want)
-		}
-	}
-}
-
-func mustEntry(t *testing.T, names string, keys ...ssh.PublicKey) *khHost {
+func mustEntry(t *testing.T, names string, keys ...ssh.PublicKey) *hostkeys.Host {
 	t.Helper()
-	name, aliases, err := parseHostList(names)
+	name, aliases, err := hostkeys.ParseHostList(names)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := newKHHost(name, aliases, keys)
+	e, err := hostkeys.NewHost(name, aliases, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return e
 }
 
-func mustParseKH(t *testing.T, s string) *knownHostsFile {
-	t.Helper()
-	f, err := parseKnownHostsFile([]byte(s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-// The merge keeps every line it did not write, byte for byte, and
-// compares entries by host, type and key.
-func TestKnownHostsMerge(t *testing.T) {
-	ed2, ec2, ed3, ed2new := khEd25519(t), khECDSA(t), khEd25519(t), khEd25519(t)
-	own := "# my own hosts\n|1|c2FsdA==|aGFzaA== ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnpMPh3k0wVyV0q0yjnZ2nQk1C5WfzaUzS0EL5wExiR\n" +
-		"gitlab.example.com,1.2.3.4   ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnpMPh3k0wVyV0q0yjnZ2nQk1C5WfzaUzS0EL5wExiR  trailing  \n\n" +
-		"not even a key line\n@cert-authority *.example.com " + keyText(ed3) + "\n"
-	f := mustParseKH(t, own)
-	if !bytes.Equal(f.bytes(), []byte(own)) {
-		t.Fatalf("a file with no block does not round-trip:\n%s", f.bytes())
-	}
-
-	// 1. trust web2: the block is appended, the rest is kept.
-	if err := f.set(mustEntry(t, "web2,10.0.0.2", ec2, ed2)); err != nil {
-		t.Fatal(err)
-	}
-	want := own + khBegin + "\n" +
-		"web2,10.0.0.2 " + keyText(ed2) + "\n" +
-		"web2,10.0.0.2 " + keyText(ec2) + "\n" +
-		khEnd + "\n"
-	if got := string(f.bytes()); got != want {
-		t.Fatalf("after trust:\n%s\nwant:\n%s", got, want)
-	}
-	// Parsed back, it is the same; setting the same again changes nothing.
-	g := mustParseKH(t, want)
-	before := g.clone()
-	if err := g.set(mustEntry(t, "WEB2,10.0.0.2", ed2, ec2)); err != nil {
-		t.Fatal(err)
-	}
-	if d := diffHosts(before.hosts, g.hosts); len(d) != 0 || string(g.bytes()) != want {
-		t.Errorf("same keys again: diff %q", d)
-	}
-
-	// 2. a new ed25519 key replaces the old; the ECDSA key is dropped
-	// because only the new key is given; web3 takes 10.0.0.2 over.
-	before = g.clone()
-	if err := g.set(mustEntry(t, "web2,web2.example", ed2new)); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.set(mustEntry(t, "web3,10.0.0.2", ed3)); err != nil {
-		t.Fatal(err)
-	}
-	d := strings.Join(diffHosts(before.hosts, g.hosts), "; ")
-	for _, w := range []string{
-		"web2: replace ssh-ed25519 " + fp(ed2) + " with " + fp(ed2new),
-		"web2: remove ecdsa-sha2-nistp256 " + fp(ec2),
-		"web2: names web2,web2.example (were web2,10.0.0.2)",
-		"trust web3 as web3,10.0.0.2: ssh-ed25519 " + fp(ed3),
-	} {
-		if !strings.Contains(d, w) {
-			t.Errorf("diff %q lacks %q", d, w)
-		}
-	}
-	want = own + khBegin + "\n" +
-		"web2,web2.example " + keyText(ed2new) + "\n" +
-		"web3,10.0.0.2 " + keyText(ed3) + "\n" +
-		khEnd + "\n"
-	if got := string(g.bytes()); got != want {
-		t.Fatalf("after replace:\n%s\nwant:\n%s", got, want)
-	}
-
-	// 3. a managed host's name cannot become another's alias.
-	if err := g.set(mustEntry(t, "web4,web2", ed3)); err == nil || !strings.Contains(err.Error(), "web2 is a host sera keeps keys for") {
-		t.Errorf("alias = another host's name: %v", err)
-	}
-	// A managed host may take over a name that was only an alias.
-	if err := g.set(mustEntry(t, "web2.example", ed2)); err != nil {
-		t.Fatal(err)
-	}
-	if e := g.host("web2"); e == nil || len(e.aliases) != 0 {
-		t.Errorf("web2.example still an alias of web2: %+v", e)
-	}
-
-	// 4. untrust: the entry goes, and the name as anyone's alias.
-	g.remove("10.0.0.2")
-	g.remove("web2")
-	g.remove("web2.example")
-	if e := g.host("web3"); e == nil || len(e.aliases) != 0 {
-		t.Errorf("untrust 10.0.0.2 left it on web3: %+v", e)
-	}
-	g.remove("web3")
-	if got := string(g.bytes()); got != own {
-		t.Errorf("with nothing managed, the block must go and the rest stay:\n%s", got)
-	}
-}
-
-func TestKnownHostsFileDamaged(t *testing.T) {
-	ed := khEd25519(t)
-	line := "web2 " + keyText(ed)
-	for name, tc := range map[string]struct{ file, want string }{
-		"start without end": {"a\n" + khBegin + "\n" + line + "\nmine\n", "has no end line"},
-		"two starts":        {khBegin + "\n" + khEnd + "\n" + khBegin + "\n" + khEnd + "\n", "a second start"},
-		"end without start": {"mine\n" + khEnd + "\n", "without its start"},
-	} {
-		if _, err := parseKnownHostsFile([]byte(tc.file)); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want %q", name, err, tc.want)
-		}
-	}
-	// Lines in the block that sera did not write are reported and
-	// dropped at the next write; a good entry beside them is kept.
-	f := mustParseKH(t, "mine\n"+khBegin+"\n"+line+"\ngarbage here\n*.example "+keyText(ed)+"\n\n# note\n"+khEnd+"\r\n")
-	if len(f.bad) != 2 || !strings.Contains(f.bad[0], "line 4") || !strings.Contains(f.bad[1], "wildcards") {
-		t.Errorf("bad lines: %q", f.bad)
-	}
-	if want := "mine\n" + khBegin + "\n" + line + "\n" + khEnd + "\n"; string(f.bytes()) != want {
-		t.Errorf("rewritten:\n%s", f.bytes())
-	}
-}
-
-func hashName(salt []byte, name string) string {
-	m := hmac.New(sha1.New, salt)
-	m.Write([]byte(name))
-	return "|1|" + base64.StdEncoding.EncodeToString(salt) + "|" + base64.StdEncoding.EncodeToString(m.Sum(nil))
-}
-
-// A stale key on the admin's own line would still be accepted by ssh:
-// sera says so, and leaves the line alone.
-func TestKnownHostsOutsideWarnings(t *testing.T) {
-	old, cur, ec := khEd25519(t), khEd25519(t), khECDSA(t)
-	file := "web2 " + keyText(old) + "\n" +
-		hashName([]byte("saltsaltsaltsaltsalt"), "10.0.0.2") + " " + keyText(old) + "\n" +
-		"web2 " + keyText(cur) + "\n" + // the same key: fine
-		"web2 " + keyText(ec) + "\n" + // a type sera does not manage for web2
-		"@revoked web2 " + keyText(old) + "\n" +
-		"web9 " + keyText(old) + "\n"
-	f := mustParseKH(t, file)
-	if err := f.set(mustEntry(t, "web2,10.0.0.2", cur)); err != nil {
-		t.Fatal(err)
-	}
-	w := f.outsideWarnings("known_hosts")
-	if len(w) != 2 || !strings.Contains(w[0], "line 1") || !strings.Contains(w[0], fp(old)) ||
-		!strings.Contains(w[1], "line 2") || !strings.Contains(w[1], "for 10.0.0.2") {
-		t.Errorf("warnings: %q", w)
-	}
-}
-
 func khReport(t testing.TB, host string, names, addrs []string, keys ...ssh.PublicKey) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	for _, k := range keys {
-		j, _ := json.Marshal(reportedKey{Host: host, Names: names, Addrs: addrs, Type: k.Type(), Fingerprint: fp(k), Key: keyText(k)})
+		j, _ := json.Marshal(reportedKey{Host: host, Names: names, Addrs: addrs, Type: k.Type(), Fingerprint: fp(k), Key: hostkeys.KeyText(k)})
 		b.Write(append(j, '\n'))
 	}
 	return b.Bytes()
@@ -427,8 +167,8 @@ func TestParseHostKeyReport(t *testing.T) {
 		"no keys":     {ok, nil, "no host keys"},
 		"not json":    {ok, []byte("ssh-ed25519 AAAA\n"), "unreadable"},
 		"bad key":     {ok, []byte(`{"type":"ssh-ed25519","key":"ssh-ed25519 AAAA"}`), "reported key"},
-		"cert":        {ok, []byte(`{"type":"ssh-ed25519-cert-v01@openssh.com","key":"` + keyText(khCert(t, ed)) + `"}`), "certificate"},
-		"wrong type":  {ok, []byte(`{"type":"ssh-rsa","key":"` + keyText(ed) + `"}`), "not ssh-rsa"},
+		"cert":        {ok, []byte(`{"type":"ssh-ed25519-cert-v01@openssh.com","key":"` + hostkeys.KeyText(khCert(t, ed)) + `"}`), "certificate"},
+		"wrong type":  {ok, []byte(`{"type":"ssh-rsa","key":"` + hostkeys.KeyText(ed) + `"}`), "not ssh-rsa"},
 		"two of type": {ok, khReport(t, "web2", nil, nil, ed, khEd25519(t)), "two ssh-ed25519 keys"},
 		"bad name":    {&sera.KnownWatcher{Name: "web_2"}, khReport(t, "web_2", nil, nil, ed), "not a host name"},
 	} {
@@ -472,7 +212,7 @@ func TestBuildSyncSet(t *testing.T) {
 	set := buildSyncSet(hosts, all, domain, []string{"web1", "web5"})
 	var got []string
 	for _, e := range set.entries {
-		got = append(got, strings.Join(e.names(), ","))
+		got = append(got, strings.Join(e.Names(), ","))
 	}
 	want := []string{
 		"web1,web1.example.com,10.0.0.1,10.0.0.9",
@@ -636,7 +376,7 @@ func (f *khFleet) sera(args ...string) (string, string, error) {
 func (f *khFleet) files() map[string]string {
 	out := map[string]string{}
 	for n, r := range f.hosts {
-		b, _ := os.ReadFile(r.h.Sys.Path(systemKnownHosts))
+		b, _ := os.ReadFile(r.h.Sys.Path(hostkeys.SystemFile))
 		out[n] = string(b)
 	}
 	b, _ := os.ReadFile(filepath.Join(f.dir, ".ssh", "known_hosts"))
@@ -654,7 +394,7 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 	if err := os.MkdirAll(filepath.Join(f.dir, ".ssh"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	own := "github.com " + keyText(khEd25519(t)) + "\nweb2 " + keyText(staleWeb2) + "\n"
+	own := "github.com " + hostkeys.KeyText(khEd25519(t)) + "\nweb2 " + hostkeys.KeyText(staleWeb2) + "\n"
 	if err := os.WriteFile(filepath.Join(f.dir, ".ssh", "known_hosts"), []byte(own), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -675,14 +415,14 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 	files := f.files()
 	k1 := slices.Clone(f.hosts["web1"].keys)
 	k2 := slices.Clone(f.hosts["web2"].keys)
-	block := khBegin + "\n"
+	block := hostkeys.Begin + "\n"
 	for _, k := range k1 {
-		block += "web1,web1.example,10.0.0.1 " + keyText(k) + "\n"
+		block += "web1,web1.example,10.0.0.1 " + hostkeys.KeyText(k) + "\n"
 	}
 	for _, k := range k2 {
-		block += "web2,web2.example,10.0.0.2 " + keyText(k) + "\n"
+		block += "web2,web2.example,10.0.0.2 " + hostkeys.KeyText(k) + "\n"
 	}
-	block += khEnd + "\n"
+	block += hostkeys.End + "\n"
 	for _, n := range []string{"web1", "web2"} {
 		if files[n] != block {
 			t.Errorf("%s's known_hosts:\n%s\nwant:\n%s", n, files[n], block)
@@ -697,7 +437,7 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 	if fi, _ := os.Stat(filepath.Join(f.dir, ".ssh", "known_hosts")); fi.Mode().Perm() != 0o644 {
 		t.Errorf("client file mode %o: an existing file keeps its mode", fi.Mode().Perm())
 	}
-	if fi, _ := os.Stat(f.hosts["web1"].h.Sys.Path(systemKnownHosts)); fi.Mode().Perm() != 0o644 {
+	if fi, _ := os.Stat(f.hosts["web1"].h.Sys.Path(hostkeys.SystemFile)); fi.Mode().Perm() != 0o644 {
 		t.Errorf("host file mode %o", fi.Mode().Perm())
 	}
 
@@ -737,7 +477,7 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 		if n == "web3" {
 			continue
 		}
-		if strings.Contains(s, keyText(k2[0])) || !strings.Contains(s, "web2,web2.example,10.0.0.2 "+keyText(newKey)) {
+		if strings.Contains(s, hostkeys.KeyText(k2[0])) || !strings.Contains(s, "web2,web2.example,10.0.0.2 "+hostkeys.KeyText(newKey)) {
 			t.Errorf("%s after re-key:\n%s", n, s)
 		}
 	}
@@ -790,7 +530,7 @@ func testKnownHostsSyncInParts(t *testing.T, f *khFleet) {
 	if err != nil || strings.Count(out, "known hosts: no change") != 9 {
 		t.Errorf("again: %v\n%s", err, out)
 	}
-	if parts := chunkEntries([]*khHost{mustEntry(t, "a", khEd25519(t)), mustEntry(t, "b", khEd25519(t))}, 1); len(parts) != 2 {
+	if parts := chunkEntries([]*hostkeys.Host{mustEntry(t, "a", khEd25519(t)), mustEntry(t, "b", khEd25519(t))}, 1); len(parts) != 2 {
 		t.Errorf("a host larger than the budget still gets its own part: %d", len(parts))
 	}
 }
@@ -848,18 +588,18 @@ func testKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T, f *khFleet) {
 	f.hosts["web1"].h.Sys.Net = staticNet("web1.example", "10.0.0.1")
 	k := func(n string) []ssh.PublicKey { return f.hosts[n].keys }
 	block := func(names map[string]string) string {
-		b := khBegin + "\n"
+		b := hostkeys.Begin + "\n"
 		for _, n := range []string{"web1", "web2", "web3"} {
 			for _, key := range k(n) {
-				b += names[n] + " " + keyText(key) + "\n"
+				b += names[n] + " " + hostkeys.KeyText(key) + "\n"
 			}
 		}
-		return b + khEnd + "\n"
+		return b + hostkeys.End + "\n"
 	}
 	adminOnly := block(map[string]string{"web1": "web1,web1.example,10.0.0.1", "web2": "web2,web2.example,10.0.0.2", "web3": "web3,web3.example,10.0.0.3"})
 	// What a sync before this fix entered: what web2 said of itself.
 	old := block(map[string]string{"web1": "web1,web1.example", "web2": "web2,github.com,10.0.0.1,10.0.0.2,203.0.113.9", "web3": "web3,10.0.0.3"})
-	own := "github.com " + keyText(khEd25519(t)) + "\n"
+	own := "github.com " + hostkeys.KeyText(khEd25519(t)) + "\n"
 	if err := os.MkdirAll(filepath.Join(f.dir, ".ssh"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -867,7 +607,7 @@ func testKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T, f *khFleet) {
 		t.Fatal(err)
 	}
 	for _, r := range f.hosts {
-		if err := os.WriteFile(r.h.Sys.Path(systemKnownHosts), []byte(old), 0o644); err != nil {
+		if err := os.WriteFile(r.h.Sys.Path(hostkeys.SystemFile), []byte(old), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -981,7 +721,7 @@ func FuzzParseHostKeyReport(f *testing.F) {
 	ed := khEd25519(f)
 	f.Add(khReport(f, "web2", []string{"web2", "github.com"}, []string{"10.0.0.2", "203.0.113.9"}, ed), false)
 	f.Add(khReport(f, "web2", []string{"web1", "WEB2.example.com", "*", "|1|x|y"}, []string{"10.0.0.1", "::ffff:1.2.3.4", "fe80::1%eth0"}, ed, khECDSA(f)), true)
-	f.Add([]byte(`{"type":"ssh-ed25519","key":"`+keyText(ed)+`","names":["a","a"],"addrs":[]}`+"\n{"), false)
+	f.Add([]byte(`{"type":"ssh-ed25519","key":"`+hostkeys.KeyText(ed)+`","names":["a","a"],"addrs":[]}`+"\n{"), false)
 	f.Add([]byte("null\n[]\n\"x\""), true)
 	const domain = "example.com"
 	w := &sera.KnownWatcher{Name: "web2", Addrs: []string{"10.0.0.2", "web2.lan"}}
@@ -996,13 +736,13 @@ func FuzzParseHostKeyReport(f *testing.F) {
 		}
 		types := map[string]bool{}
 		for _, k := range h.keys {
-			if checkHostKey(k) != nil || types[k.Type()] {
+			if hostkeys.CheckKey(k) != nil || types[k.Type()] {
 				t.Fatalf("key %s accepted", k.Type())
 			}
 			types[k.Type()] = true
 		}
 		for _, n := range h.reported {
-			if c, err := parseHostName(n); err != nil || c != n || n == h.name || slices.Contains(h.admin, n) {
+			if c, err := hostkeys.ParseHostName(n); err != nil || c != n || n == h.name || slices.Contains(h.admin, n) {
 				t.Fatalf("reported name %q: %v", n, err)
 			}
 		}
@@ -1014,7 +754,7 @@ func FuzzParseHostKeyReport(f *testing.F) {
 		if len(set.entries) != 1 {
 			t.Fatalf("%d entries", len(set.entries))
 		}
-		for _, n := range set.entries[0].names() {
+		for _, n := range set.entries[0].Names() {
 			switch {
 			case n == "web2", slices.Contains(h.admin, n):
 			case !accept:

@@ -11,6 +11,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/host/hostkeys"
 )
 
 func newWatchersCmd(o *cli.Options) *cobra.Command {
@@ -47,7 +48,7 @@ NAME.SERA_DOMAIN, never for names the host reports of itself.`,
 			// refused here.
 			var canon []string
 			for _, a := range cli.SplitAll(addrs) {
-				n, err := parseHostName(a)
+				n, err := hostkeys.ParseHostName(a)
 				if err != nil {
 					return cli.UsageErr("invalid --addr: %v", err)
 				}

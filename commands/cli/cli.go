@@ -48,15 +48,29 @@ func (e *ExitError) Unwrap() error { return e.Err }
 // ErrUsage marks errors in flags or arguments (exit status 2).
 var ErrUsage = errors.New("usage error")
 
-type usageError struct{ msg string }
+type usageError struct {
+	msg string
+	err error
+}
 
 func (e *usageError) Error() string        { return e.msg }
 func (e *usageError) Is(target error) bool { return target == ErrUsage }
+func (e *usageError) Unwrap() error        { return e.err }
 
 // UsageErr is an error in flags or arguments: exit status 2, and on a
 // host a refusal before anything ran.
 func UsageErr(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// AsUsage marks err, a domain's refusal of the caller's input (a bad key,
+// name or entry), as a usage error, its message and chain unchanged. nil
+// stays nil.
+func AsUsage(err error) error {
+	if err == nil || errors.Is(err, ErrUsage) {
+		return err
+	}
+	return &usageError{msg: err.Error(), err: err}
 }
 
 // ExitCode maps an error from the command tree to the process exit status
