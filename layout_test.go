@@ -29,6 +29,7 @@ var importRules = []struct {
 	{"safefile", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host", []string{"safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/sshkeys", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"host/firewall", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/hostkeys", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/sudo", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/accounts", []string{"host", "host/sshkeys", "host/sudo", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
@@ -37,7 +38,7 @@ var importRules = []struct {
 	{"install", []string{"", "crypto", "transport", "safefile", "settings", "plan", "host"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"commands/cli", []string{"", "crypto", "transport", "safefile", "settings", "host", "plan"}, []string{"github.com/aws/"}},
 	{"commands/admin", []string{"commands/cli", "", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host"}, nil},
-	{"commands", []string{"commands/cli", "commands/admin", "", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host", "host/accounts", "host/hostkeys", "host/sshkeys", "host/sudo"}, nil},
+	{"commands", []string{"commands/cli", "commands/admin", "", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host", "host/accounts", "host/firewall", "host/hostkeys", "host/sshkeys", "host/sudo"}, nil},
 	{"hosttest", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/host/firewall"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport/spool"
 )
@@ -205,9 +206,9 @@ func mustAllow(t *testing.T, h *Host, argv ...string) string {
 	return string(res.Stdout)
 }
 
-func readAllowState(t *testing.T, h *Host) *allowState {
+func readAllowState(t *testing.T, h *Host) *firewall.State {
 	t.Helper()
-	st, err := h.loadAllowState()
+	st, err := firewallOf(h).Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,36 +292,6 @@ func TestParseSource(t *testing.T) {
 	}
 }
 
-func TestParseShowAdded(t *testing.T) {
-	out := `Added user rules (see 'ufw status' for running firewall):
-ufw allow 22/tcp
-ufw allow from 10.1.1.1 to any port 22 proto tcp
-ufw allow from 10.2.0.0/16 to any port 22 proto udp comment 'office'
-ufw allow from 2001:db8::1 to any port 443 proto tcp comment 'sera 0123456789abcdef until 2026-11-23T10:00:20Z'
-ufw allow in on eth0 from 10.3.3.3 to any port 22 proto tcp
-ufw deny from 10.4.4.4 to any port 22 proto tcp
-ufw allow from 10.5.5.5 to any port 22
-ufw allow from 10.6.6.6 to 10.0.0.1 port 22 proto tcp
-ufw allow from 10.7.7.7 to any port 22 proto tcp comment 'it''s'
-`
-	got := parseShowAdded([]byte(out))
-	want := []ufwRule{
-		{allowSpec{"10.1.1.1", 22, "tcp"}, ""},
-		{allowSpec{"10.2.0.0/16", 22, "udp"}, "office"},
-		{allowSpec{"2001:db8::1", 443, "tcp"}, "sera 0123456789abcdef until 2026-11-23T10:00:20Z"},
-		{allowSpec{"10.7.7.7", 22, "tcp"}, "it''s"},
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("rules:\n%+v\nwant\n%+v", got, want)
-	}
-	if id := got[2].seraID(); id != "0123456789abcdef" {
-		t.Errorf("sera id %q", id)
-	}
-	if id := got[1].seraID(); id != "" {
-		t.Errorf("hand-made rule has sera id %q", id)
-	}
-}
-
 // Every bad input is refused by the watcher's own validation (Resolve),
 // before anything runs.
 func TestAllowResolve(t *testing.T) {
@@ -393,7 +364,7 @@ func TestAllowResolve(t *testing.T) {
 	if res.Status != cli.ExitUsage || !strings.Contains(string(res.Stderr), "SERA_ALLOW_MAX") {
 		t.Errorf("run with --for over the max: status %d, stderr %s", res.Status, res.Stderr)
 	}
-	if _, err := os.Stat(h.allowStatePath()); !os.IsNotExist(err) {
+	if _, err := os.Stat(firewallOf(h).StatePath()); !os.IsNotExist(err) {
 		t.Errorf("state file written by refused requests: %v", err)
 	}
 }
@@ -412,7 +383,7 @@ func TestAllowOpenExtendExpire(t *testing.T) {
 		t.Errorf("dry run:\n%s", out)
 	}
 	checkUFWCalls(t, f, "ufw status", "ufw show added")
-	if _, err := os.Stat(h.allowStatePath()); !os.IsNotExist(err) {
+	if _, err := os.Stat(firewallOf(h).StatePath()); !os.IsNotExist(err) {
 		t.Errorf("dry run wrote the state: %v", err)
 	}
 	if len(f.rules) != 0 {
@@ -435,7 +406,7 @@ func TestAllowOpenExtendExpire(t *testing.T) {
 	if o.Source != "203.0.113.7" || o.Port != 22 || o.Proto != "tcp" || !o.Owned || !o.Expires.Equal(allowT0.Add(20*time.Second)) || o.By != "admin" {
 		t.Errorf("opening %+v", o)
 	}
-	if fi, err := os.Stat(h.allowStatePath()); err != nil || fi.Mode().Perm() != 0o600 {
+	if fi, err := os.Stat(firewallOf(h).StatePath()); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("state file: %v, %v", fi.Mode(), err)
 	}
 	if got := f.showAdded(); !strings.Contains(got, "ufw allow "+spec+" comment '"+comment+"'\n") {
@@ -467,7 +438,7 @@ func TestAllowOpenExtendExpire(t *testing.T) {
 		t.Errorf("shorter allow:\n%s", out)
 	}
 	checkUFWCalls(t, f, "ufw status", "ufw show added")
-	if after := readAllowState(t, h); !slices.EqualFunc(before.Openings, after.Openings, func(a, b *opening) bool { return *a == *b }) {
+	if after := readAllowState(t, h); !slices.EqualFunc(before.Openings, after.Openings, func(a, b *firewall.Opening) bool { return *a == *b }) {
 		t.Errorf("state changed: %+v", after.Openings[0])
 	}
 
@@ -477,7 +448,7 @@ func TestAllowOpenExtendExpire(t *testing.T) {
 		t.Errorf("list:\n%s", out)
 	}
 	out = mustAllow(t, h, "allow", "--list", "--json")
-	var info openingInfo
+	var info firewall.OpeningInfo
 	if err := json.Unmarshal([]byte(out), &info); err != nil || info.SecondsLeft != 20 || info.Rule != "sera" || info.ID != o.ID || !info.Owned {
 		t.Errorf("list --json: %s (%v)", out, err)
 	}
@@ -656,7 +627,7 @@ func TestHousekeeperAfterRestart(t *testing.T) {
 func TestHousekeeperCorruptState(t *testing.T) {
 	h, f, clock := newAllowHost(t)
 	mustAllow(t, h, "allow", "--for=20s", "--", "203.0.113.7")
-	if err := os.WriteFile(h.allowStatePath(), []byte("{not json"), 0o600); err != nil {
+	if err := os.WriteFile(firewallOf(h).StatePath(), []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	hk := Housekeeper(h, nil)
@@ -670,7 +641,7 @@ func TestHousekeeperCorruptState(t *testing.T) {
 	if len(f.rules) != 0 {
 		t.Errorf("rules: %+v", f.rules)
 	}
-	if b, _ := os.ReadFile(h.allowStatePath()); string(b) != "{not json" {
+	if b, _ := os.ReadFile(firewallOf(h).StatePath()); string(b) != "{not json" {
 		t.Errorf("corrupt state rewritten: %q", b)
 	}
 	if !strings.Contains(logBuf.String(), "is corrupt") {
@@ -686,12 +657,12 @@ func TestAllowUFWNotUsable(t *testing.T) {
 	h, f, _ := newAllowHost(t)
 	f.inactive = true
 	res := runAllow(h, "allow", "--", "203.0.113.7")
-	if res.Status != cli.ExitFailure || !strings.Contains(string(res.Stderr), "ufw is inactive on this host; nothing was changed") ||
+	if res.Status != cli.ExitFailure || !strings.Contains(string(res.Stderr), "ufw is inactive on this host (sera never enables ufw") ||
 		!strings.Contains(string(res.Stderr), "sera never enables ufw") {
 		t.Errorf("inactive: %d %s", res.Status, res.Stderr)
 	}
 	checkUFWCalls(t, f, "ufw status")
-	if _, err := os.Stat(h.allowStatePath()); !os.IsNotExist(err) {
+	if _, err := os.Stat(firewallOf(h).StatePath()); !os.IsNotExist(err) {
 		t.Errorf("state written: %v", err)
 	}
 
@@ -727,7 +698,7 @@ func TestDisallow(t *testing.T) {
 	mustAllow(t, h, "allow", "--for=1h", "--port=53", "--proto=udp", "--", "203.0.113.7")
 	mustAllow(t, h, "allow", "--for=1h", "--", "198.51.100.9")
 	st := readAllowState(t, h)
-	comment443 := st.find(allowSpec{"203.0.113.7", 443, "tcp"}).comment()
+	comment443 := st.Find(firewall.Spec{Source: "203.0.113.7", Port: 443, Proto: "tcp"}).Comment()
 
 	// --dry-run: the exact command, nothing done.
 	f.reset()
