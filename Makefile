@@ -4,7 +4,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS   := -X main.version=$(VERSION)
 NPM_DIR   := transport/sqs/testdata/npm
-FUZZ_PKGS := ./crypto/ . ./settings/ ./commands/ ./host/accounts/ ./host/sshkeys/ ./host/firewall/ ./host/hostkeys/ ./host/sudo/
+FUZZ_PKGS := ./crypto/ . ./settings/ ./commands/ ./commands/admin/ ./host/accounts/ ./host/sshkeys/ ./host/firewall/ ./host/hostkeys/ ./host/sudo/
 
 .PHONY: all build test test-load unit fuzz fuzz-short deps lint fmt-check vet bench demo clean deb
 

@@ -37,7 +37,7 @@ var importRules = []struct {
 	{"settings", []string{"", "crypto", "transport", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"install", []string{"", "crypto", "transport", "safefile", "settings", "plan", "host"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"commands/cli", []string{"", "crypto", "transport", "safefile", "settings", "host", "plan"}, []string{"github.com/aws/"}},
-	{"commands/admin", []string{"commands/cli", "", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host"}, nil},
+	{"commands/admin", []string{"commands/cli", "host/hostkeys", "", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host"}, nil},
 	{"commands", []string{"commands/cli", "commands/admin", "", "crypto", "transport", "transport/spool", "transport/sqs", "install", "safefile", "settings", "plan", "host", "host/accounts", "host/firewall", "host/hostkeys", "host/sshkeys", "host/sudo"}, nil},
 	{"hosttest", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 }

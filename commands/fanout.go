@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
-	"github.com/sera-dev/sera/transport"
 )
 
 // targetsHelp ends the help of every host command.
@@ -29,122 +27,6 @@ host's lines prefixed "HOST: " as they arrive (--json: one object per host),
 then a summary on stderr. --max-concurrency and --max-errors pace a large
 fleet; --timeout is each host's time to answer, --exec-timeout the command's
 time to run.`
-
-// targetFlags are the selectors of the watchers a command goes to:
-// --to names and globs, --group, --all.
-type targetFlags struct {
-	to     []string
-	groups []string
-	all    bool
-}
-
-func (tf *targetFlags) add(fs *pflag.FlagSet, verb string) []string {
-	fs.StringSliceVar(&tf.to, "to", nil, verb+" these watchers: names or globs, comma-separated or repeated")
-	fs.StringArrayVar(&tf.groups, "group", nil, verb+" the watchers of this group (repeatable)")
-	fs.BoolVar(&tf.all, "all", false, verb+" every known watcher")
-	return []string{"to", "group", "all"}
-}
-
-// set reports whether any selector was given.
-func (tf *targetFlags) set() bool { return len(tf.to) > 0 || len(tf.groups) > 0 || tf.all }
-
-// single reports whether the selectors name exactly one watcher by its
-// name, no glob: the form whose output is the remote command's own, with
-// its exit status. Every other form may select several watchers, so its
-// output is per host whatever number it matched, and scripts see one
-// shape.
-func (tf *targetFlags) single() bool {
-	return len(tf.to) == 1 && len(tf.groups) == 0 && !tf.all && !strings.ContainsAny(tf.to[0], `*?[\`)
-}
-
-// resolve selects the known watchers the selectors name, sorted by name
-// (the order they are sent a paced request in), and the signed target.
-// An exact name that is not known, a glob that matches nothing or a group
-// with no known member is an error naming them all.
-func (tf *targetFlags) resolve(kw *sera.KnownWatchers) ([]*sera.KnownWatcher, sera.Target, error) {
-	var target sera.Target
-	if tf.all && (len(tf.to) > 0 || len(tf.groups) > 0) {
-		return nil, target, cli.UsageErr("--all excludes --to and --group")
-	}
-	selected := map[string]*sera.KnownWatcher{}
-	var unknown []string
-	for _, sel := range tf.to {
-		if _, err := path.Match(sel, ""); err != nil || sel == "" {
-			return nil, target, cli.UsageErr("invalid --to %q: not a name or glob", sel)
-		}
-		if !slices.Contains(target.Names, sel) {
-			target.Names = append(target.Names, sel)
-		}
-		matched := false
-		for _, w := range kw.Watchers {
-			if ok, _ := path.Match(sel, w.Name); ok {
-				matched = true
-				selected[w.Name] = w
-			}
-		}
-		if !matched {
-			unknown = append(unknown, sel)
-		}
-	}
-	var noMembers []string
-	for _, g := range tf.groups {
-		if err := sera.CheckName(g); err != nil {
-			return nil, target, cli.UsageErr("invalid --group %q: %v", g, err)
-		}
-		if !slices.Contains(target.Groups, g) {
-			target.Groups = append(target.Groups, g)
-		}
-		matched := false
-		for _, w := range kw.Watchers {
-			if slices.Contains(w.Groups, g) {
-				matched = true
-				selected[w.Name] = w
-			}
-		}
-		if !matched {
-			noMembers = append(noMembers, g)
-		}
-	}
-	if tf.all {
-		target.All = true
-		for _, w := range kw.Watchers {
-			selected[w.Name] = w
-		}
-	}
-	var problems []string
-	if len(unknown) > 0 {
-		problems = append(problems, "unknown watcher "+strings.Join(unknown, ", ")+": not in known_watchers (add it with 'sera watchers add NAME PUBKEY')")
-	}
-	if len(noMembers) > 0 {
-		problems = append(problems, "no known watcher in group "+strings.Join(noMembers, ", ")+" (see 'sera watchers list')")
-	}
-	if len(problems) > 0 {
-		return nil, target, cli.UsageErr("%s", strings.Join(problems, "; "))
-	}
-	if len(selected) == 0 {
-		return nil, target, cli.UsageErr("no watchers known: add them with 'sera watchers add NAME PUBKEY'")
-	}
-	out := make([]*sera.KnownWatcher, 0, len(selected))
-	for _, w := range selected {
-		out = append(out, w)
-	}
-	slices.SortFunc(out, func(a, b *sera.KnownWatcher) int { return strings.Compare(a.Name, b.Name) })
-	return out, target, nil
-}
-
-// topic is the SNS topic whose subscribers are exactly the selected
-// watchers, when the selectors are one group or --all; "" otherwise.
-func (tf *targetFlags) topic(prefix string) string {
-	switch {
-	case len(tf.to) > 0:
-		return ""
-	case tf.all:
-		return transport.AllTopic(prefix)
-	case len(tf.groups) == 1:
-		return transport.GroupTopic(prefix, tf.groups[0])
-	}
-	return ""
-}
 
 // fanoutFlags steer how a request goes out to several watchers and how
 // their results come back.
@@ -324,8 +206,8 @@ func (p *fanoutPrinter) event(e sera.Event) {
 				res.Stdout = &s
 			}
 		} else {
-			prefixLines(p.stdout, name, r.Stdout)
-			prefixLines(p.stderr, name, r.Stderr)
+			cli.PrefixLines(p.stdout, name, r.Stdout)
+			cli.PrefixLines(p.stderr, name, r.Stderr)
 		}
 	case sera.EventTimedOut:
 		res.Result, res.Error = "timeout", fmt.Sprintf("no reply within %s", p.timeout)

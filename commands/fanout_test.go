@@ -52,30 +52,30 @@ func TestTargetResolve(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		tf     targetFlags
+		tf     cli.Targets
 		want   []string
 		target sera.Target
 		err    string
 	}{
-		{name: "names and globs, sorted, once each", tf: targetFlags{to: []string{"web*", "db1", "web1"}},
+		{name: "names and globs, sorted, once each", tf: cli.Targets{To: []string{"web*", "db1", "web1"}},
 			want: []string{"db1", "web1", "web2"}, target: sera.Target{Names: []string{"web*", "db1", "web1"}}},
-		{name: "one group", tf: targetFlags{groups: []string{"web"}},
+		{name: "one group", tf: cli.Targets{Groups: []string{"web"}},
 			want: []string{"web1", "web2"}, target: sera.Target{Groups: []string{"web"}}},
-		{name: "two groups", tf: targetFlags{groups: []string{"eu", "db", "eu"}},
+		{name: "two groups", tf: cli.Targets{Groups: []string{"eu", "db", "eu"}},
 			want: []string{"db1", "web2"}, target: sera.Target{Groups: []string{"eu", "db"}}},
-		{name: "group and name", tf: targetFlags{to: []string{"lb1"}, groups: []string{"db"}},
+		{name: "group and name", tf: cli.Targets{To: []string{"lb1"}, Groups: []string{"db"}},
 			want: []string{"db1", "lb1"}, target: sera.Target{Names: []string{"lb1"}, Groups: []string{"db"}}},
-		{name: "all", tf: targetFlags{all: true},
+		{name: "all", tf: cli.Targets{All: true},
 			want: []string{"db1", "lb1", "web1", "web2"}, target: sera.Target{All: true}},
-		{name: "unknown names and empty groups, all listed", tf: targetFlags{to: []string{"web1", "nope", "x*"}, groups: []string{"web", "mail"}},
+		{name: "unknown names and empty groups, all listed", tf: cli.Targets{To: []string{"web1", "nope", "x*"}, Groups: []string{"web", "mail"}},
 			err: "unknown watcher nope, x*: not in known_watchers (add it with 'sera watchers add NAME PUBKEY'); no known watcher in group mail"},
-		{name: "bad glob", tf: targetFlags{to: []string{"web["}}, err: `invalid --to "web["`},
-		{name: "bad group", tf: targetFlags{groups: []string{"Web/1"}}, err: `invalid --group "Web/1"`},
-		{name: "all and more", tf: targetFlags{all: true, groups: []string{"web"}}, err: "--all excludes --to and --group"},
+		{name: "bad glob", tf: cli.Targets{To: []string{"web["}}, err: `invalid --to "web["`},
+		{name: "bad group", tf: cli.Targets{Groups: []string{"Web/1"}}, err: `invalid --group "Web/1"`},
+		{name: "all and more", tf: cli.Targets{All: true, Groups: []string{"web"}}, err: "--all excludes --to and --group"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, target, err := tt.tf.resolve(kw)
+			got, target, err := tt.tf.Resolve(kw)
 			if !checkUsageErr(t, err, tt.err) {
 				return
 			}
@@ -96,31 +96,31 @@ func TestTargetResolve(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err := (&targetFlags{all: true}).resolve(&sera.KnownWatchers{}); !errors.Is(err, cli.ErrUsage) {
+	if _, _, err := (&cli.Targets{All: true}).Resolve(&sera.KnownWatchers{}); !errors.Is(err, cli.ErrUsage) {
 		t.Errorf("--all with no known watchers: %v", err)
 	}
 }
 
 func TestTargetShape(t *testing.T) {
 	tests := []struct {
-		tf     targetFlags
+		tf     cli.Targets
 		single bool
 		topic  string
 	}{
-		{targetFlags{to: []string{"web1"}}, true, ""},
-		{targetFlags{to: []string{"web*"}}, false, ""},
-		{targetFlags{to: []string{"web[12]"}}, false, ""},
-		{targetFlags{to: []string{"web1", "web2"}}, false, ""},
-		{targetFlags{groups: []string{"web"}}, false, "sera-g-web"},
-		{targetFlags{groups: []string{"web", "db"}}, false, ""},
-		{targetFlags{to: []string{"lb1"}, groups: []string{"web"}}, false, ""},
-		{targetFlags{all: true}, false, "sera-all"},
+		{cli.Targets{To: []string{"web1"}}, true, ""},
+		{cli.Targets{To: []string{"web*"}}, false, ""},
+		{cli.Targets{To: []string{"web[12]"}}, false, ""},
+		{cli.Targets{To: []string{"web1", "web2"}}, false, ""},
+		{cli.Targets{Groups: []string{"web"}}, false, "sera-g-web"},
+		{cli.Targets{Groups: []string{"web", "db"}}, false, ""},
+		{cli.Targets{To: []string{"lb1"}, Groups: []string{"web"}}, false, ""},
+		{cli.Targets{All: true}, false, "sera-all"},
 	}
 	for _, tt := range tests {
-		if got := tt.tf.single(); got != tt.single {
+		if got := tt.tf.Single(); got != tt.single {
 			t.Errorf("%+v: single %v", tt.tf, got)
 		}
-		if got := tt.tf.topic("sera"); got != tt.topic {
+		if got := tt.tf.Topic("sera"); got != tt.topic {
 			t.Errorf("%+v: topic %q, want %q", tt.tf, got, tt.topic)
 		}
 	}

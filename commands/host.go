@@ -51,7 +51,7 @@ type hostTree struct {
 	// that turn one permission into another ask it (callerMay).
 	caller *sera.KnownClient
 
-	target targetFlags
+	target cli.Targets
 	fan    fanoutFlags
 	local  bool
 }
@@ -68,7 +68,7 @@ func (t *hostTree) commands() []*cobra.Command {
 
 func (t *hostTree) addClientFlags(c *cobra.Command) {
 	pf := c.PersistentFlags()
-	names := t.target.add(pf, "run on")
+	names := t.target.Add(pf, "run on")
 	names = append(names, t.fan.add(pf)...)
 	pf.BoolVar(&t.local, "local", false, "run on this machine, in-process, instead of on a watcher")
 	names = append(names, "local")
@@ -119,10 +119,10 @@ func (t *hostTree) leafPrepared(c *cobra.Command, localByDefault bool, prepare p
 		if t.host != nil {
 			return run(ctx, t.host, c.OutOrStdout(), c.ErrOrStderr(), args)
 		}
-		if t.local && t.target.set() {
+		if t.local && t.target.Set() {
 			return cli.UsageErr("--local excludes --to, --group and --all")
 		}
-		if !t.target.set() && !t.local && !localByDefault {
+		if !t.target.Set() && !t.local && !localByDefault {
 			return cli.UsageErr("no target: give --to HOST, --group GROUP or --all, or --local to run it on this machine")
 		}
 		if prepare != nil {
@@ -131,7 +131,7 @@ func (t *hostTree) leafPrepared(c *cobra.Command, localByDefault bool, prepare p
 				return err
 			}
 		}
-		if t.target.set() {
+		if t.target.Set() {
 			return t.runRemote(c, args)
 		}
 		h, err := t.localHost()
@@ -192,7 +192,7 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	selected, target, err := t.target.resolve(kw)
+	selected, target, err := t.target.Resolve(kw)
 	if err != nil {
 		return err
 	}
@@ -216,10 +216,10 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 		return err
 	}
 	if useSNS && !t.fan.direct {
-		job.Topic = t.target.topic(cfg.Get(settings.KeyPrefix))
+		job.Topic = t.target.Topic(cfg.Get(settings.KeyPrefix))
 	}
 	stdout, stderr := c.OutOrStdout(), c.ErrOrStderr()
-	if t.target.single() && !(asJSON && clientJSON) {
+	if t.target.Single() && !(asJSON && clientJSON) {
 		// One host by name: its output as is, its exit status.
 		job.OnEvent = func(e sera.Event) {
 			if e.Kind == sera.EventReply {
@@ -261,7 +261,7 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	if t.target.single() && len(out.Replies) == 1 && out.Replies[0].Reply.Status != 0 {
+	if t.target.Single() && len(out.Replies) == 1 && out.Replies[0].Reply.Status != 0 {
 		// --json for one host by name: still its exit status.
 		return &cli.ExitError{Code: out.Replies[0].Reply.Status}
 	}
@@ -286,18 +286,6 @@ func singleOutcome(stderr io.Writer, out *sera.Outcome, timeout time.Duration) e
 		return &cli.ExitError{Code: s}
 	}
 	return nil
-}
-
-func prefixLines(w io.Writer, name string, b []byte) {
-	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
-		if len(line) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "%s: %s", name, line)
-		if line[len(line)-1] != '\n' {
-			fmt.Fprintln(w)
-		}
-	}
 }
 
 // Handler runs host commands inside the watcher. Each request gets a fresh

@@ -200,7 +200,7 @@ func testEnv(t *testing.T) settings.Env {
 
 func TestPrefixLines(t *testing.T) {
 	var b bytes.Buffer
-	prefixLines(&b, "web1", []byte("a\nb\n\nno newline"))
+	cli.PrefixLines(&b, "web1", []byte("a\nb\n\nno newline"))
 	if want := "web1: a\nweb1: b\nweb1: \nweb1: no newline\n"; b.String() != want {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}

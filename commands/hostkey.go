@@ -14,7 +14,6 @@ import (
 
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host/hostkeys"
-	"github.com/sera-dev/sera/plan"
 )
 
 // editKnownHosts edits sera's block of the host's ssh_known_hosts.
@@ -25,16 +24,7 @@ func (h *Host) editKnownHosts(ctx context.Context, out, errOut io.Writer, dryRun
 	}
 	defer unlock()
 	k := &hostkeys.Path{Show: hostkeys.SystemFile, File: h.Sys.Path(hostkeys.SystemFile), Mode: 0o644, DirMode: 0o755}
-	return editKnownHostsFile(ctx, k, out, errOut, dryRun, noChange, change)
-}
-
-// editKnownHostsFile plans the edit of k by change and executes it (or
-// with dryRun shows it); an error before the write changed nothing.
-func editKnownHostsFile(ctx context.Context, k *hostkeys.Path, out, errOut io.Writer, dryRun bool, noChange string, change func(*hostkeys.File) error) error {
-	return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
-		p, err := k.Plan(errOut, change)
-		return p, noChange, err
-	})
+	return k.Edit(ctx, out, errOut, dryRun, noChange, change)
 }
 
 func (t *hostTree) hostkeyCmd() *cobra.Command {
@@ -122,7 +112,7 @@ hosts can reach (not loopback or link-local). --name and --addr replace them.`,
 		for _, k := range keys {
 			switch {
 			case asJSON:
-				json.NewEncoder(out).Encode(reportedKey{Host: h.Name, Names: khNonNil(ns), Addrs: khNonNil(as), Type: k.Key.Type(),
+				json.NewEncoder(out).Encode(hostkeys.Report{Host: h.Name, Names: cli.NonNil(ns), Addrs: cli.NonNil(as), Type: k.Key.Type(),
 					Fingerprint: ssh.FingerprintSHA256(k.Key), Key: hostkeys.KeyText(k.Key), File: k.File})
 			case asKnownHosts:
 				if len(all) == 0 {
@@ -142,13 +132,6 @@ func khList(s []string) string {
 		return "-"
 	}
 	return strings.Join(s, ", ")
-}
-
-func khNonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }
 
 // trustArgs parses "NAME[,ADDR…] KEY…".

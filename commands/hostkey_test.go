@@ -112,10 +112,10 @@ func TestHostkeyList(t *testing.T) {
 	}
 
 	out = hkMustRun(t, r.h, "hostkey", "list", "--json=true")
-	var got []reportedKey
+	var got []hostkeys.Report
 	dec := json.NewDecoder(strings.NewReader(out))
 	for dec.More() {
-		var k reportedKey
+		var k hostkeys.Report
 		if err := dec.Decode(&k); err != nil {
 			t.Fatal(err)
 		}

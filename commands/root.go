@@ -38,13 +38,7 @@ each host, over AWS SQS or a local spool directory, and collects the replies.
 	root.CompletionOptions.HiddenDefaultCmd = true
 
 	root.AddCommand(
-		newWatchersCmd(o),
 		newWatchCmd(o),
-		newKnownHostsCmd(o),
-		newProvisionCmd(o),
-		newWatcherCmd(o),
-		newClientCmd(o),
-		newPolicyCmd(o),
 	)
 	root.AddCommand(admin.Commands(o)...)
 	t := &hostTree{opts: o}

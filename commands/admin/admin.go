@@ -1,6 +1,7 @@
 // Package admin holds the commands an admin runs on a laptop or a host
-// that no watcher ever executes: keys and settings, the audit log, the
-// service installer. They are apart from package commands, whose host
+// that no watcher ever executes: keys and settings, the known watchers,
+// AWS provisioning, known-hosts sync, the audit log, the service
+// installer. They are apart from package commands, whose host
 // commands are the watcher's allowlist, so nothing here can be reached by
 // a request.
 package admin
@@ -22,5 +23,11 @@ func Commands(o *cli.Options) []*cobra.Command {
 		newInstallCmd(o),
 		newUninstallCmd(o),
 		newAuditCmd(o),
+		newWatchersCmd(o),
+		newKnownHostsCmd(o),
+		newProvisionCmd(o),
+		newWatcherCmd(o),
+		newClientCmd(o),
+		newPolicyCmd(o),
 	}
 }

@@ -127,3 +127,14 @@ func Lock(sys *host.System) (unlock func(), err error) {
 	}
 	return safefile.Lock(filepath.Join(dir, "known_hosts.lock"))
 }
+
+// Report is one line of 'hostkey list --json'.
+type Report struct {
+	Host        string   `json:"host"`
+	Names       []string `json:"names"`
+	Addrs       []string `json:"addrs"`
+	Type        string   `json:"type"`
+	Fingerprint string   `json:"fingerprint"`
+	Key         string   `json:"key"`
+	File        string   `json:"file,omitempty"`
+}

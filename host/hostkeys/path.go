@@ -94,3 +94,13 @@ func (k *Path) Plan(errOut io.Writer, change func(*File) error) (plan.Plan, erro
 	}
 	return p, nil
 }
+
+// Edit plans the edit of k by change and executes it (or with dryRun
+// shows it) on out; noChange is said when nothing differs. An error before
+// the write changed nothing (plan.Unchanged).
+func (k *Path) Edit(ctx context.Context, out, errOut io.Writer, dryRun bool, noChange string, change func(*File) error) error {
+	return plan.Build(ctx, out, dryRun, func() (plan.Plan, string, error) {
+		p, err := k.Plan(errOut, change)
+		return p, noChange, err
+	})
+}

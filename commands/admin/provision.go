@@ -1,4 +1,4 @@
-package commands
+package admin
 
 import (
 	"context"
@@ -16,7 +16,6 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/plan"
-	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
@@ -101,7 +100,7 @@ func provisionErr(err error) error {
 
 // runPlan executes (or with dryRun prints) p, after what was found as
 // wanted outside it.
-func runPlan(o *cli.Options, ctx context.Context, p plan.Plan, found []string, dryRun bool, noChange string) error {
+func runPlan(ctx context.Context, o *cli.Options, p plan.Plan, found []string, dryRun bool, noChange string) error {
 	p.Found = append(p.Found, found...)
 	return p.Execute(ctx, o.Stdout, dryRun, noChange)
 }
@@ -138,7 +137,7 @@ func newProvisionCmd(o *cli.Options) *cobra.Command {
 			if err != nil {
 				return provisionErr(err)
 			}
-			return runPlan(o, ctx, pl.Plan, nil, f.dryRun,
+			return runPlan(ctx, o, pl.Plan, nil, f.dryRun,
 				fmt.Sprintf("nothing to change: the IAM groups, their policies and topic %s are in place in %s", sqs.AllTopic(p.Prefix), p.Account.Region))
 		},
 	}
@@ -309,7 +308,7 @@ NAME' replaces a lost one.
 						})
 					})
 			}
-			if err := runPlan(o, ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
+			if err := runPlan(ctx, o, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
 				return err
 			}
 			if len(pl.Keys) > 0 {
@@ -391,7 +390,7 @@ them. AWS lets a deleted queue's name be used again after 60 seconds.
 					})
 				})
 			}
-			return runPlan(o, ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is not registered", name))
+			return runPlan(ctx, o, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is not registered", name))
 		},
 	}
 	f.add(c)
@@ -461,249 +460,11 @@ as 'sera config set' lines or, with --env-out, written to FILE (mode 0600).
 			if err != nil {
 				return rotateErr(err, "sera watcher rotate-key "+name)
 			}
-			return runPlan(o, ctx, pl.Plan, nil, f.dryRun, fmt.Sprintf("nothing to change: watcher %s has one access key", name))
+			return runPlan(ctx, o, pl.Plan, nil, f.dryRun, fmt.Sprintf("nothing to change: watcher %s has one access key", name))
 		},
 	}
 	f.add(c)
 	r.add(c)
 	c.Flags().StringVar(&envOut, "env-out", "", "write the new key to this env file (mode 0600) instead of printing it")
-	return c
-}
-
-func newClientCmd(o *cli.Options) *cobra.Command {
-	c := cli.Group(&cobra.Command{
-		Use:   "client",
-		Short: "Register this client on AWS: IAM user, access key, reply queue",
-	})
-	c.AddCommand(newClientRegisterCmd(o), newClientRotateCmd(o))
-	return c
-}
-
-// fanoutSettings make a client publish a request for a group or --all once
-// to the group's topic, which provisioning made, in the account p looked up.
-func fanoutSettings(p *sqs.Provisioner) [][2]string {
-	return [][2]string{{settings.KeyFanout, "sns"}, {settings.KeyAccount, p.Account.ID}}
-}
-
-// clientKeyWriter stores a new key in this client's settings, with the
-// transport and fan-out settings that go with it.
-func clientKeyWriter(o *cli.Options, cfg *settings.Config, p *sqs.Provisioner) func(context.Context, sqs.AccessKey) error {
-	return func(_ context.Context, k sqs.AccessKey) error {
-		settings := append([][2]string{
-			{settings.KeyTransport, settings.TransportSQS}, {settings.KeyRegion, p.Account.Region}, {settings.KeyPrefix, p.Prefix},
-		}, keySettings(k)...)
-		settings = append(settings, fanoutSettings(p)...)
-		err := safefile.MkdirPrivate(cfg.Home)
-		if err == nil {
-			err = mergeEnvFile(cfg.EnvFile, settings)
-		}
-		if err == nil {
-			fmt.Fprintf(o.Stdout, "wrote the new access key %s to %s (mode 0600)\n", k.ID, cfg.EnvFile)
-			return nil
-		}
-		fmt.Fprintf(o.Stdout, "# could not write %s; this client's settings, with its new access key (shown only now):\n%s\n",
-			cfg.EnvFile, configSetLine(settings))
-		return fmt.Errorf("failed to save the new access key (it is printed above): %w", err)
-	}
-}
-
-func newClientRegisterCmd(o *cli.Options) *cobra.Command {
-	var f awsFlags
-	var name string
-	c := &cobra.Command{
-		Use:   "register [--name NAME]",
-		Short: "Create this client's IAM user, reply queue and access key",
-		Long: `Register this client (the key 'sera keygen' made in SERA_HOME): IAM user
-P-c-<fingerprint> in group P-clients, tagged sera-name=NAME with --name; its
-reply queue P-c-<fingerprint> (retention longer than a request's lifetime,
-server-side encryption); and one access key, written with SERA_TRANSPORT=sqs,
-SERA_REGION, SERA_PREFIX, SERA_FANOUT=sns and SERA_ACCOUNT into this client's
-settings ($SERA_HOME/env, mode 0600), so that sera then runs with that key,
-not the admin's, and sends a request for a group or --all as one SNS publish
-to the group's topic. A re-run adds SERA_FANOUT and SERA_ACCOUNT to settings
-that lack them.
-
-AWS shows a key's secret only when it is made: a re-run does not make a
-second key; 'sera client rotate-key' replaces a lost one.
-` + provisionHelp,
-		Args: cli.UsageArgs(cobra.NoArgs),
-		RunE: func(c *cobra.Command, args []string) error {
-			if name != "" {
-				if err := sera.CheckName(name); err != nil {
-					return cli.UsageErr("invalid --name: %v", err)
-				}
-			}
-			ctx := cmdContext(c)
-			p, cfg, err := f.setup(ctx, o)
-			if err != nil {
-				return err
-			}
-			id, err := cli.LoadIdentity(cfg)
-			if err != nil {
-				return err
-			}
-			fp := id.Public().Fingerprint()
-			pl, err := p.Client(ctx, fp, name, clientKeyWriter(o, cfg, p))
-			if err != nil {
-				return provisionErr(err)
-			}
-			var found []string
-			steps := pl.Plan
-			lacking := false
-			if len(pl.Keys) > 0 {
-				ids := make([]string, len(pl.Keys))
-				for i, k := range pl.Keys {
-					ids[i] = k.ID
-				}
-				if cur := cfg.Lookup(settings.KeyAccessKey); slices.Contains(ids, cur.Value) {
-					found = append(found, fmt.Sprintf("access key %s in this client's settings (%s)", cur.Value, cur.Source))
-					// A client registered before SNS fan-out lacks its
-					// settings; a new key brings them (clientKeyWriter).
-					fan, err := planFanoutSettings(o, cfg, p, &steps)
-					if err != nil {
-						return err
-					}
-					found = append(found, fan...)
-				} else {
-					lacking = true
-				}
-			}
-			if err := runPlan(o, ctx, steps, found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
-				return err
-			}
-			if lacking {
-				fmt.Fprintf(o.Stdout, "note: IAM user %s has access key %s, which this client's settings lack; "+
-					"AWS showed its secret only when it was made. Run 'sera client rotate-key' for a new one.\n",
-					transport.ClientQueue(p.Prefix, fp), keyList(pl.Keys))
-			}
-			return nil
-		},
-	}
-	f.add(c)
-	c.Flags().StringVar(&name, "name", "", "a name for this client, tagged on its IAM user (sera-name)")
-	return c
-}
-
-// planFanoutSettings adds a step that writes the fan-out settings to the
-// client's env file when the file lacks them, or says they are there.
-func planFanoutSettings(o *cli.Options, cfg *settings.Config, p *sqs.Provisioner, steps *plan.Plan) (found []string, err error) {
-	file, err := settings.ReadEnvFile(cfg.EnvFile)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	want := fanoutSettings(p)
-	var kv []string
-	same := true
-	for _, s := range want {
-		kv = append(kv, s[0]+"="+s[1])
-		if v, ok := file.Get(s[0]); !ok || v != s[1] {
-			same = false
-		}
-	}
-	if same {
-		return []string{fmt.Sprintf("%s in %s", strings.Join(kv, " "), cfg.EnvFile)}, nil
-	}
-	steps.Add(fmt.Sprintf("write %s to %s", strings.Join(kv, " "), cfg.EnvFile), func(context.Context) error {
-		if err := safefile.MkdirPrivate(cfg.Home); err != nil {
-			return err
-		}
-		return mergeEnvFile(cfg.EnvFile, want)
-	})
-	return nil, nil
-}
-
-func newClientRotateCmd(o *cli.Options) *cobra.Command {
-	var f awsFlags
-	var r rotateFlags
-	c := &cobra.Command{
-		Use:   "rotate-key",
-		Short: "Replace this client's access key",
-		Long: `Replace this client's access key; the new one is written into its
-settings ($SERA_HOME/env, mode 0600).
-` + rotateHelp + "\n" + credentialsHelp + " See docs/aws.md.",
-		Args: cli.UsageArgs(cobra.NoArgs),
-		RunE: func(c *cobra.Command, args []string) error {
-			ctx := cmdContext(c)
-			p, cfg, err := f.setup(ctx, o)
-			if err != nil {
-				return err
-			}
-			id, err := cli.LoadIdentity(cfg)
-			if err != nil {
-				return err
-			}
-			user := transport.ClientQueue(p.Prefix, id.Public().Fingerprint())
-			pl, err := p.RotateKey(ctx, user, sqs.RotateOptions{KeepOld: r.keepOld, Finish: r.finish}, clientKeyWriter(o, cfg, p))
-			if err != nil {
-				return rotateErr(err, "sera client rotate-key")
-			}
-			return runPlan(o, ctx, pl.Plan, nil, f.dryRun, "nothing to change: this client has one access key")
-		},
-	}
-	f.add(c)
-	r.add(c)
-	return c
-}
-
-func newPolicyCmd(o *cli.Options) *cobra.Command {
-	c := cli.Group(&cobra.Command{
-		Use:   "policy",
-		Short: "Show the IAM policies sera's AWS keys get",
-	})
-	var f awsFlags
-	var role, account string
-	p := &cobra.Command{
-		Use:   "print [--role watcher|client]",
-		Short: "Print the exact JSON policy documents create-provider-keys puts",
-		Long: `Print the inline policies of the IAM groups P-watchers and P-clients as
-create-provider-keys puts them, for the account (--account, else STS
-GetCallerIdentity with the admin's credentials) and region. With --role,
-only that policy, as plain JSON. With --dry-run it makes no AWS call and
-shows ACCOUNT_ID where --account is not given.`,
-		Args: cli.UsageArgs(cobra.NoArgs),
-		RunE: func(c *cobra.Command, args []string) error {
-			if role != "" && role != "watcher" && role != "client" {
-				return cli.UsageErr("invalid --role %q: watcher or client", role)
-			}
-			ctx := cmdContext(c)
-			p, _, err := f.setup(ctx, o)
-			if err != nil {
-				return err
-			}
-			switch {
-			case account != "":
-				p.Account.ID = account
-			case f.dryRun:
-				p.Account.ID = "ACCOUNT_ID"
-			}
-			a, err := p.Lookup(ctx)
-			if err != nil {
-				return err
-			}
-			type doc struct{ group, name, json string }
-			docs := []doc{
-				{sqs.WatchersGroup(p.Prefix), sqs.WatcherPolicyName(p.Prefix), sqs.WatcherPolicy(a, p.Prefix).Indent()},
-				{sqs.ClientsGroup(p.Prefix), sqs.ClientPolicyName(p.Prefix), sqs.ClientPolicy(a, p.Prefix).Indent()},
-			}
-			switch role {
-			case "watcher":
-				docs = docs[:1]
-			case "client":
-				docs = docs[1:]
-			}
-			for _, d := range docs {
-				if role == "" {
-					fmt.Fprintf(o.Stdout, "# IAM group %s, inline policy %s\n", d.group, d.name)
-				}
-				fmt.Fprintln(o.Stdout, d.json)
-			}
-			return nil
-		},
-	}
-	f.add(p)
-	p.Flags().Lookup("dry-run").Usage = "make no AWS call (the account ID is --account or ACCOUNT_ID)"
-	p.Flags().StringVar(&role, "role", "", "watcher or client (default both)")
-	p.Flags().StringVar(&account, "account", "", "AWS account ID (default: ask STS)")
-	c.AddCommand(p)
 	return c
 }
