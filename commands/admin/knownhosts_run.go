@@ -255,7 +255,7 @@ func (s *knownHostsSync) recordAccepted(cfg *settings.Config, accepted map[strin
 		for _, n := range names {
 			w := kw.ByName(n)
 			if w == nil {
-				return "", fmt.Errorf("watcher %s left known_watchers while syncing; nothing was changed", n)
+				return "", fmt.Errorf("watcher %s left known_watchers while syncing", n)
 			}
 			for _, a := range accepted[n] {
 				if !slices.ContainsFunc(w.Addrs, func(x string) bool { return strings.EqualFold(x, a) }) {

@@ -75,8 +75,8 @@ func (fw *Firewall) PlanAllow(st *State, rules []Rule, s Spec, d time.Duration, 
 				o.Expires = cur.Expires
 			}
 			if !cur.Owned && o.Expires.Equal(cur.Expires) {
-				return plan.Plan{}, fmt.Sprintf("%s is already allowed by a ufw rule sera did not add (left in place); recorded until %s (%s left); nothing was changed",
-					s, cur.Expires.Format(time.RFC3339), FormatLeft(cur.Expires.Sub(now)))
+				return plan.Plan{}, fmt.Sprintf("%s is already allowed by a ufw rule sera did not add (left in place); recorded until %s (%s left); %s",
+					s, cur.Expires.Format(time.RFC3339), FormatLeft(cur.Expires.Sub(now)), plan.NothingChanged)
 			}
 		}
 		o.Owned = false
@@ -97,8 +97,8 @@ func (fw *Firewall) PlanAllow(st *State, rules []Rule, s Spec, d time.Duration, 
 			o.Expires = until
 		}
 		if !o.Expires.Before(want) && cur != nil && cur.ID == id && cur.Owned && o.Comment() == rule.comment {
-			return plan.Plan{}, fmt.Sprintf("%s is already open until %s (%s left); nothing was changed (sera never shortens an opening: close it with 'sera disallow')",
-				s, o.Expires.Format(time.RFC3339), FormatLeft(o.Expires.Sub(now)))
+			return plan.Plan{}, fmt.Sprintf("%s is already open until %s (%s left); %s (sera never shortens an opening: close it with 'sera disallow')",
+				s, o.Expires.Format(time.RFC3339), FormatLeft(o.Expires.Sub(now)), plan.NothingChanged)
 		}
 		was := o.Expires
 		o.Expires = laterOf(o.Expires, want)
@@ -208,7 +208,7 @@ func (fw *Firewall) PlanDisallow(st *State, rules []Rule, source string, port in
 	if proto != "" {
 		what += " (" + proto + ")"
 	}
-	noChange := fmt.Sprintf("no opening from %s on this host; nothing was changed", what)
+	noChange := fmt.Sprintf("no opening from %s on this host; %s", what, plan.NothingChanged)
 	if len(handMade) > 0 {
 		noChange += fmt.Sprintf(" (ufw has rules sera did not add, left alone: %s)", strings.Join(handMade, ", "))
 	}
