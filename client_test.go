@@ -335,6 +335,11 @@ func TestClientJammedReplyQueue(t *testing.T) {
 		}
 		sibling := foreignPart(t, web2.Identity, f.client.Public(), time.Now())
 		send(sibling)
+		// The spool hands out the oldest first, by send time; in fake time
+		// the junk and the reply would share one instant and their order
+		// would be the ids' random part. A second later, the reply comes
+		// after every part already queued, as it does on a real clock.
+		advance(time.Second)
 		start(t, f.w)
 		ping := func() {
 			t.Helper()
