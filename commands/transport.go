@@ -10,7 +10,8 @@ import (
 	"github.com/sera-dev/sera/transport/sqs"
 )
 
-// OpenTransport opens the transport SERA_TRANSPORT names.
+// OpenTransport opens the transport SERA_TRANSPORT names: one case per
+// kind of settings.Transports, the list the setting is checked against.
 func OpenTransport(ctx context.Context, cfg *settings.Config) (transport.Transport, error) {
 	switch t := cfg.Get(settings.KeyTransport); t {
 	case settings.TransportSpool:

@@ -46,8 +46,20 @@ const (
 	KeyDomain = "SERA_DOMAIN"
 )
 
-// Defaults of the 'sera allow' settings.
+// Defaults of the settings that have a fixed one; the table (All) shows
+// them as strings, computed from these.
 const (
+	// DefaultPrefix names every queue and topic: P-w-NAME, P-c-FP, P-all.
+	DefaultPrefix = "sera"
+	// DefaultTimeout is how long a client waits for replies.
+	DefaultTimeout = 60 * time.Second
+	// DefaultRequestTTL is a request's lifetime (expires_at - issued_at).
+	DefaultRequestTTL = 5 * time.Minute
+	// DefaultFanout sends a request for a group or --all to each watcher.
+	DefaultFanout = FanoutDirect
+	// DefaultSystemState is SERA_STATE of root and of --system.
+	DefaultSystemState = "/var/lib/sera"
+
 	// DefaultIPURL answers an HTTPS GET with the caller's public IPv4
 	// address and nothing else.
 	DefaultIPURL = "https://checkip.amazonaws.com"
@@ -63,38 +75,85 @@ const (
 // ErrUnknown is returned for a key that is not a sera setting.
 var ErrUnknown = errors.New("unknown setting")
 
-// Def describes one setting.
+// The values of SERA_FANOUT.
+const (
+	FanoutDirect = "direct"
+	FanoutSNS    = "sns"
+)
+
+// Def describes one setting: the one place its name, default, help and
+// check are spelled.
 type Def struct {
 	Key  string
 	Help string
+	// Default is the value when neither the environment nor the env file
+	// sets it, computed from the Go constant it mirrors; "" for none, or
+	// for a default that depends on the machine (Derived).
+	Default string
+	// Derived says how a default that depends on the environment or on
+	// an earlier setting is found, for people ("config list", man pages).
+	Derived string
 	// Secret settings are shown masked by "config list".
 	Secret bool
 	// check validates a value before it is stored or used.
 	check func(string) error
+	// derive computes a Derived default from the environment and the
+	// settings resolved before it.
+	derive func(env Env, system bool, c *Config) string
 }
 
 // All lists every setting sera reads, in the order "config list"
 // shows them.
 var All = []Def{
-	{Key: KeyHome, Help: "config directory (env, key, known_*); only from the environment"},
-	{Key: KeyState, Help: "watcher state: replay cache, audit log"},
-	{Key: KeyTransport, Help: strings.Join(Transports, " or "), check: oneOf(Transports...)},
-	{Key: KeySpool, Help: "spool directory shared by client and watcher"},
-	{Key: KeyName, Help: "this watcher's name", check: sera.CheckName},
+	{Key: KeyHome, Help: "config directory (env, key, known_*); only from the environment",
+		Derived: "/etc/sera for root and --system, else ~/.sera"},
+	{Key: KeyState, Help: "watcher state: replay cache, audit log",
+		Derived: DefaultSystemState + " for root and --system, else SERA_HOME/state",
+		derive: func(env Env, system bool, c *Config) string {
+			if env.IsRoot || system {
+				return DefaultSystemState
+			}
+			return filepath.Join(c.Home, "state")
+		}},
+	{Key: KeyTransport, Help: strings.Join(Transports, " or "), Default: Transports[0], check: oneOf(Transports...)},
+	{Key: KeySpool, Help: "spool directory shared by client and watcher", Derived: "SERA_STATE/spool",
+		derive: func(_ Env, _ bool, c *Config) string { return filepath.Join(c.Get(KeyState), "spool") }},
+	{Key: KeyName, Help: "this watcher's name", check: sera.CheckName, Derived: "the host name up to its first dot",
+		derive: func(env Env, _ bool, _ *Config) string {
+			short, _, _ := strings.Cut(env.Hostname, ".")
+			return short
+		}},
 	{Key: KeyGroups, Help: "this watcher's groups, comma-separated", check: sera.CheckGroups},
-	{Key: KeyPrefix, Help: "queue and topic name prefix", check: checkPrefix},
+	{Key: KeyPrefix, Help: "queue and topic name prefix", Default: DefaultPrefix, check: checkPrefix},
 	{Key: KeyRegion, Help: "AWS region; else the SDK's default chain"},
 	{Key: KeyAccessKey, Help: "AWS access key id; else the SDK's default chain"},
 	{Key: KeySecretKey, Help: "AWS secret access key; else the SDK's default chain", Secret: true},
-	{Key: KeyTimeout, Help: "how long a client waits for replies", check: checkDuration},
-	{Key: KeyRequestTTL, Help: "request lifetime (expires_at)", check: checkTTL},
-	{Key: KeyExecTimeout, Help: "watcher: the longest a command may run, and the limit for a request that names none; a command still running then is killed (exit status 124); at most 24h", check: checkExecTimeout},
-	{Key: KeyIPURL, Help: "client: HTTPS URL that answers with your public address, for 'allow' and 'disallow' without one", check: checkHTTPSURL},
-	{Key: KeyAllowDefault, Help: "watcher: how long an 'allow' opening lasts without --for (capped at SERA_ALLOW_MAX)", check: checkAllowLifetime},
-	{Key: KeyAllowMax, Help: "watcher: the longest --for 'allow' accepts (at most 720h)", check: checkAllowLifetime},
-	{Key: KeyFanout, Help: "client: how a request for a group or --all is delivered: sns publishes once to the group's topic, direct sends to each watcher's queue", check: oneOf("direct", "sns")},
+	{Key: KeyTimeout, Help: "how long a client waits for replies", Default: durationString(DefaultTimeout), check: checkDuration},
+	{Key: KeyRequestTTL, Help: "request lifetime (expires_at)", Default: durationString(DefaultRequestTTL), check: checkTTL},
+	{Key: KeyExecTimeout, Help: "watcher: the longest a command may run, and the limit for a request that names none; a command still running then is killed (exit status 124); at most 24h",
+		Default: durationString(sera.DefaultExecTimeout), check: checkExecTimeout},
+	{Key: KeyIPURL, Help: "client: HTTPS URL that answers with your public address, for 'allow' and 'disallow' without one", Default: DefaultIPURL, check: checkHTTPSURL},
+	{Key: KeyAllowDefault, Help: "watcher: how long an 'allow' opening lasts without --for (capped at SERA_ALLOW_MAX)", Default: durationString(DefaultAllowFor), check: checkAllowLifetime},
+	{Key: KeyAllowMax, Help: "watcher: the longest --for 'allow' accepts (at most 720h)", Default: durationString(DefaultAllowMax), check: checkAllowLifetime},
+	{Key: KeyFanout, Help: "client: how a request for a group or --all is delivered: sns publishes once to the group's topic, direct sends to each watcher's queue",
+		Default: DefaultFanout, check: oneOf(FanoutDirect, FanoutSNS)},
 	{Key: KeyAccount, Help: "AWS account ID of the SNS topics (for SERA_FANOUT=sns)", check: checkAccount},
 	{Key: KeyDomain, Help: "client: DNS domain of the watchers' hosts; 'known-hosts sync' trusts each watcher's host keys for NAME.DOMAIN too", check: checkDomain},
+}
+
+// durationString is d as a setting's value is written: "1h", "10m",
+// "60s" (a minute reads better in seconds), not time.Duration's "1h0m0s".
+func durationString(d time.Duration) string {
+	switch {
+	case d >= time.Hour && d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d > time.Minute && d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d%time.Second == 0:
+		return fmt.Sprintf("%ds", d/time.Second)
+	default:
+		return d.String()
+	}
 }
 
 // Lookup returns the definition of key.
@@ -196,36 +255,18 @@ func Load(env Env, system bool) (*Config, error) {
 			c.values[d.Key] = Value{v, SourceFile}
 		}
 	}
-	// Defaults that depend on other settings are resolved in order.
-	def := func(key, v string) {
-		if _, ok := c.values[key]; !ok {
-			c.values[key] = Value{v, SourceDefault}
+	// Defaults, in the table's order: a derived one may read the
+	// settings before it (SERA_SPOOL reads SERA_STATE).
+	for _, d := range All {
+		if _, ok := c.values[d.Key]; ok {
+			continue
 		}
+		v := d.Default
+		if d.derive != nil {
+			v = d.derive(env, system, c)
+		}
+		c.values[d.Key] = Value{v, SourceDefault}
 	}
-	if env.IsRoot || system {
-		def(KeyState, "/var/lib/sera")
-	} else {
-		def(KeyState, filepath.Join(home, "state"))
-	}
-	def(KeyTransport, TransportSpool)
-	def(KeySpool, filepath.Join(c.Get(KeyState), "spool"))
-	short, _, _ := strings.Cut(env.Hostname, ".")
-	def(KeyName, short)
-	def(KeyGroups, "")
-	def(KeyPrefix, "sera")
-	def(KeyRegion, "")
-	def(KeyAccessKey, "")
-	def(KeySecretKey, "")
-	def(KeyTimeout, "60s")
-	def(KeyRequestTTL, "5m")
-	def(KeyExecTimeout, "10m") // DefaultExecTimeout
-	def(KeyIPURL, DefaultIPURL)
-	def(KeyAllowDefault, "1h")
-	def(KeyAllowMax, "24h")
-	def(KeyDomain, "")
-	def(KeyFanout, "direct")
-	def(KeyAccount, "")
-	def(KeyDomain, "")
 	for _, d := range All {
 		v := c.values[d.Key]
 		if d.check != nil && v.Value != "" {
@@ -254,7 +295,7 @@ func (c *Config) Duration(key string) time.Duration {
 // watcher's queue. SERA_FANOUT=sns needs SERA_TRANSPORT=sqs and
 // SERA_ACCOUNT; without them it is an error, not a quiet fallback.
 func (c *Config) Fanout() (sns bool, err error) {
-	if c.Get(KeyFanout) != "sns" {
+	if c.Get(KeyFanout) != FanoutSNS {
 		return false, nil
 	}
 	if t := c.Get(KeyTransport); t != TransportSQS {
