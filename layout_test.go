@@ -30,6 +30,7 @@ var importRules = []struct {
 	{"host", []string{"safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/sshkeys", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/firewall", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
+	{"host/hostkeys/keystest", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/hostkeys", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/sudo", []string{"host", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host/accounts", []string{"host", "host/sshkeys", "host/sudo", "plan", "safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},

@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +24,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/host/accounts"
+	"github.com/sera-dev/sera/host/hostkeys/keystest"
 	"github.com/sera-dev/sera/host/sshkeys"
 )
 
@@ -408,20 +407,7 @@ func (f *accountsFixture) noCalls() {
 // acctKey is a fresh ed25519 key: its authorized_keys line (with comment)
 // and the parsed key.
 func acctKey(t *testing.T, comment string) (string, ssh.PublicKey) {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
-	if comment != "" {
-		line += " " + comment
-	}
-	return line, k
+	return keystest.AuthorizedLine(t, comment)
 }
 
 // acctFP is a key's SHA256 fingerprint.

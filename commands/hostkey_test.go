@@ -17,6 +17,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/host/hostkeys"
+	"github.com/sera-dev/sera/host/hostkeys/keystest"
 )
 
 // hkRoot is a host whose filesystem root is a temporary directory with
@@ -33,8 +34,8 @@ func newHostkeyRoot(t *testing.T, name string) *hkRoot {
 		t.Fatal(err)
 	}
 	r := &hkRoot{h: &Host{Name: name, Version: "test", Sys: &host.System{Exec: host.ExecRunner{}, FS: host.FS{Root: root}, Clock: host.ClockFunc(time.Now), Net: staticNet(name, "10.0.0.1"), State: t.TempDir()}}}
-	r.writeHostKey(t, "ed25519", khEd25519(t))
-	r.writeHostKey(t, "ecdsa", khECDSA(t))
+	r.writeHostKey(t, "ed25519", keystest.Ed25519(t))
+	r.writeHostKey(t, "ecdsa", keystest.ECDSA(t))
 	return r
 }
 
@@ -80,11 +81,11 @@ func staticNet(hostname string, addrs ...string) host.StaticNet {
 func TestHostkeyList(t *testing.T) {
 	r := newHostkeyRoot(t, "web1")
 	r.h.Sys.Net = staticNet("web1.example", "127.0.0.1", "::1", "fe80::1", "2001:db8::1", "192.0.2.1", "10.0.0.1", "169.254.1.1")
-	rsa2048, rsa1024 := khRSAKeys(t)
+	rsa2048, rsa1024 := keystest.RSA(t)
 	r.writeHostKey(t, "rsa", rsa2048)
 	// Neither a FIDO key nor a weak RSA key is ever a host key sera
 	// reports; a *-cert.pub is not a key file.
-	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_sk_key.pub"), []byte(hostkeys.KeyText(khSKKey(t))+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_sk_key.pub"), []byte(hostkeys.KeyText(keystest.SK(t))+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(r.h.Sys.Path("/etc/ssh/ssh_host_old_key.pub"), []byte(hostkeys.KeyText(rsa1024)+"\n"), 0o644); err != nil {
@@ -214,7 +215,7 @@ func hkTwice(t *testing.T, h *Host, noChange string, argv ...string) string {
 func TestHostkeyTrustUntrustSet(t *testing.T) {
 	r := newHostkeyRoot(t, "web1")
 	h := r.h
-	ed2, ec2, ed2new, ed3 := khEd25519(t), khECDSA(t), khEd25519(t), khEd25519(t)
+	ed2, ec2, ed2new, ed3 := keystest.Ed25519(t), keystest.ECDSA(t), keystest.Ed25519(t), keystest.Ed25519(t)
 
 	// 1. No file yet: trust creates it, 0644.
 	out := hkTwice(t, h, "keys of web2: already trusted, no change", "hostkey", "trust", "--", "web2,10.0.0.2", hostkeys.KeyText(ec2)+" root@web2", hostkeys.KeyText(ed2))
@@ -294,8 +295,8 @@ func TestHostkeyTrustUntrustSet(t *testing.T) {
 func TestHostkeyBadInputs(t *testing.T) {
 	r := newHostkeyRoot(t, "web1")
 	h := r.h
-	ed, ed2 := khEd25519(t), khEd25519(t)
-	_, rsa1024 := khRSAKeys(t)
+	ed, ed2 := keystest.Ed25519(t), keystest.Ed25519(t)
+	_, rsa1024 := keystest.RSA(t)
 	key := hostkeys.KeyText(ed)
 	hkMustRun(t, h, "hostkey", "trust", "--", "web2", key)
 	before := hkFile(t, h)
@@ -312,16 +313,16 @@ func TestHostkeyBadInputs(t *testing.T) {
 		{[]string{"trust", "--", "web2", "web2 " + key}, "not part of a key"},
 		{[]string{"trust", "--", "web2", "@revoked " + key}, "markers"},
 		{[]string{"trust", "--", "web2", "@cert-authority " + key}, "markers"},
-		{[]string{"trust", "--", "web2", hostkeys.KeyText(khCert(t, ed))}, "certificate"},
+		{[]string{"trust", "--", "web2", hostkeys.KeyText(keystest.Cert(t, ed))}, "certificate"},
 		{[]string{"trust", "--", "web2", hostkeys.KeyText(rsa1024)}, "too weak"},
-		{[]string{"trust", "--", "web2", hostkeys.KeyText(khSKKey(t))}, "not a host key type"},
+		{[]string{"trust", "--", "web2", hostkeys.KeyText(keystest.SK(t))}, "not a host key type"},
 		{[]string{"trust", "--", "web2", key + "\n" + key}, "several lines"},
 		{[]string{"trust", "--", "web2", key, hostkeys.KeyText(ed2)}, "two ssh-ed25519 keys for web2"},
 		{[]string{"trust", "--bogus", "--", "web2", key}, "unknown flag"},
 		{[]string{"untrust"}, "requires at least 1 arg(s)"},
 		{[]string{"untrust", "--", "web?"}, "wildcards"},
 		{[]string{"set"}, "requires at least 1 arg(s)"},
-		{[]string{"set", "--", "web2 " + key, "web2,10.0.0.2 " + hostkeys.KeyText(khECDSA(t))}, "give different names"},
+		{[]string{"set", "--", "web2 " + key, "web2,10.0.0.2 " + hostkeys.KeyText(keystest.ECDSA(t))}, "give different names"},
 		{[]string{"set", "--", "web2,10.0.0.9 " + key, "web3,10.0.0.9 " + hostkeys.KeyText(ed2)}, "10.0.0.9 is given as a name of both web2 and web3"},
 		{[]string{"set", "--", "web2 " + key, "web3,web2 " + hostkeys.KeyText(ed2)}, "web2 is given as a name of both"},
 		{[]string{"set", "--", "@cert-authority *.example " + key}, "marker"},
@@ -345,7 +346,7 @@ func TestHostkeyBadInputs(t *testing.T) {
 
 // What the host holds can make a command fail: it fails before writing.
 func TestHostkeyFileRefused(t *testing.T) {
-	ed := hostkeys.KeyText(khEd25519(t))
+	ed := hostkeys.KeyText(keystest.Ed25519(t))
 	r := newHostkeyRoot(t, "web1")
 	h := r.h
 	file := h.Sys.Path(hostkeys.SystemFile)

@@ -3,11 +3,7 @@ package commands
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"os"
@@ -26,94 +22,11 @@ import (
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/crypto"
 	"github.com/sera-dev/sera/host/hostkeys"
+	"github.com/sera-dev/sera/host/hostkeys/keystest"
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/spool"
 )
-
-// Host keys for the tests: made once, RSA is slow.
-var (
-	khKeysOnce sync.Once
-	khRSA      ssh.PublicKey
-	khRSA1024  ssh.PublicKey
-)
-
-func khEd25519(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func khECDSA(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(&priv.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func khRSAKeys(t testing.TB) (ssh.PublicKey, ssh.PublicKey) {
-	t.Helper()
-	khKeysOnce.Do(func() {
-		for _, bits := range []int{2048, 1024} {
-			priv, err := rsa.GenerateKey(rand.Reader, bits)
-			if err != nil {
-				panic(err)
-			}
-			k, err := ssh.NewPublicKey(&priv.PublicKey)
-			if err != nil {
-				panic(err)
-			}
-			if bits == 2048 {
-				khRSA = k
-			} else {
-				khRSA1024 = k
-			}
-		}
-	})
-	return khRSA, khRSA1024
-}
-
-// khCert is a host certificate for key.
-func khCert(t testing.TB, key ssh.PublicKey) ssh.PublicKey {
-	t.Helper()
-	_, caPriv, _ := ed25519.GenerateKey(rand.Reader)
-	signer, err := ssh.NewSignerFromKey(caPriv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := &ssh.Certificate{Key: key, CertType: ssh.HostCert, ValidPrincipals: []string{"web2"}, ValidBefore: ssh.CertTimeInfinity}
-	if err := cert.SignCert(rand.Reader, signer); err != nil {
-		t.Fatal(err)
-	}
-	return cert
-}
-
-// khSKKey is a FIDO (security key) ed25519 key: never a host key.
-func khSKKey(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	blob := ssh.Marshal(struct {
-		Name, Key, App string
-	}{ssh.KeyAlgoSKED25519, string(pub), "ssh:"})
-	k, err := ssh.ParsePublicKey(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 func fp(k ssh.PublicKey) string { return ssh.FingerprintSHA256(k) }
 
@@ -271,11 +184,11 @@ func TestKnownHostsSync(t *testing.T) {
 
 func testKnownHostsSync(t *testing.T, f *khFleet) {
 	// The client has a line of its own, and a stale key for web2.
-	staleWeb2 := khEd25519(t)
+	staleWeb2 := keystest.Ed25519(t)
 	if err := os.MkdirAll(filepath.Join(f.dir, ".ssh"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	own := "github.com " + hostkeys.KeyText(khEd25519(t)) + "\nweb2 " + hostkeys.KeyText(staleWeb2) + "\n"
+	own := "github.com " + hostkeys.KeyText(keystest.Ed25519(t)) + "\nweb2 " + hostkeys.KeyText(staleWeb2) + "\n"
 	if err := os.WriteFile(filepath.Join(f.dir, ".ssh", "known_hosts"), []byte(own), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +249,7 @@ func testKnownHostsSync(t *testing.T, f *khFleet) {
 
 	// web2 re-keys: a dry run shows it and changes nothing; the real run
 	// replaces the key everywhere.
-	newKey := khEd25519(t)
+	newKey := keystest.Ed25519(t)
 	f.hosts["web2"].writeHostKey(t, "ed25519", newKey)
 	out, errOut, err = f.sera("known-hosts", "sync", "--to", "web*2", "--to", "web1", "--dry-run")
 	if err != nil {
@@ -477,7 +390,7 @@ func testKnownHostsSyncTrustsOnlyTheAdmin(t *testing.T, f *khFleet) {
 	adminOnly := block(map[string]string{"web1": "web1,web1.example,10.0.0.1", "web2": "web2,web2.example,10.0.0.2", "web3": "web3,web3.example,10.0.0.3"})
 	// What a sync before this fix entered: what web2 said of itself.
 	old := block(map[string]string{"web1": "web1,web1.example", "web2": "web2,github.com,10.0.0.1,10.0.0.2,203.0.113.9", "web3": "web3,10.0.0.3"})
-	own := "github.com " + hostkeys.KeyText(khEd25519(t)) + "\n"
+	own := "github.com " + hostkeys.KeyText(keystest.Ed25519(t)) + "\n"
 	if err := os.MkdirAll(filepath.Join(f.dir, ".ssh"), 0o700); err != nil {
 		t.Fatal(err)
 	}

@@ -2,106 +2,17 @@ package admin
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"encoding/json"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/host/hostkeys"
+	"github.com/sera-dev/sera/host/hostkeys/keystest"
 )
-
-// Host keys for the tests: made once, RSA is slow.
-var (
-	khKeysOnce sync.Once
-	khRSA      ssh.PublicKey
-	khRSA1024  ssh.PublicKey
-)
-
-func khEd25519(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func khECDSA(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(&priv.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func khRSAKeys(t testing.TB) (ssh.PublicKey, ssh.PublicKey) {
-	t.Helper()
-	khKeysOnce.Do(func() {
-		for _, bits := range []int{2048, 1024} {
-			priv, err := rsa.GenerateKey(rand.Reader, bits)
-			if err != nil {
-				panic(err)
-			}
-			k, err := ssh.NewPublicKey(&priv.PublicKey)
-			if err != nil {
-				panic(err)
-			}
-			if bits == 2048 {
-				khRSA = k
-			} else {
-				khRSA1024 = k
-			}
-		}
-	})
-	return khRSA, khRSA1024
-}
-
-// khCert is a host certificate for key.
-func khCert(t testing.TB, key ssh.PublicKey) ssh.PublicKey {
-	t.Helper()
-	_, caPriv, _ := ed25519.GenerateKey(rand.Reader)
-	signer, err := ssh.NewSignerFromKey(caPriv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := &ssh.Certificate{Key: key, CertType: ssh.HostCert, ValidPrincipals: []string{"web2"}, ValidBefore: ssh.CertTimeInfinity}
-	if err := cert.SignCert(rand.Reader, signer); err != nil {
-		t.Fatal(err)
-	}
-	return cert
-}
-
-// khSKKey is a FIDO (security key) ed25519 key: never a host key.
-func khSKKey(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	blob := ssh.Marshal(struct {
-		Name, Key, App string
-	}{ssh.KeyAlgoSKED25519, string(pub), "ssh:"})
-	k, err := ssh.ParsePublicKey(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 func fp(k ssh.PublicKey) string { return ssh.FingerprintSHA256(k) }
 
@@ -129,7 +40,7 @@ func khReport(t testing.TB, host string, names, addrs []string, keys ...ssh.Publ
 }
 
 func TestParseHostKeyReport(t *testing.T) {
-	ed, ec := khEd25519(t), khECDSA(t)
+	ed, ec := keystest.Ed25519(t), keystest.ECDSA(t)
 	w := &sera.KnownWatcher{Name: "Web2", Addrs: []string{"192.0.2.7", "bad_addr"}}
 	h, warn, err := parseHostKeyReport(w, "example.com", khReport(t, "web2", []string{"web2", "web2.example", "*", "Web2.Example.com"}, []string{"10.0.0.2", "192.0.2.7"}, ed, ec, ed))
 	if err != nil {
@@ -156,9 +67,9 @@ func TestParseHostKeyReport(t *testing.T) {
 		"no keys":     {ok, nil, "no host keys"},
 		"not json":    {ok, []byte("ssh-ed25519 AAAA\n"), "unreadable"},
 		"bad key":     {ok, []byte(`{"type":"ssh-ed25519","key":"ssh-ed25519 AAAA"}`), "reported key"},
-		"cert":        {ok, []byte(`{"type":"ssh-ed25519-cert-v01@openssh.com","key":"` + hostkeys.KeyText(khCert(t, ed)) + `"}`), "certificate"},
+		"cert":        {ok, []byte(`{"type":"ssh-ed25519-cert-v01@openssh.com","key":"` + hostkeys.KeyText(keystest.Cert(t, ed)) + `"}`), "certificate"},
 		"wrong type":  {ok, []byte(`{"type":"ssh-rsa","key":"` + hostkeys.KeyText(ed) + `"}`), "not ssh-rsa"},
-		"two of type": {ok, khReport(t, "web2", nil, nil, ed, khEd25519(t)), "two ssh-ed25519 keys"},
+		"two of type": {ok, khReport(t, "web2", nil, nil, ed, keystest.Ed25519(t)), "two ssh-ed25519 keys"},
 		"bad name":    {&sera.KnownWatcher{Name: "web_2"}, khReport(t, "web_2", nil, nil, ed), "not a host name"},
 	} {
 		if _, _, err := parseHostKeyReport(tc.w, "", tc.out); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -173,7 +84,7 @@ func TestParseHostKeyReport(t *testing.T) {
 // this sync or not) wins over anything a host reports.
 func TestBuildSyncSet(t *testing.T) {
 	const domain = "example.com"
-	k1, k2, k3 := khEd25519(t), khEd25519(t), khEd25519(t)
+	k1, k2, k3 := keystest.Ed25519(t), keystest.Ed25519(t), keystest.Ed25519(t)
 	all := []*sera.KnownWatcher{
 		{Name: "Dup"}, {Name: "dup"},
 		{Name: "web1", Addrs: []string{"10.0.0.9", "10.0.0.1"}},
@@ -240,7 +151,7 @@ func TestBuildSyncSet(t *testing.T) {
 
 // A host larger than a part's budget still gets its own part.
 func TestChunkEntries(t *testing.T) {
-	if parts := chunkEntries([]*hostkeys.Host{mustEntry(t, "a", khEd25519(t)), mustEntry(t, "b", khEd25519(t))}, 1); len(parts) != 2 {
+	if parts := chunkEntries([]*hostkeys.Host{mustEntry(t, "a", keystest.Ed25519(t)), mustEntry(t, "b", keystest.Ed25519(t))}, 1); len(parts) != 2 {
 		t.Errorf("a host larger than the budget still gets its own part: %d", len(parts))
 	}
 }
@@ -250,9 +161,9 @@ func TestChunkEntries(t *testing.T) {
 // it carries only the watcher's name and the names the admin gave it;
 // what the host reported is kept apart, and trusted only when accepted.
 func FuzzParseHostKeyReport(f *testing.F) {
-	ed := khEd25519(f)
+	ed := keystest.Ed25519(f)
 	f.Add(khReport(f, "web2", []string{"web2", "github.com"}, []string{"10.0.0.2", "203.0.113.9"}, ed), false)
-	f.Add(khReport(f, "web2", []string{"web1", "WEB2.example.com", "*", "|1|x|y"}, []string{"10.0.0.1", "::ffff:1.2.3.4", "fe80::1%eth0"}, ed, khECDSA(f)), true)
+	f.Add(khReport(f, "web2", []string{"web1", "WEB2.example.com", "*", "|1|x|y"}, []string{"10.0.0.1", "::ffff:1.2.3.4", "fe80::1%eth0"}, ed, keystest.ECDSA(f)), true)
 	f.Add([]byte(`{"type":"ssh-ed25519","key":"`+hostkeys.KeyText(ed)+`","names":["a","a"],"addrs":[]}`+"\n{"), false)
 	f.Add([]byte("null\n[]\n\"x\""), true)
 	const domain = "example.com"

@@ -2,106 +2,17 @@ package hostkeys
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/hmac"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha1"
 	"encoding/base64"
 	"errors"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/sera-dev/sera/host/hostkeys/keystest"
 	"golang.org/x/crypto/ssh"
 )
-
-// Host keys for the tests: made once, RSA is slow.
-var (
-	khKeysOnce sync.Once
-	khRSA      ssh.PublicKey
-	khRSA1024  ssh.PublicKey
-)
-
-func khEd25519(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func khECDSA(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(&priv.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func khRSAKeys(t testing.TB) (ssh.PublicKey, ssh.PublicKey) {
-	t.Helper()
-	khKeysOnce.Do(func() {
-		for _, bits := range []int{2048, 1024} {
-			priv, err := rsa.GenerateKey(rand.Reader, bits)
-			if err != nil {
-				panic(err)
-			}
-			k, err := ssh.NewPublicKey(&priv.PublicKey)
-			if err != nil {
-				panic(err)
-			}
-			if bits == 2048 {
-				khRSA = k
-			} else {
-				khRSA1024 = k
-			}
-		}
-	})
-	return khRSA, khRSA1024
-}
-
-// khCert is a host certificate for key.
-func khCert(t testing.TB, key ssh.PublicKey) ssh.PublicKey {
-	t.Helper()
-	_, caPriv, _ := ed25519.GenerateKey(rand.Reader)
-	signer, err := ssh.NewSignerFromKey(caPriv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := &ssh.Certificate{Key: key, CertType: ssh.HostCert, ValidPrincipals: []string{"web2"}, ValidBefore: ssh.CertTimeInfinity}
-	if err := cert.SignCert(rand.Reader, signer); err != nil {
-		t.Fatal(err)
-	}
-	return cert
-}
-
-// khSKKey is a FIDO (security key) ed25519 key: never a host key.
-func khSKKey(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	blob := ssh.Marshal(struct {
-		Name, Key, App string
-	}{ssh.KeyAlgoSKED25519, string(pub), "ssh:"})
-	k, err := ssh.ParsePublicKey(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 func fp(k ssh.PublicKey) string { return ssh.FingerprintSHA256(k) }
 
@@ -157,8 +68,8 @@ func TestParseHostName(t *testing.T) {
 }
 
 func TestParseHostKeyArg(t *testing.T) {
-	ed := khEd25519(t)
-	rsa2048, rsa1024 := khRSAKeys(t)
+	ed := keystest.Ed25519(t)
+	rsa2048, rsa1024 := keystest.RSA(t)
 	line := KeyText(ed)
 	if k, err := ParseKeyArg(line + " root@web2"); err != nil || !SameKey(k, ed) {
 		t.Fatalf("good key: %v", err)
@@ -166,21 +77,21 @@ func TestParseHostKeyArg(t *testing.T) {
 	if _, err := ParseKeyArg(KeyText(rsa2048)); err != nil {
 		t.Errorf("2048-bit RSA: %v", err)
 	}
-	if _, err := ParseKeyArg(KeyText(khECDSA(t))); err != nil {
+	if _, err := ParseKeyArg(KeyText(keystest.ECDSA(t))); err != nil {
 		t.Errorf("ECDSA: %v", err)
 	}
 	bad := map[string]string{
-		"":                        "invalid key",
-		"ssh-ed25519 notbase64":   "invalid key",
-		"ssh-ed25519":             "invalid key",
-		line + "\n" + line:        "several lines",
-		"@cert-authority " + line: "markers",
-		"@revoked " + line:        "markers",
-		"web2 " + line:            `"web2" before it`,
-		`command="x" ` + line:     "not part of a key",
-		KeyText(rsa1024):          "too weak",
-		KeyText(khCert(t, ed)):    "certificate",
-		KeyText(khSKKey(t)):       "not a host key type",
+		"":                            "invalid key",
+		"ssh-ed25519 notbase64":       "invalid key",
+		"ssh-ed25519":                 "invalid key",
+		line + "\n" + line:            "several lines",
+		"@cert-authority " + line:     "markers",
+		"@revoked " + line:            "markers",
+		"web2 " + line:                `"web2" before it`,
+		`command="x" ` + line:         "not part of a key",
+		KeyText(rsa1024):              "too weak",
+		KeyText(keystest.Cert(t, ed)): "certificate",
+		KeyText(keystest.SK(t)):       "not a host key type",
 		"ssh-dss AAAAB3NzaC1kc3MAAACBAP" + "xx==": "invalid key",
 	}
 	for in, want := range bad {
@@ -192,7 +103,7 @@ func TestParseHostKeyArg(t *testing.T) {
 }
 
 func TestParseKnownHostsEntry(t *testing.T) {
-	ed := khEd25519(t)
+	ed := keystest.Ed25519(t)
 	name, aliases, k, err := ParseEntry("Web2,10.0.0.2,web2.example,10.0.0.2 " + KeyText(ed) + " comment")
 	if err != nil || name != "web2" || !slices.Equal(aliases, []string{"10.0.0.2", "web2.example"}) || !SameKey(k, ed) {
 		t.Fatalf("entry: %q %q %v", name, aliases, err)
@@ -207,7 +118,7 @@ func TestParseKnownHostsEntry(t *testing.T) {
 		"*.example " + KeyText(ed):                      "wildcards",
 		"[web2]:2222 " + KeyText(ed):                    "[host]:port",
 		"web_2 " + KeyText(ed):                          "RFC 1123",
-		"web2 " + KeyText(khCert(t, ed)):                "certificate",
+		"web2 " + KeyText(keystest.Cert(t, ed)):         "certificate",
 		"web2 " + KeyText(ed) + "\nweb3 " + KeyText(ed): "several lines",
 	}
 	for in, want := range bad {
@@ -243,7 +154,7 @@ func mustParseKH(t *testing.T, s string) *File {
 // The merge keeps every line it did not write, byte for byte, and
 // compares entries by host, type and key.
 func TestKnownHostsMerge(t *testing.T) {
-	ed2, ec2, ed3, ed2new := khEd25519(t), khECDSA(t), khEd25519(t), khEd25519(t)
+	ed2, ec2, ed3, ed2new := keystest.Ed25519(t), keystest.ECDSA(t), keystest.Ed25519(t), keystest.Ed25519(t)
 	own := "# my own hosts\n|1|c2FsdA==|aGFzaA== ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnpMPh3k0wVyV0q0yjnZ2nQk1C5WfzaUzS0EL5wExiR\n" +
 		"gitlab.example.com,1.2.3.4   ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnpMPh3k0wVyV0q0yjnZ2nQk1C5WfzaUzS0EL5wExiR  trailing  \n\n" +
 		"not even a key line\n@cert-authority *.example.com " + KeyText(ed3) + "\n"
@@ -327,7 +238,7 @@ func TestKnownHostsMerge(t *testing.T) {
 }
 
 func TestKnownHostsFileDamaged(t *testing.T) {
-	ed := khEd25519(t)
+	ed := keystest.Ed25519(t)
 	line := "web2 " + KeyText(ed)
 	for name, tc := range map[string]struct{ file, want string }{
 		"start without end": {"a\n" + Begin + "\n" + line + "\nmine\n", "has no end line"},
@@ -358,7 +269,7 @@ func hashName(salt []byte, name string) string {
 // A stale key on the admin's own line would still be accepted by ssh:
 // sera says so, and leaves the line alone.
 func TestKnownHostsOutsideWarnings(t *testing.T) {
-	old, cur, ec := khEd25519(t), khEd25519(t), khECDSA(t)
+	old, cur, ec := keystest.Ed25519(t), keystest.Ed25519(t), keystest.ECDSA(t)
 	file := "web2 " + KeyText(old) + "\n" +
 		hashName([]byte("saltsaltsaltsaltsalt"), "10.0.0.2") + " " + KeyText(old) + "\n" +
 		"web2 " + KeyText(cur) + "\n" + // the same key: fine

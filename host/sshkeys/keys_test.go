@@ -1,32 +1,18 @@
 package sshkeys
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/sera-dev/sera/host/hostkeys/keystest"
 	"golang.org/x/crypto/ssh"
 )
 
 // acctKey is a fresh ed25519 key: its authorized_keys line (with comment)
 // and the parsed key.
 func acctKey(t *testing.T, comment string) (string, ssh.PublicKey) {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
-	if comment != "" {
-		line += " " + comment
-	}
-	return line, k
+	return keystest.AuthorizedLine(t, comment)
 }
 
 // acctBlock is the managed block holding lines.
