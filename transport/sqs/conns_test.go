@@ -88,10 +88,14 @@ func TestConnectionsKept(t *testing.T) {
 			}
 		}
 	}
-	// One wave needs 32. A few more may be dialled when a send starts
-	// before the connection of one that just returned is back in the pool
-	// (the HTTP client puts it back after the caller has the response).
-	const most = workers + workers/4
+	// One wave needs 32. More may be dialled when a send starts before
+	// the connection of one that just returned is back in the pool (the
+	// HTTP client puts it back after the caller has the response), and on
+	// a loaded machine that race is won often: 44 were seen with two test
+	// suites running. Without reuse (the SDK's default of 2 idle
+	// connections per host) each wave dials about 30 anew, over 120 in
+	// all; two waves' worth is the bound that tells the two apart.
+	const most = 2 * workers
 	if n := accepted.Load(); n > most {
 		t.Errorf("%d connections for %d waves of %d parallel sends, want at most %d", n, waves, workers, most)
 	} else {
