@@ -18,10 +18,12 @@ type File struct {
 // cannot parse is the user's and is kept.
 func Parse(b []byte) *File {
 	ak := &File{}
-	s := strings.TrimSuffix(string(b), "\n")
-	if s == "" {
+	if len(b) == 0 {
 		return ak
 	}
+	// A file of "\n" is one empty line, kept as such, so that writing what
+	// was parsed and parsing it again gives the same file.
+	s := strings.TrimSuffix(string(b), "\n")
 	in := false
 	for _, line := range strings.Split(s, "\n") {
 		switch {

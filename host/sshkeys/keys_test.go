@@ -168,6 +168,7 @@ func FuzzParse(f *testing.F) {
 	f.Add("# mine\n" + k + "\n")
 	f.Add(BlockBegin + "\n" + k + "\n" + LockedPrefix + k + "\n" + BlockEnd + "\nafter\n")
 	f.Add(BlockBegin + "\n" + k + "\n")
+	f.Add(BlockBegin + "\n\n") // once rewritten "\n", then ""
 	f.Fuzz(func(t *testing.T, in string) {
 		ak := Parse([]byte(in))
 		out := ak.Bytes()
