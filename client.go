@@ -3,6 +3,7 @@ package sera
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"log/slog"
 	"time"
@@ -42,10 +43,39 @@ type Client struct {
 	// of the identity can be waiting for it. Nil trusts the watchers of
 	// the job only, so other processes lose replies from the rest.
 	Known *KnownWatchers
+	// ReplyQueue is the queue this process receives its replies on, one
+	// of the identity's (transport.ReplyQueue), so that processes of one
+	// identity running at once do not take each other's replies; "" is
+	// transport.ClientQueue.
+	ReplyQueue string
 	// Optional.
 	Now  func() time.Time
 	Rand io.Reader
 	Log  *slog.Logger
+	// Warn, if set, is told what the user should know and may not see
+	// in Log: a reply queue given up for the shared one, a publish that
+	// fell back to direct sends, receives that failed and are retried.
+	// Each message is passed once per Client.
+	Warn func(msg string)
+
+	warned map[string]bool
+}
+
+// ErrNotSent marks a Run that sent nothing to any watcher because this
+// process cannot receive the replies: nothing ran, and the same command
+// may be tried again as it is.
+var ErrNotSent = errors.New("nothing was sent")
+
+func (c *Client) warn(msg string) {
+	c.log().Warn(msg)
+	if c.Warn == nil || c.warned[msg] {
+		return
+	}
+	if c.warned == nil {
+		c.warned = map[string]bool{}
+	}
+	c.warned[msg] = true
+	c.Warn(msg)
 }
 
 // HostReply is one watcher's accepted reply.
@@ -107,7 +137,9 @@ const (
 type Event struct {
 	Kind    EventKind
 	Watcher *KnownWatcher
-	// Reply is set for EventReply, Err for EventSendFailed.
+	// Reply is set for EventReply, Err for EventSendFailed, and for
+	// EventTimedOut when receiving failed at the end (the request was
+	// sent all the same: the command may have run).
 	Reply *Reply
 	Err   error
 }
@@ -125,6 +157,10 @@ type Outcome struct {
 	Skipped []*KnownWatcher
 	// Published is the topic the request was published to, if it was.
 	Published string
+	// ReceiveErr is the last error receiving replies, when one failed and
+	// no later receive succeeded; watchers in Missing may have run the
+	// command.
+	ReceiveErr error
 }
 
 // Failed counts the watchers that failed: a reply with a non-zero
@@ -161,8 +197,12 @@ func (c *Client) log() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// Queue is this client's reply queue.
+// Queue is the queue this process receives replies on: ReplyQueue, or the
+// identity's first reply queue.
 func (c *Client) Queue() string {
+	if c.ReplyQueue != "" {
+		return c.ReplyQueue
+	}
 	return transport.ClientQueue(c.Prefix, c.Identity.Public().Fingerprint())
 }
 

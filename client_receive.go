@@ -3,6 +3,7 @@ package sera
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -10,9 +11,52 @@ import (
 	"github.com/sera-dev/sera/transport"
 )
 
+// Receive errors are retried until the deadline, after a pause that
+// doubles from receiveRetryMin to receiveRetryMax: a queue server that is
+// away for a few seconds costs a few seconds, not the replies.
+const (
+	receiveRetryMin = 250 * time.Millisecond
+	receiveRetryMax = 5 * time.Second
+)
+
+// probe receives once, without waiting, before anything is sent: a process
+// that cannot receive its replies must not send a request whose outcome it
+// would never learn. A reply queue of the identity's that does not exist
+// is given up for its first, shared one. What the probe receives is taken
+// like any reply (a leftover, or another process's).
+func (r *run) probe(ctx context.Context) error {
+	c := r.c
+	msgs, err := c.Transport.Receive(ctx, c.Queue(), 10, 0, 30*time.Second)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		base := transport.ClientQueue(c.Prefix, c.Identity.Public().Fingerprint())
+		if errors.Is(err, transport.ErrNoQueue) && c.Queue() != base {
+			c.warn(fmt.Sprintf("reply queue %s does not exist, so this process shares %s with the other processes of this identity, which is slower ('sera client register' creates the identity's %s reply queues)",
+				c.Queue(), base, settingsReplyQueues))
+			c.ReplyQueue = base
+			return r.probe(ctx)
+		}
+		hint := ""
+		if errors.Is(err, transport.ErrNoQueue) {
+			hint = " (is this client registered? 'sera client register' creates its reply queues)"
+		}
+		return fmt.Errorf("%w: cannot receive replies on %s%s: %w", ErrNotSent, c.Queue(), hint, err)
+	}
+	for _, m := range msgs {
+		r.take(ctx, m)
+	}
+	return nil
+}
+
+// settingsReplyQueues names the setting of how many reply queues an
+// identity has (package settings imports this one).
+const settingsReplyQueues = "SERA_REPLY_QUEUES"
+
 // receive waits for replies until the earliest deadline of the watchers
 // in flight, takes what arrived, and times out those whose deadline
-// passed.
+// passed. A failed receive is retried (see receiveRetryMin) until then.
 func (r *run) receive(ctx context.Context) error {
 	now := r.c.now()
 	earliest := time.Time{}
@@ -27,10 +71,24 @@ func (r *run) receive(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("failed to receive replies: %w", err)
-		}
-		for _, m := range msgs {
-			r.take(ctx, m)
+			r.receiveErr = err
+			pause := min(receiveRetryMin<<min(r.receiveFails, 10), receiveRetryMax, earliest.Sub(r.c.now()))
+			r.receiveFails++
+			r.c.warn(fmt.Sprintf("receiving replies on %s failed; retrying until the timeout: %v", r.c.Queue(), err))
+			if pause > 0 {
+				t := time.NewTimer(pause)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
+			}
+		} else {
+			r.receiveErr, r.receiveFails = nil, 0
+			for _, m := range msgs {
+				r.take(ctx, m)
+			}
 		}
 	}
 	// In job order, so events and Missing do not depend on map order.
@@ -42,9 +100,10 @@ func (r *run) receive(ctx context.Context) error {
 			delete(r.partial, fp)
 			r.failed++
 			r.out.Missing = append(r.out.Missing, w)
-			r.emit(Event{Kind: EventTimedOut, Watcher: w})
+			r.emit(Event{Kind: EventTimedOut, Watcher: w, Err: r.receiveErr})
 		}
 	}
+	r.out.ReceiveErr = r.receiveErr
 	return nil
 }
 

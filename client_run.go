@@ -83,6 +83,11 @@ type run struct {
 
 	deletes  chan *transport.Message
 	deleting sync.WaitGroup
+
+	// receiveErr is the last receive's error, nil once one succeeds;
+	// receiveFails counts the failures in a row.
+	receiveErr   error
+	receiveFails int
 }
 
 // deleteWorkers delete replies taken, off the receive path: one
@@ -129,6 +134,9 @@ func (r *run) emit(e Event) {
 }
 
 func (r *run) loop(ctx context.Context) error {
+	if err := r.probe(ctx); err != nil {
+		return err
+	}
 	queue := slices.Clone(r.job.Watchers)
 	sentAny := false
 	stopped := func() bool { return r.job.StopAfter > 0 && r.failed >= r.job.StopAfter }
@@ -286,7 +294,7 @@ func (r *run) publish(ctx context.Context, sealed *crypto.Sealed, ws []*KnownWat
 	}
 	now := r.c.now()
 	if err := p.Publish(ctx, r.job.Topic, env); err != nil {
-		r.c.log().Warn("publish failed; sending to each queue", "topic", r.job.Topic, "err", err)
+		r.c.warn(fmt.Sprintf("publishing to topic %s failed, so the request goes to each watcher's queue instead: %v", r.job.Topic, err))
 		return false
 	}
 	r.out.Published = r.job.Topic

@@ -104,8 +104,9 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 		return reject(4, "%v", err)
 	}
 	d.rec.RequestID = req.ID
-	if want := transport.ClientQueue(w.Prefix, client.Key.Fingerprint()); req.ReplyTo != want {
-		return reject(4, "reply queue %q is not the sender's (%s)", req.ReplyTo, want)
+	if !transport.IsReplyQueue(w.Prefix, client.Key.Fingerprint(), req.ReplyTo) {
+		return reject(4, "reply queue %q is not one of the sender's (%s, or it with -1 to -%d)",
+			req.ReplyTo, transport.ClientQueue(w.Prefix, client.Key.Fingerprint()), transport.MaxReplyQueues-1)
 	}
 	d.rec.ClaimedSender, d.rec.Client, d.rec.ClientName = "", client.Key.Fingerprint(), client.Name
 

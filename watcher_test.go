@@ -245,7 +245,33 @@ func TestRule4Payload(t *testing.T) {
 		{"the watcher's own queue", func(f *fixture) string { return f.w.Queue() }},
 		{"another prefix", func(f *fixture) string { return transport.ClientQueue("evil", f.client.Public().Fingerprint()) }},
 		{"not a queue name", func(f *fixture) string { return "../../tmp/x" }},
+		{"another client's reply queue 1", func(f *fixture) string {
+			return transport.ReplyQueue(f.w.Prefix, newIdentity(t).Public().Fingerprint(), 1)
+		}},
+		{"its own, past the last", func(f *fixture) string {
+			return transport.ReplyQueue(f.w.Prefix, f.client.Public().Fingerprint(), transport.MaxReplyQueues)
+		}},
+		{"its own, spelled 01", func(f *fixture) string { return f.clientQueue(f.client) + "-01" }},
+		{"its own, with a suffix", func(f *fixture) string { return f.clientQueue(f.client) + "-x" }},
 	}
+	// Every process of a client identity has its own reply queue: the
+	// reply goes to the one the request names, and only there.
+	t.Run("reply_to its own reply queue 7", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t)
+		q := transport.ReplyQueue(f.w.Prefix, f.client.Public().Fingerprint(), 7)
+		req := f.request("ping")
+		req.ReplyTo = q
+		f.deliver(f.w, f.sealed(req))
+		if calls := fakeOf(f.w.Handler).Calls(); len(calls) != 1 {
+			t.Fatalf("handler ran %v, want ping once", calls)
+		}
+		msgs, err := f.tr.Receive(context.Background(), q, 10, 5*time.Second, time.Minute)
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("reply queue 7 holds %d messages (%v), want the reply", len(msgs), err)
+		}
+		assertQueueEmpty(t, f.tr, f.clientQueue(f.client))
+	})
 	for _, tt := range replyTo {
 		t.Run("reply_to "+tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -254,7 +280,7 @@ func TestRule4Payload(t *testing.T) {
 			req := f.request("ping")
 			req.ReplyTo = q
 			m := f.deliver(f.w, f.sealed(req))
-			f.checkRefused(t, f.w, m, refusal{rule: 4, reason: []string{"reply queue", "is not the sender's"}})
+			f.checkRefused(t, f.w, m, refusal{rule: 4, reason: []string{"reply queue", "is not one of the sender's"}})
 			if transport.ValidQueueName(q) && q != f.w.Queue() {
 				assertQueueEmpty(t, f.tr, q)
 			}

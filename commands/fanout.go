@@ -210,10 +210,10 @@ func (p *fanoutPrinter) event(e sera.Event) {
 			cli.PrefixLines(p.stderr, name, r.Stderr)
 		}
 	case sera.EventTimedOut:
-		res.Result, res.Error = "timeout", fmt.Sprintf("no reply within %s", p.timeout)
+		res.Result, res.Error = "timeout", noReply(p.timeout, e.Err)
 		p.noReply = append(p.noReply, name)
 		if !p.asJSON {
-			fmt.Fprintf(p.stderr, "sera: %s: no reply within %s\n", name, p.timeout)
+			fmt.Fprintf(p.stderr, "sera: %s: %s\n", name, res.Error)
 		}
 	case sera.EventSendFailed:
 		res.Result, res.Error = "unsent", e.Err.Error()

@@ -177,7 +177,9 @@ func TestSingleOutcome(t *testing.T) {
 	}{
 		{"ok", &sera.Outcome{Replies: []sera.HostReply{{Watcher: w1, Reply: &sera.Reply{}}}}, 0, ""},
 		{"remote status", &sera.Outcome{Replies: []sera.HostReply{{Watcher: w1, Reply: &sera.Reply{Status: 126}}}}, 126, ""},
-		{"timed out", &sera.Outcome{Missing: []*sera.KnownWatcher{w1}}, 1, "sera: web1: no reply within 1s\n"},
+		{"timed out", &sera.Outcome{Missing: []*sera.KnownWatcher{w1}}, 1, "sera: web1: no reply within 1s; the request was sent, so the command may have run\n"},
+		{"receiving failed", &sera.Outcome{Missing: []*sera.KnownWatcher{w1}, ReceiveErr: errors.New("connection refused")}, 1,
+			"sera: web1: no reply within 1s: receiving failed: connection refused; the request was sent, so the command may have run\n"},
 		{"unsendable", &sera.Outcome{SendErrors: map[string]error{"web1": errors.New("no queue")}}, 1, "sera: web1: failed to send: no queue\n"},
 	}
 	for _, tt := range tests {
@@ -219,7 +221,7 @@ func TestFanoutPrinterText(t *testing.T) {
 	want := `h1: note
 h3: boom
 h4: client alice may not run "user add"
-sera: h5: no reply within 30s
+sera: h5: no reply within 30s; the request was sent, so the command may have run
 sera: 2 of 6 hosts succeeded
 sera: failed: h3 (exit 3), h4 (refused)
 sera: no reply within 30s: h5
@@ -275,7 +277,7 @@ func TestFanoutPrinterJSON(t *testing.T) {
 		if got[3].Rejected == "" || *got[3].Status != 126 {
 			t.Errorf("h4: %+v", got[3])
 		}
-		if got[4].Status != nil || got[4].Error != "no reply within 30s" {
+		if got[4].Status != nil || got[4].Error != "no reply within 30s; the request was sent, so the command may have run" {
 			t.Errorf("h5: %+v", got[4])
 		}
 		// The summary is for people: on stderr, never mixed into the

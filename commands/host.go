@@ -271,6 +271,16 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	return nil
 }
 
+// noReply says that a watcher sent the request did not answer, and that it
+// may have run the command all the same: the request left, and only its
+// reply is missing.
+func noReply(timeout time.Duration, receiveErr error) string {
+	if receiveErr != nil {
+		return fmt.Sprintf("no reply within %s: receiving failed: %v; the request was sent, so the command may have run", timeout, receiveErr)
+	}
+	return fmt.Sprintf("no reply within %s; the request was sent, so the command may have run", timeout)
+}
+
 // singleOutcome is the exit status of a command sent to one host by name:
 // the remote command's own, or a failure if it did not answer.
 func singleOutcome(stderr io.Writer, out *sera.Outcome, timeout time.Duration) error {
@@ -279,7 +289,7 @@ func singleOutcome(stderr io.Writer, out *sera.Outcome, timeout time.Duration) e
 		return &cli.ExitError{Code: cli.ExitFailure}
 	}
 	for _, w := range out.Missing {
-		fmt.Fprintf(stderr, "sera: %s: no reply within %s\n", w.Name, timeout)
+		fmt.Fprintf(stderr, "sera: %s: %s\n", w.Name, noReply(timeout, out.ReceiveErr))
 		return &cli.ExitError{Code: cli.ExitFailure}
 	}
 	if s := out.Replies[0].Reply.Status; s != 0 {

@@ -126,6 +126,23 @@ func Lock(path string) (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// TryLock is Lock without the wait: ok is false, and nothing held, when
+// another process holds the lock.
+func TryLock(path string) (unlock func(), ok bool, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("failed to lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("failed to lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, true, nil
+}
+
 // ErrInsecureMode is returned by CheckStrictModes.
 var ErrInsecureMode = errors.New("insecure file mode or owner")
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,6 +45,9 @@ const (
 	// admin: 'known-hosts sync' trusts each watcher's host keys for
 	// NAME.DOMAIN too.
 	KeyDomain = "SERA_DOMAIN"
+	// KeyReplyQueues is how many reply queues a client identity has, so
+	// that as many of its processes as that run at once without sharing.
+	KeyReplyQueues = "SERA_REPLY_QUEUES"
 )
 
 // Defaults of the settings that have a fixed one; the table (All) shows
@@ -70,6 +74,10 @@ const (
 	// MaxAllowLifetime bounds SERA_ALLOW_MAX: an opening is temporary; a
 	// longer one belongs in the host's own firewall configuration.
 	MaxAllowLifetime = 30 * 24 * time.Hour
+	// DefaultReplyQueues is SERA_REPLY_QUEUES when unset: a script or CI
+	// job runs this many sera processes of one key at once before any
+	// two share a reply queue.
+	DefaultReplyQueues = 16
 )
 
 // ErrUnknown is returned for a key that is not a sera setting.
@@ -138,6 +146,8 @@ var All = []Def{
 	{Key: KeyFanout, Help: "client: how a request for a group or --all is delivered: sns publishes once to the group's topic, direct sends to each watcher's queue",
 		Default: DefaultFanout, check: oneOf(FanoutDirect, FanoutSNS)},
 	{Key: KeyAccount, Help: "AWS account ID of the SNS topics (for SERA_FANOUT=sns)", check: checkAccount},
+	{Key: KeyReplyQueues, Help: fmt.Sprintf("client: how many reply queues this identity has (1 to %d); each process running at the same time takes one of its own; 'client register' creates them", transport.MaxReplyQueues),
+		Default: strconv.Itoa(DefaultReplyQueues), check: intIn(1, transport.MaxReplyQueues)},
 	{Key: KeyDomain, Help: "client: DNS domain of the watchers' hosts; 'known-hosts sync' trusts each watcher's host keys for NAME.DOMAIN too", check: checkDomain},
 }
 
@@ -284,6 +294,12 @@ func (c *Config) Get(key string) string { return c.values[key].Value }
 // Lookup returns the value of key and its source.
 func (c *Config) Lookup(key string) Value { return c.values[key] }
 
+// Int returns an integer setting; Load has validated it.
+func (c *Config) Int(key string) int {
+	n, _ := strconv.Atoi(c.Get(key))
+	return n
+}
+
 // Duration returns a duration setting; Load has validated it.
 func (c *Config) Duration(key string) time.Duration {
 	d, _ := time.ParseDuration(c.Get(key))
@@ -335,6 +351,15 @@ func checkPrefix(s string) error {
 		return fmt.Errorf("%q is not a valid prefix: use at most 12 letters, digits, '-' or '_'", s)
 	}
 	return nil
+}
+
+func intIn(lo, hi int) func(string) error {
+	return func(s string) error {
+		if n, err := strconv.Atoi(s); err != nil || n < lo || n > hi || strconv.Itoa(n) != s {
+			return fmt.Errorf("%q is not a whole number from %d to %d", s, lo, hi)
+		}
+		return nil
+	}
 }
 
 func checkDuration(s string) error {

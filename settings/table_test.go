@@ -1,6 +1,7 @@
 package settings
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -38,7 +39,7 @@ func TestSettingsTable(t *testing.T) {
 			t.Errorf("%s default %q, want the constant %s", key, d.Default, want)
 		}
 	}
-	for key, want := range map[string]string{KeyPrefix: DefaultPrefix, KeyIPURL: DefaultIPURL, KeyFanout: DefaultFanout, KeyTransport: TransportSpool} {
+	for key, want := range map[string]string{KeyReplyQueues: strconv.Itoa(DefaultReplyQueues), KeyPrefix: DefaultPrefix, KeyIPURL: DefaultIPURL, KeyFanout: DefaultFanout, KeyTransport: TransportSpool} {
 		if d, _ := Lookup(key); d.Default != want {
 			t.Errorf("%s default %q, want %q", key, d.Default, want)
 		}

@@ -12,6 +12,8 @@ package transport
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -69,7 +71,9 @@ type Transport interface {
 	// Receive waits up to wait for at most max messages on the named
 	// queue and hides each returned message from other receivers for
 	// visibility. It returns an empty slice, not an error, when nothing
-	// arrived in time, and ctx.Err() when ctx is done first.
+	// arrived in time, and ctx.Err() when ctx is done first. A wait of 0
+	// looks once and returns (on SQS it waits the queue's own default,
+	// which is 0 on sera's reply queues).
 	Receive(ctx context.Context, queue string, max int, wait, visibility time.Duration) ([]*Message, error)
 
 	// Delete removes a received message for good.
@@ -137,3 +141,34 @@ func WatcherQueue(prefix, name string) string { return prefix + "-w-" + name }
 
 // ClientQueue is the reply queue of the client identity with fingerprint fp.
 func ClientQueue(prefix, fp string) string { return prefix + "-c-" + fp }
+
+// MaxReplyQueues bounds how many reply queues one client identity has:
+// ClientQueue and ReplyQueue 1 to MaxReplyQueues-1.
+const MaxReplyQueues = 64
+
+// ReplyQueue is reply queue n of the client identity fp: 0 is ClientQueue,
+// the one a single process uses; each further process of the identity
+// running at the same time takes another (PREFIX-c-FP-N), so that no
+// process receives the replies to another's requests.
+func ReplyQueue(prefix, fp string, n int) string {
+	if n == 0 {
+		return ClientQueue(prefix, fp)
+	}
+	return ClientQueue(prefix, fp) + "-" + strconv.Itoa(n)
+}
+
+// IsReplyQueue reports whether name is one of the reply queues of the
+// client identity fp, ReplyQueue(prefix, fp, n) for 0 <= n < MaxReplyQueues
+// spelled exactly so: a watcher replies only there.
+func IsReplyQueue(prefix, fp, name string) bool {
+	base := ClientQueue(prefix, fp)
+	if name == base {
+		return true
+	}
+	rest, ok := strings.CutPrefix(name, base+"-")
+	if !ok {
+		return false
+	}
+	n, err := strconv.Atoi(rest)
+	return err == nil && n > 0 && n < MaxReplyQueues && strconv.Itoa(n) == rest
+}

@@ -27,6 +27,10 @@ const (
 	ExitOK      = 0
 	ExitFailure = 1
 	ExitUsage   = 2
+	// ExitNotSent: the request was not sent (this process could not
+	// receive its replies), so nothing ran anywhere; sysexits'
+	// EX_TEMPFAIL, "try again later".
+	ExitNotSent = 75
 )
 
 // ExitError carries a specific exit status, e.g. a remote command's. Err
@@ -84,6 +88,8 @@ func ExitCode(err error) (code int, print bool) {
 		return ee.Code, ee.Err != nil
 	case errors.Is(err, ErrUsage):
 		return ExitUsage, true
+	case errors.Is(err, sera.ErrNotSent):
+		return ExitNotSent, true
 	default:
 		return ExitFailure, true
 	}
@@ -95,6 +101,10 @@ const ExitCodesHelp = `Exit status:
   1    failure; a host failed, did not answer in time, could not be sent
        the request, or was skipped after --max-errors
   2    usage error: bad flags or arguments, nothing was sent or changed
+  75   nothing was sent: this process cannot receive replies (its reply
+       queue is missing or the queue server unreachable); nothing ran, the
+       command may be tried again as it is. A failure after the request
+       was sent is 1, and says the command may have run
   N    with one host named exactly (--to web1), the remote command's own
        exit status (126: the watcher refused the request; 124: the command
        ran past its execution timeout and was killed; 123: the watcher
@@ -180,11 +190,17 @@ func (o *Options) NewClient(ctx context.Context, cfg *settings.Config, kw *sera.
 	if timeout <= 0 {
 		timeout = cfg.Duration(settings.KeyTimeout)
 	}
-	client = &sera.Client{
-		Identity: id, Transport: tr, Prefix: cfg.Get(settings.KeyPrefix),
-		TTL: cfg.Duration(settings.KeyRequestTTL), Now: o.Now, Rand: o.Rand, Known: kw,
+	warn := func(msg string) {
+		if o.Stderr != nil {
+			fmt.Fprintf(o.Stderr, "sera: warning: %s\n", msg)
+		}
 	}
-	return client, timeout, func() { tr.Close() }, nil
+	queue, release := takeReplyQueue(cfg, id.Public().Fingerprint(), warn)
+	client = &sera.Client{
+		Identity: id, Transport: tr, Prefix: cfg.Get(settings.KeyPrefix), ReplyQueue: queue,
+		TTL: cfg.Duration(settings.KeyRequestTTL), Now: o.Now, Rand: o.Rand, Known: kw, Warn: warn,
+	}
+	return client, timeout, func() { tr.Close(); release() }, nil
 }
 
 // Group makes c a command that only holds subcommands: run bare or with an

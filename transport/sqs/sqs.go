@@ -266,10 +266,16 @@ func (t *Transport) Receive(ctx context.Context, queue string, maxMsgs int, wait
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		// At least 1 s: the SDK omits a WaitTimeSeconds of 0, and SQS then
-		// waits the queue's default (up to 20 s) instead of not at all.
-		w := min(max(time.Until(deadline).Round(time.Second), time.Second), maxWait)
-		in.WaitTimeSeconds = int32(w / time.Second)
+		// The SDK omits a WaitTimeSeconds of 0, and SQS then waits the
+		// queue's default instead. A wait of 0 is one call on that
+		// default, which is 0 on sera's reply queues: a check that the
+		// queue answers, not a wait. Any other wait is at least 1 s, as
+		// the default may be up to 20 s.
+		in.WaitTimeSeconds = 0
+		if wait > 0 {
+			w := min(max(time.Until(deadline).Round(time.Second), time.Second), maxWait)
+			in.WaitTimeSeconds = int32(w / time.Second)
+		}
 		out, err := t.client.ReceiveMessage(ctx, in)
 		if err != nil {
 			if ctx.Err() != nil {
