@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,7 +19,9 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
+	"github.com/sera-dev/sera/transport/spool"
 	"github.com/sera-dev/sera/transport/sqs"
 	"github.com/sera-dev/sera/transport/sqs/sqstest"
 )
@@ -57,7 +63,9 @@ func TestEndToEndSpool(t *testing.T) {
 			}
 			return false, fmt.Errorf("unknown condition %q", cond)
 		},
-		Cmds: cmds(nil),
+		Cmds: cmds(nil).with(func(ts *testscript.TestScript) (transport.Transport, error) {
+			return spool.New(ts.Getenv("SERA_SPOOL"))
+		}),
 	})
 }
 
@@ -101,7 +109,10 @@ func TestEndToEndSQS(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				queues = append(queues, transport.ClientQueue(prefix, id.Public().Fingerprint()))
+				// Every reply queue of the identity, as 'client register'.
+				for n := range settings.DefaultReplyQueues {
+					queues = append(queues, transport.ReplyQueue(prefix, id.Public().Fingerprint(), n))
+				}
 			}
 			for _, q := range queues {
 				if _, err := sqs.CreateQueue(context.Background(), srv.Config, q); err != nil {
@@ -111,6 +122,8 @@ func TestEndToEndSQS(t *testing.T) {
 			return nil
 		}, func(ts *testscript.TestScript, args []string) error {
 			return mktopics(srv.Config, scriptPrefix(ts), args)
+		}).with(func(*testscript.TestScript) (transport.Transport, error) {
+			return sqs.NewFromConfig(srv.Config), nil
 		}),
 	})
 }
@@ -194,8 +207,13 @@ func setup(extra map[string]string, ownPrefix bool) func(*testscript.Env) error 
 //	                      create the SNS topics of every watcher and its
 //	                      groups and subscribe its queue, as provisioning
 //	                      would (SQS only)
-func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error, mktopics ...func(ts *testscript.TestScript, args []string) error) map[string]func(*testscript.TestScript, bool, []string) {
-	return map[string]func(*testscript.TestScript, bool, []string){
+//	parallel P N CMD ARG… run the program CMD N times, P at once, with the
+//	                      script's environment; fails unless every run
+//	                      exits 0 (see scriptCmds.with)
+//	noreplies             every reply queue of the key in $SERA_HOME is
+//	                      empty: no reply was left behind (see with)
+func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error, mktopics ...func(ts *testscript.TestScript, args []string) error) scriptCmds {
+	return scriptCmds{
 		"mktopics": func(ts *testscript.TestScript, neg bool, args []string) {
 			if neg {
 				ts.Fatalf("unsupported: ! mktopics")
@@ -250,4 +268,102 @@ func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error, mkt
 			}
 		},
 	}
+}
+
+// scriptCmds are the helper commands of a set of scripts.
+type scriptCmds map[string]func(*testscript.TestScript, bool, []string)
+
+// with adds the commands that need the scripts' transport, which open
+// returns.
+func (c scriptCmds) with(open func(*testscript.TestScript) (transport.Transport, error)) scriptCmds {
+	c["parallel"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if neg || len(args) < 3 {
+			ts.Fatalf("usage: parallel P N CMD ARG…")
+		}
+		p, err1 := strconv.Atoi(args[0])
+		n, err2 := strconv.Atoi(args[1])
+		if err1 != nil || err2 != nil || p < 1 || n < 1 {
+			ts.Fatalf("usage: parallel P N CMD ARG…")
+		}
+		env := scriptEnv(ts)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		next := make(chan int)
+		for range p {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					cmd := exec.Command(args[2], args[3:]...)
+					cmd.Env, cmd.Dir = env, ts.Getenv("WORK")
+					if out, err := cmd.CombinedOutput(); err != nil {
+						errs[i] = fmt.Errorf("run %d: %v: %s", i, err, out)
+					}
+				}
+			}()
+		}
+		for i := range n {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+		failed := 0
+		for _, err := range errs {
+			if err != nil {
+				failed++
+				ts.Logf("%v", err)
+			}
+		}
+		if failed > 0 {
+			ts.Fatalf("%d of %d runs failed", failed, n)
+		}
+	}
+	c["noreplies"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if neg || len(args) != 0 {
+			ts.Fatalf("usage: noreplies")
+		}
+		b, err := os.ReadFile(filepath.Join(ts.Getenv("SERA_HOME"), "key"))
+		ts.Check(err)
+		id, err := crypto.ParseIdentityFile(b)
+		ts.Check(err)
+		tr, err := open(ts)
+		ts.Check(err)
+		defer tr.Close()
+		for i := range transport.MaxReplyQueues {
+			q := transport.ReplyQueue(scriptPrefix(ts), id.Public().Fingerprint(), i)
+			msgs, err := tr.Receive(context.Background(), q, 10, 0, time.Minute)
+			if errors.Is(err, transport.ErrNoQueue) {
+				continue
+			}
+			ts.Check(err)
+			if len(msgs) > 0 {
+				ts.Fatalf("reply queue %s holds %d messages no one took", q, len(msgs))
+			}
+		}
+	}
+	return c
+}
+
+// scriptEnv is the environment a script's exec would give a program: what
+// the test process has, with the script's own values of the variables
+// testscript and the scripts set.
+func scriptEnv(ts *testscript.TestScript) []string {
+	keys := map[string]bool{"PATH": true, "HOME": true, "WORK": true, "TMPDIR": true, "GORACE": true}
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		keys[k] = true
+	}
+	for _, d := range settings.All {
+		keys[d.Key] = true
+	}
+	for _, k := range []string{"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_EC2_METADATA_DISABLED"} {
+		keys[k] = true
+	}
+	var env []string
+	for k := range keys {
+		if v := ts.Getenv(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
 }
