@@ -72,6 +72,8 @@ bench: deps
 	$(GO) test -run '^$$' -bench Fanout -benchtime 3x ./commands/
 	$(GO) test -run '^$$' -bench Wake -benchtime 200x -count 3 ./transport/spool/
 	$(GO) test -run '^$$' -bench WatcherIdleRSS -benchtime 1x ./cmd/sera/
+	$(GO) test -run '^$$' -bench PingProcess -benchtime 50x -count 3 ./cmd/sera/
+	$(GO) test -run '^$$' -bench ParallelProcesses -benchtime 3x ./cmd/sera/
 
 demo: build
 	@SERA=$(CURDIR)/bin/sera bash docs/demo.sh

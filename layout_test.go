@@ -24,7 +24,7 @@ var importRules = []struct {
 	{"crypto", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"transport", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"transport/spool", []string{"transport"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},
-	{"transport/sqs", []string{"transport", "plan"}, []string{"github.com/spf13/cobra"}},
+	{"transport/sqs", []string{"transport", "plan", "safefile"}, []string{"github.com/spf13/cobra"}},
 	{"plan", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"safefile", nil, []string{"github.com/spf13/cobra", "github.com/aws/"}},
 	{"host", []string{"safefile"}, []string{"github.com/spf13/cobra", "github.com/aws/"}},

@@ -3,6 +3,7 @@ package commands
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
@@ -22,6 +23,9 @@ func OpenTransport(ctx context.Context, cfg *settings.Config) (transport.Transpo
 			AccessKey: cfg.Get(settings.KeyAccessKey),
 			SecretKey: cfg.Get(settings.KeySecretKey),
 			Account:   cfg.Get(settings.KeyAccount),
+			// The account's queue URLs, so a command makes no
+			// GetQueueUrl calls (see sqs.Options.URLCache).
+			URLCache: filepath.Join(cfg.Get(settings.KeyState), "sqs-urls.json"),
 		})
 	default:
 		return nil, fmt.Errorf("unknown %s %q", settings.KeyTransport, t)

@@ -90,7 +90,11 @@ func buildSera(b *testing.B) string {
 
 // idleWatcher is one `sera watch` process.
 type idleWatcher struct {
-	cmd     *exec.Cmd
+	// dir holds the watcher's home, state and spool; env is its
+	// environment, pub its public key.
+	dir, pub string
+	env      []string
+	cmd      *exec.Cmd
 	log     string // its stderr and stdout
 	started time.Time
 	exited  chan struct{}
@@ -108,7 +112,7 @@ type idleFigures struct {
 // which a benchmark must never touch), then starts `sera watch` and waits
 // until it says it is watching. The process is killed in b's cleanup if it
 // is still running.
-func startWatcher(b *testing.B, bin string, extra map[string]string) *idleWatcher {
+func startWatcher(b *testing.B, bin string, extra map[string]string, clients ...string) *idleWatcher {
 	b.Helper()
 	dir := b.TempDir()
 	env := []string{}
@@ -128,15 +132,24 @@ func startWatcher(b *testing.B, bin string, extra map[string]string) *idleWatche
 	for k, v := range extra {
 		env = append(env, k+"="+v)
 	}
-	for _, args := range [][]string{{"keygen"}, {"config", "set", "SERA_NAME=web1"}} {
+	steps := [][]string{{"keygen"}, {"config", "set", "SERA_NAME=web1"}}
+	for _, c := range clients {
+		steps = append(steps, []string{"clients", "add", c, "--name", "admin"})
+	}
+	var pub string
+	for _, args := range steps {
 		cmd := exec.Command(bin, args...)
 		cmd.Env = env
-		if out, err := cmd.CombinedOutput(); err != nil {
+		out, err := cmd.Output()
+		if err != nil {
 			b.Fatalf("sera %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		if args[0] == "keygen" {
+			pub = strings.TrimSpace(string(out))
 		}
 	}
 
-	w := &idleWatcher{log: filepath.Join(dir, "watch.log"), exited: make(chan struct{})}
+	w := &idleWatcher{dir: dir, pub: pub, env: env, log: filepath.Join(dir, "watch.log"), exited: make(chan struct{})}
 	logf, err := os.Create(w.log)
 	if err != nil {
 		b.Fatal(err)

@@ -54,6 +54,11 @@ type Options struct {
 	// Publish sends to; without it Publish fails. Send and Receive do
 	// not need it.
 	Account string
+	// URLCache, if set, is a file where the transport keeps what it
+	// learnt of where the account's queues are, so that the next process
+	// of the same configuration needs no GetQueueUrl call (see
+	// urlCache).
+	URLCache string
 }
 
 // LoadConfig loads the SDK's default configuration with opts applied. It is
@@ -87,6 +92,11 @@ type Transport struct {
 
 	mu   sync.Mutex
 	urls map[string]string // queue name to URL
+	// base is what a queue URL of this account is before the queue's
+	// name, learnt from GetQueueUrl or the cache; "" until then.
+	base  string
+	cache *urlCache
+	cfg   aws.Config
 }
 
 var (
@@ -105,7 +115,19 @@ func New(ctx context.Context, opts Options) (*Transport, error) {
 	}
 	t := NewFromConfig(cfg)
 	t.account.ID = opts.Account
+	if opts.URLCache != "" {
+		t.WithURLCache(ctx, opts.URLCache)
+	}
 	return t, nil
+}
+
+// WithURLCache makes t keep the base of the account's queue URLs in the
+// file at path (see Options.URLCache), and returns t. Call it before t is
+// used.
+func (t *Transport) WithURLCache(ctx context.Context, path string) *Transport {
+	t.cache = openURLCache(ctx, path, t.cfg)
+	t.base = t.cache.base
+	return t
 }
 
 // NewFromConfig returns a Transport using cfg as is, but for keeping more
@@ -118,6 +140,7 @@ func NewFromConfig(cfg aws.Config) *Transport {
 		sns:     sns.NewFromConfig(cfg),
 		account: Account{Partition: partitionOf(cfg.Region), Region: cfg.Region},
 		urls:    map[string]string{},
+		cfg:     cfg,
 	}
 }
 
@@ -201,12 +224,10 @@ func (t *Transport) Send(ctx context.Context, queue string, body []byte) error {
 	if !validBody(body) {
 		return fmt.Errorf("failed to send to %q: body has characters SQS does not accept", queue)
 	}
-	u, err := t.queueURL(ctx, queue)
-	if err != nil {
-		return fmt.Errorf("failed to send: %w", err)
-	}
-	_, err = t.client.SendMessage(ctx, &awssqs.SendMessageInput{QueueUrl: &u, MessageBody: aws.String(string(body))})
-	return t.fail("send to", queue, err)
+	return t.withURL(ctx, queue, "send", func(u string) error {
+		_, err := t.client.SendMessage(ctx, &awssqs.SendMessageInput{QueueUrl: &u, MessageBody: aws.String(string(body))})
+		return t.fail("send to", queue, err)
+	})
 }
 
 // MaxPublishSize implements transport.Publisher: SNS's limit.
@@ -248,13 +269,18 @@ func (t *Transport) Receive(ctx context.Context, queue string, maxMsgs int, wait
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	u, err := t.queueURL(ctx, queue)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("failed to receive: %w", err)
+	var got []*transport.Message
+	err := t.withURL(ctx, queue, "receive", func(u string) (err error) {
+		got, err = t.receive(ctx, queue, u, maxMsgs, wait, visibility)
+		return err
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
 	}
+	return got, err
+}
+
+func (t *Transport) receive(ctx context.Context, queue, u string, maxMsgs int, wait, visibility time.Duration) ([]*transport.Message, error) {
 	in := &awssqs.ReceiveMessageInput{
 		QueueUrl:            &u,
 		MaxNumberOfMessages: int32(min(maxMsgs, 10)),
@@ -319,40 +345,51 @@ func messages(in []types.Message) []*transport.Message {
 // Delete implements transport.Transport. SQS accepts a stale receipt handle
 // without deleting anything, so Delete cannot always report ErrStaleHandle.
 func (t *Transport) Delete(ctx context.Context, queue string, m *transport.Message) error {
-	u, err := t.queueURL(ctx, queue)
-	if err != nil {
-		return fmt.Errorf("failed to delete: %w", err)
-	}
-	_, err = t.client.DeleteMessage(ctx, &awssqs.DeleteMessageInput{QueueUrl: &u, ReceiptHandle: &m.Handle})
-	return t.fail("delete from", queue, err)
+	return t.withURL(ctx, queue, "delete", func(u string) error {
+		_, err := t.client.DeleteMessage(ctx, &awssqs.DeleteMessageInput{QueueUrl: &u, ReceiptHandle: &m.Handle})
+		return t.fail("delete from", queue, err)
+	})
 }
 
 // ChangeVisibility implements transport.Transport. The receipt handle stays
 // the same.
 func (t *Transport) ChangeVisibility(ctx context.Context, queue string, m *transport.Message, d time.Duration) error {
-	u, err := t.queueURL(ctx, queue)
-	if err != nil {
-		return fmt.Errorf("failed to change visibility: %w", err)
-	}
-	_, err = t.client.ChangeMessageVisibility(ctx, &awssqs.ChangeMessageVisibilityInput{
-		QueueUrl:          &u,
-		ReceiptHandle:     &m.Handle,
-		VisibilityTimeout: seconds(d),
+	return t.withURL(ctx, queue, "change visibility", func(u string) error {
+		_, err := t.client.ChangeMessageVisibility(ctx, &awssqs.ChangeMessageVisibilityInput{
+			QueueUrl:          &u,
+			ReceiptHandle:     &m.Handle,
+			VisibilityTimeout: seconds(d),
+		})
+		return t.fail("change visibility on", queue, err)
 	})
-	return t.fail("change visibility on", queue, err)
 }
 
-// queueURL looks up the URL of queue once and remembers it.
-func (t *Transport) queueURL(ctx context.Context, queue string) (string, error) {
+// queueURL returns the URL of queue: remembered, or derived from the URL
+// of another queue of the account (every queue URL is the same but for the
+// name at its end), or looked up. derived reports a URL not confirmed by
+// GetQueueUrl, which a call that finds no queue there looks up again (see
+// withURL).
+func (t *Transport) queueURL(ctx context.Context, queue string) (u string, derived bool, err error) {
 	if !transport.ValidQueueName(queue) {
-		return "", fmt.Errorf("queue %q: %w", queue, transport.ErrInvalidQueueName)
+		return "", false, fmt.Errorf("queue %q: %w", queue, transport.ErrInvalidQueueName)
 	}
 	t.mu.Lock()
 	u, ok := t.urls[queue]
+	base := t.base
 	t.mu.Unlock()
 	if ok {
-		return u, nil
+		return u, false, nil
 	}
+	if base != "" {
+		return base + queue, true, nil
+	}
+	u, err = t.lookup(ctx, queue)
+	return u, false, err
+}
+
+// lookup asks SQS for the URL of queue and remembers it, and the base of
+// the account's queue URLs.
+func (t *Transport) lookup(ctx context.Context, queue string) (string, error) {
 	out, err := t.client.GetQueueUrl(ctx, &awssqs.GetQueueUrlInput{QueueName: &queue})
 	if err != nil {
 		if sentinel := classify(err); sentinel != nil {
@@ -360,11 +397,54 @@ func (t *Transport) queueURL(ctx context.Context, queue string) (string, error) 
 		}
 		return "", fmt.Errorf("failed to look up queue %q: %w", queue, err)
 	}
-	u = aws.ToString(out.QueueUrl)
+	u := aws.ToString(out.QueueUrl)
+	base, ok := strings.CutSuffix(u, "/"+queue)
 	t.mu.Lock()
 	t.urls[queue] = u
+	changed := ok && base+"/" != t.base
+	if changed {
+		t.base = base + "/"
+	}
 	t.mu.Unlock()
+	if changed && t.cache != nil {
+		t.cache.store(base + "/")
+	}
 	return u, nil
+}
+
+// withURL runs op on the URL of queue. When the URL was derived and op
+// finds no queue there, the URL is looked up and op tried once more: the
+// cache may be of another account, or the queue's URL of another form.
+// A queue that really does not exist fails the lookup.
+func (t *Transport) withURL(ctx context.Context, queue, what string, op func(u string) error) error {
+	u, derived, err := t.queueURL(ctx, queue)
+	if err != nil {
+		return fmt.Errorf("failed to %s: %w", what, err)
+	}
+	err = op(u)
+	if !derived || err == nil || !errors.Is(err, transport.ErrNoQueue) && !isAccessDenied(err) {
+		if err == nil && derived {
+			t.mu.Lock()
+			t.urls[queue] = u
+			t.mu.Unlock()
+		}
+		return err
+	}
+	fresh, lerr := t.lookup(ctx, queue)
+	if lerr != nil {
+		return fmt.Errorf("failed to %s: %w", what, lerr)
+	}
+	if fresh == u {
+		return err
+	}
+	return op(fresh)
+}
+
+// isAccessDenied reports an error SQS gives for a queue URL of an account
+// the caller has no rights in, as a derived URL of another account is.
+func isAccessDenied(err error) bool {
+	var api smithy.APIError
+	return errors.As(err, &api) && (api.ErrorCode() == "AccessDenied" || api.ErrorCode() == "AccessDeniedException")
 }
 
 // fail wraps a failed operation's error, with a sentinel where one

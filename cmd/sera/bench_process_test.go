@@ -1,0 +1,193 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sera-dev/sera/crypto"
+	"github.com/sera-dev/sera/settings"
+	"github.com/sera-dev/sera/transport"
+	"github.com/sera-dev/sera/transport/sqs"
+	"github.com/sera-dev/sera/transport/sqs/sqstest"
+)
+
+// benchFleet is a laptop identity and a watcher, web1, that trusts it, as
+// the real binary sees them: what an admin's `sera ping --to web1` runs
+// against.
+type benchFleet struct {
+	bin    string
+	laptop []string // the laptop's environment
+}
+
+// newBenchFleet sets up the laptop and starts web1 on the spool, or with
+// useSQS on a fresh local SQS server (fauxqs), the queues created first as
+// registration does.
+func newBenchFleet(b *testing.B, bin string, useSQS bool) *benchFleet {
+	b.Helper()
+	dir := b.TempDir()
+	extra := map[string]string{}
+	var srv *sqstest.Server
+	if useSQS {
+		srv = sqstest.Start(b)
+		extra = map[string]string{
+			"SERA_TRANSPORT":            "sqs",
+			"AWS_ENDPOINT_URL":          srv.Endpoint,
+			"AWS_ACCESS_KEY_ID":         "test",
+			"AWS_SECRET_ACCESS_KEY":     "test",
+			"AWS_REGION":                "us-east-1",
+			"AWS_EC2_METADATA_DISABLED": "true",
+		}
+	}
+	env := append(cleanEnv(dir), "SERA_HOME="+filepath.Join(dir, "home"), "SERA_STATE="+filepath.Join(dir, "state"))
+	for k, v := range extra {
+		env = append(env, k+"="+v)
+	}
+	pub := strings.TrimSpace(string(mustRun(b, bin, env, "keygen")))
+	if srv != nil {
+		key, err := os.ReadFile(filepath.Join(dir, "home", "key"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		id, err := crypto.ParseIdentityFile(key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		queues := []string{transport.WatcherQueue("sera", "web1")}
+		for n := range settings.DefaultReplyQueues {
+			queues = append(queues, transport.ReplyQueue("sera", id.Public().Fingerprint(), n))
+		}
+		for _, q := range queues {
+			if _, err := sqs.CreateQueue(context.Background(), srv.Config, q); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	w := startWatcher(b, bin, extra, pub)
+	env = append(env, "SERA_SPOOL="+filepath.Join(w.dir, "spool"))
+	mustRun(b, bin, env, "watchers", "add", "web1", w.pub)
+	return &benchFleet{bin: bin, laptop: env}
+}
+
+// cleanEnv is the benchmark's environment without the caller's sera and
+// AWS settings, with HOME set to home.
+func cleanEnv(home string) []string {
+	env := []string{"HOME=" + home}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SERA_") && !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "HOME=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func mustRun(b *testing.B, bin string, env []string, args ...string) []byte {
+	b.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		b.Fatalf("sera %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr)
+	}
+	return out
+}
+
+// ping runs one whole `sera ping --to web1` process.
+func (f *benchFleet) ping(b *testing.B) {
+	if err := f.tryPing(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// tryPing is ping for goroutines other than the benchmark's.
+func (f *benchFleet) tryPing() error {
+	cmd := exec.Command(f.bin, "ping", "--to", "web1", "--timeout", "60s")
+	cmd.Env = f.laptop
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("sera ping: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// BenchmarkPingProcess measures what an admin waits for: a whole `sera ping
+// --to web1` process, start-up included, against a watcher on the same
+// machine, on the spool and on a local SQS server. It reports the median
+// and 90th percentile of b.N runs (use -benchtime=50x or so).
+func BenchmarkPingProcess(b *testing.B) {
+	bin := buildSera(b)
+	for _, kind := range []string{"spool", "sqs"} {
+		b.Run(kind, func(b *testing.B) {
+			f := newBenchFleet(b, bin, kind == "sqs")
+			f.ping(b) // the watcher's first request warms its caches
+			times := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for range b.N {
+				start := time.Now()
+				f.ping(b)
+				times = append(times, time.Since(start))
+			}
+			b.StopTimer()
+			slices.Sort(times)
+			b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "median-ms")
+			b.ReportMetric(float64(times[len(times)*9/10].Microseconds())/1000, "p90-ms")
+		})
+	}
+}
+
+// BenchmarkParallelProcesses measures 64 `sera ping` processes of one
+// identity, run 1 and 8 at a time: the throughput a script gets that runs
+// sera in parallel from one key. Each op is the whole batch of 64.
+func BenchmarkParallelProcesses(b *testing.B) {
+	const requests = 64
+	bin := buildSera(b)
+	for _, kind := range []string{"spool", "sqs"} {
+		for _, procs := range []int{1, 8} {
+			b.Run(kind+"/"+map[int]string{1: "1proc", 8: "8procs"}[procs], func(b *testing.B) {
+				f := newBenchFleet(b, bin, kind == "sqs")
+				f.ping(b)
+				b.ResetTimer()
+				start := time.Now()
+				for range b.N {
+					var wg sync.WaitGroup
+					next := make(chan struct{})
+					errs := make(chan error, requests)
+					for range procs {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for range next {
+								if err := f.tryPing(); err != nil {
+									errs <- err
+								}
+							}
+						}()
+					}
+					for range requests {
+						next <- struct{}{}
+					}
+					close(next)
+					wg.Wait()
+					close(errs)
+					for err := range errs {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(requests*b.N)/time.Since(start).Seconds(), "req/s")
+			})
+		}
+	}
+}
