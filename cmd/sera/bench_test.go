@@ -95,10 +95,10 @@ type idleWatcher struct {
 	dir, pub string
 	env      []string
 	cmd      *exec.Cmd
-	log     string // its stderr and stdout
-	started time.Time
-	exited  chan struct{}
-	waitErr error // set before exited is closed
+	log      string // its stderr and stdout
+	started  time.Time
+	exited   chan struct{}
+	waitErr  error // set before exited is closed
 }
 
 // idleFigures are what measureIdle found.
