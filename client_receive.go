@@ -74,7 +74,10 @@ func (r *run) receive(ctx context.Context) error {
 			r.receiveErr = err
 			pause := min(receiveRetryMin<<min(r.receiveFails, 10), receiveRetryMax, earliest.Sub(r.c.now()))
 			r.receiveFails++
-			r.c.warn(fmt.Sprintf("receiving replies on %s failed; retrying until the timeout: %v", r.c.Queue(), err))
+			if r.receiveFails == 1 {
+				// Once a run: the next failures are the same outage.
+				r.c.warn(fmt.Sprintf("receiving replies on %s failed; retrying until the timeout: %v", r.c.Queue(), err))
+			}
 			if pause > 0 {
 				t := time.NewTimer(pause)
 				select {
@@ -85,7 +88,7 @@ func (r *run) receive(ctx context.Context) error {
 				}
 			}
 		} else {
-			r.receiveErr, r.receiveFails = nil, 0
+			r.receiveErr = nil
 			for _, m := range msgs {
 				r.take(ctx, m)
 			}

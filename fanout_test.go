@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -364,9 +365,20 @@ func TestRunPublishes(t *testing.T) {
 			}
 			job := tt.job
 			job.Watchers, job.Target, job.Argv, job.Timeout, job.Topic = kws, sera.Target{Groups: []string{"fleet"}}, []string{"ping"}, 20*time.Second, topic
-			out, err := f.newClient(tr).Run(context.Background(), &job)
+			c := f.newClient(tr)
+			var warned []string
+			c.Warn = func(msg string) { warned = append(warned, msg) }
+			out, err := c.Run(context.Background(), &job)
 			if err != nil {
 				t.Fatal(err)
+			}
+			// A publish that failed is said, not hidden in the log.
+			if tt.failPublish != nil {
+				if len(warned) != 1 || !strings.Contains(warned[0], "publishing to topic "+topic+" failed, so the request goes to each watcher's queue instead: access denied") {
+					t.Errorf("warnings %q, want one that the publish failed", warned)
+				}
+			} else if len(warned) != 0 {
+				t.Errorf("warnings %q, want none", warned)
 			}
 			if len(out.Replies) != 4 || out.Failed() != 0 {
 				t.Fatalf("%d replies, %d failed", len(out.Replies), out.Failed())

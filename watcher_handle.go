@@ -357,10 +357,39 @@ func (w *Watcher) reply(ctx context.Context, client *KnownClient, req *Request, 
 	return sealed, w.send(ctx, req.ReplyTo, sealed)
 }
 
+// A reply that fails to send is tried again for up to replyRetryFor,
+// pausing from replyRetryMin, doubling, to replyRetryMax: a queue server
+// away for seconds delays the reply by seconds, instead of until the
+// request is delivered again (its visibility timeout) and answered from
+// the replay cache.
+const (
+	replyRetryMin = 250 * time.Millisecond
+	replyRetryMax = 4 * time.Second
+	replyRetryFor = 20 * time.Second
+)
+
 func (w *Watcher) send(ctx context.Context, queue string, msgs [][]byte) error {
 	for _, b := range msgs {
-		if err := w.Transport.Send(ctx, queue, b); err != nil {
-			return fmt.Errorf("failed to send reply: %w", err)
+		pause, waited := replyRetryMin, time.Duration(0)
+		for {
+			err := w.Transport.Send(ctx, queue, b)
+			if err == nil {
+				break
+			}
+			if errors.Is(err, transport.ErrTooLarge) || errors.Is(err, transport.ErrInvalidQueueName) ||
+				errors.Is(err, transport.ErrNoQueue) || waited >= replyRetryFor || ctx.Err() != nil {
+				return fmt.Errorf("failed to send reply: %w", err)
+			}
+			w.log().Warn("sending reply failed; retrying", "queue", queue, "err", err, "in", pause)
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return fmt.Errorf("failed to send reply: %w", err)
+			case <-t.C:
+			}
+			waited += pause
+			pause = min(2*pause, replyRetryMax)
 		}
 	}
 	return nil

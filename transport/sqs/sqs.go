@@ -27,6 +27,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -136,12 +137,24 @@ func (t *Transport) WithURLCache(ctx context.Context, path string) *Transport {
 func NewFromConfig(cfg aws.Config) *Transport {
 	cfg.HTTPClient = keepConns(cfg.HTTPClient)
 	return &Transport{
-		client:  awssqs.NewFromConfig(cfg),
-		sns:     sns.NewFromConfig(cfg),
+		client:  awssqs.NewFromConfig(cfg, func(o *awssqs.Options) { o.Retryer = quickRetries(o.Retryer) }),
+		sns:     sns.NewFromConfig(cfg, func(o *sns.Options) { o.Retryer = quickRetries(o.Retryer) }),
 		account: Account{Partition: partitionOf(cfg.Region), Region: cfg.Region},
 		urls:    map[string]string{},
 		cfg:     cfg,
 	}
+}
+
+// maxRetryDelay caps the SDK's wait between attempts of one call (20 s by
+// default): sera's client and watcher retry failed calls themselves, and a
+// queue server back after a short outage must not find them asleep.
+const maxRetryDelay = 2 * time.Second
+
+func quickRetries(r aws.Retryer) aws.Retryer {
+	if r == nil {
+		r = retry.NewStandard()
+	}
+	return retry.AddWithMaxBackoffDelay(r, maxRetryDelay)
 }
 
 // idleConns is how many idle connections to one endpoint the SDK's HTTP
