@@ -121,6 +121,11 @@ type WatcherStatus struct {
 	RunningSince time.Time
 }
 
+// DefaultMaxBackoff is the longest a watcher waits before it polls again
+// after a failed poll: a queue created, or a server back, is served within
+// it (plus one poll).
+const DefaultMaxBackoff = 10 * time.Second
+
 // Watcher serves one host: it receives requests from its queue, applies the
 // acceptance rules of DESIGN.md in order, runs accepted commands through
 // its Handler and replies on the client's queue.
@@ -141,7 +146,8 @@ type Watcher struct {
 	// PollWait is the long-poll wait (20 s), Visibility how long a
 	// received request stays hidden before it is extended (30 s).
 	PollWait, Visibility time.Duration
-	// MinBackoff and MaxBackoff bound the wait after a transport error.
+	// MinBackoff and MaxBackoff bound the wait after a transport error
+	// (1 s and DefaultMaxBackoff); a poll that succeeds resets it.
 	MinBackoff, MaxBackoff time.Duration
 	// OnPoll, if set, is called after every poll and, while a command
 	// runs, when it starts and then at least every 10 s (every PollWait
@@ -209,7 +215,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		return fmt.Errorf("invalid watcher name: %w", err)
 	}
 	wait := orDefault(w.PollWait, 20*time.Second)
-	minB, maxB := orDefault(w.MinBackoff, time.Second), orDefault(w.MaxBackoff, time.Minute)
+	minB, maxB := orDefault(w.MinBackoff, time.Second), orDefault(w.MaxBackoff, DefaultMaxBackoff)
 	backoff := minB
 	lastPurge := time.Time{}
 	var lastHousekeeping time.Time

@@ -15,6 +15,7 @@ import (
 	"github.com/sera-dev/sera/install"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
+	"github.com/sera-dev/sera/transport"
 )
 
 func newWatchCmd(o *cli.Options) *cobra.Command {
@@ -106,8 +107,21 @@ func runWatch(ctx context.Context, o *cli.Options, verbose bool) error {
 		// one ufw run; at start, those that expired while it was stopped.
 		Housekeeping: Housekeeper(host, log), HousekeepingEvery: 10 * time.Second,
 	}
-	log.Info("watching", "queue", w.Queue(), "transport", cfg.Get(settings.KeyTransport),
+	// "watching" only once the queue has answered: until then the
+	// watcher is not serving anything, and says why in its retries.
+	log.Info("starting", "queue", w.Queue(), "transport", cfg.Get(settings.KeyTransport),
 		"fingerprint", id.Public().Fingerprint(), "version", o.Version)
+	ready := false
+	w.OnPoll = func(s sera.WatcherStatus) {
+		if s.PollOK && !ready {
+			ready = true
+			at := ""
+			if l, ok := tr.(transport.Locator); ok {
+				at = l.Locate(w.Queue())
+			}
+			log.Info("watching", "queue", w.Queue(), "at", at, "transport", cfg.Get(settings.KeyTransport))
+		}
+	}
 	// READY=1, WATCHDOG=1, STATUS= and STOPPING=1 for systemd.
 	notify, err := install.NewNotifier()
 	if err != nil {

@@ -154,7 +154,7 @@ func (n *Notifier) Attach(ctx context.Context, w *sera.Watcher) (release func())
 	}
 	if gap := n.MaxPollGap(); gap > 0 {
 		w.PollWait = min(orDefault(w.PollWait, 20*time.Second), gap)
-		w.MaxBackoff = min(orDefault(w.MaxBackoff, time.Minute), gap)
+		w.MaxBackoff = min(orDefault(w.MaxBackoff, sera.DefaultMaxBackoff), gap)
 		w.MinBackoff = min(orDefault(w.MinBackoff, time.Second), w.MaxBackoff)
 	}
 	n.Starting(w.Queue())

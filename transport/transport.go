@@ -104,6 +104,14 @@ type Publisher interface {
 	MaxPublishSize() int
 }
 
+// Locator is implemented by transports that can say where a queue is, for
+// the logs of whoever serves it: a directory, a URL.
+type Locator interface {
+	// Locate is where queue is, or "" while the transport cannot tell
+	// (an SQS queue whose URL it has not looked up yet).
+	Locate(queue string) string
+}
+
 // ErrNoTopic is returned by Publish when the named topic does not exist.
 var ErrNoTopic = errors.New("topic does not exist")
 

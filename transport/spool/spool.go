@@ -107,6 +107,9 @@ func New(dir string, opts ...Option) (*Spool, error) {
 	return s, nil
 }
 
+// Locate implements transport.Locator: the queue's directory.
+func (s *Spool) Locate(queue string) string { return filepath.Join(s.dir, queue) }
+
 // MaxMessageSize implements transport.Transport.
 func (s *Spool) MaxMessageSize() int { return s.maxSize }
 

@@ -220,6 +220,14 @@ func partitionOf(region string) string {
 	}
 }
 
+// Locate implements transport.Locator: the queue's URL, once a call has
+// looked it up or derived it.
+func (t *Transport) Locate(queue string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.urls[queue]
+}
+
 // MaxPublishSize is the largest message SNS publishes: 256 KiB.
 const MaxPublishSize = 256 << 10
 
