@@ -32,8 +32,10 @@ type Audit struct {
 }
 
 // NewAudit writes the JSON lines to path, and to journald if it runs.
-func NewAudit(path string) *Audit {
-	a := &Audit{File: &sera.AuditLog{Path: path}}
+// The file is rotated past maxSize bytes, keeping keep old files (see
+// sera.AuditLog).
+func NewAudit(path string, maxSize int64, keep int) *Audit {
+	a := &Audit{File: &sera.AuditLog{Path: path, MaxSize: maxSize, Keep: keep}}
 	if journal.Enabled() {
 		a.Journal = journal.Send
 	}

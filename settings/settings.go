@@ -48,6 +48,10 @@ const (
 	// KeyReplyQueues is how many reply queues a client identity has, so
 	// that as many of its processes as that run at once without sharing.
 	KeyReplyQueues = "SERA_REPLY_QUEUES"
+	// The watcher's audit log rotation: its size limit in MiB, and how
+	// many old files it keeps.
+	KeyAuditMaxMB = "SERA_AUDIT_MAX_MB"
+	KeyAuditKeep  = "SERA_AUDIT_KEEP"
 )
 
 // Defaults of the settings that have a fixed one; the table (All) shows
@@ -148,6 +152,10 @@ var All = []Def{
 	{Key: KeyAccount, Help: "AWS account ID of the SNS topics (for SERA_FANOUT=sns)", check: checkAccount},
 	{Key: KeyReplyQueues, Help: fmt.Sprintf("client: how many reply queues this identity has (1 to %d); each process running at the same time takes one of its own; 'client register' creates them", transport.MaxReplyQueues),
 		Default: strconv.Itoa(DefaultReplyQueues), check: intIn(1, transport.MaxReplyQueues)},
+	{Key: KeyAuditMaxMB, Help: "watcher: the audit log's size in MiB (1 to 1024) past which it moves to audit.log.1, audit.log.1 to .2, and so on",
+		Default: strconv.Itoa(sera.DefaultAuditMaxSize >> 20), check: intIn(1, 1024)},
+	{Key: KeyAuditKeep, Help: "watcher: how many old audit logs (audit.log.1 …) are kept (1 to 100); the oldest beyond them is removed",
+		Default: strconv.Itoa(sera.DefaultAuditKeep), check: intIn(1, 100)},
 	{Key: KeyDomain, Help: "client: DNS domain of the watchers' hosts; 'known-hosts sync' trusts each watcher's host keys for NAME.DOMAIN too", check: checkDomain},
 }
 

@@ -39,7 +39,8 @@ func TestSettingsTable(t *testing.T) {
 			t.Errorf("%s default %q, want the constant %s", key, d.Default, want)
 		}
 	}
-	for key, want := range map[string]string{KeyReplyQueues: strconv.Itoa(DefaultReplyQueues), KeyPrefix: DefaultPrefix, KeyIPURL: DefaultIPURL, KeyFanout: DefaultFanout, KeyTransport: TransportSpool} {
+	for key, want := range map[string]string{KeyReplyQueues: strconv.Itoa(DefaultReplyQueues),
+		KeyAuditMaxMB: strconv.Itoa(sera.DefaultAuditMaxSize >> 20), KeyAuditKeep: strconv.Itoa(sera.DefaultAuditKeep), KeyPrefix: DefaultPrefix, KeyIPURL: DefaultIPURL, KeyFanout: DefaultFanout, KeyTransport: TransportSpool} {
 		if d, _ := Lookup(key); d.Default != want {
 			t.Errorf("%s default %q, want %q", key, d.Default, want)
 		}

@@ -34,7 +34,9 @@ func newAuditCmd(o *cli.Options) *cobra.Command {
 as root): one record per request, accepted or rejected, with the time, the
 client's fingerprint and name, the request id, the command line (secrets
 masked; none for a rejected request), the decision, the rule that refused it
-and the exit status. Run it on the host, as root.
+and the exit status. Run it on the host, as root. The log is rotated by
+size (SERA_AUDIT_MAX_MB, SERA_AUDIT_KEEP): the old files, audit.log.1 and
+on, are read too, oldest first.
 
 Under systemd the same records are in the journal with the fields
 SERA_CLIENT, SERA_CLIENT_NAME, SERA_REQUEST_ID, SERA_ARGV, SERA_DECISION,
@@ -58,18 +60,30 @@ SERA_EXIT, SERA_RULE and SERA_REASON:
 				return err
 			}
 			path := filepath.Join(cfg.Get(settings.KeyState), "audit.log")
-			f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-			switch {
-			case errors.Is(err, fs.ErrNotExist):
-				fmt.Fprintf(o.Stderr, "no audit log at %s: this watcher has had no request yet\n", path)
-				return nil
-			case errors.Is(err, fs.ErrPermission):
-				return fmt.Errorf("cannot read the audit log %s: run 'sera audit' as root", path)
-			case err != nil:
-				return fmt.Errorf("cannot read the audit log: %w", err)
+			// The rotated files first, oldest first: every record
+			// kept, in order.
+			paths := append(sera.RotatedAuditLogs(path, cfg.Int(settings.KeyAuditKeep)), path)
+			for i, p := range paths {
+				f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+				switch {
+				case errors.Is(err, fs.ErrNotExist) && i == len(paths)-1 && len(paths) == 1:
+					fmt.Fprintf(o.Stderr, "no audit log at %s: this watcher has had no request yet\n", path)
+					return nil
+				case errors.Is(err, fs.ErrNotExist):
+					// Rotated away between the listing and now.
+					continue
+				case errors.Is(err, fs.ErrPermission):
+					return fmt.Errorf("cannot read the audit log %s: run 'sera audit' as root", p)
+				case err != nil:
+					return fmt.Errorf("cannot read the audit log: %w", err)
+				}
+				err = printAudit(f, o.Stdout, o.Stderr, p, from, asJSON)
+				f.Close()
+				if err != nil {
+					return err
+				}
 			}
-			defer f.Close()
-			return printAudit(f, o.Stdout, o.Stderr, path, from, asJSON)
+			return nil
 		},
 	}
 	c.Flags().StringVar(&since, "since", "", "only records from this time on: a duration back from now (90m, 12h, 7d) or a date and time (2026-11-23, '2026-11-23 14:00', RFC 3339)")

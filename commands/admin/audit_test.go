@@ -115,6 +115,23 @@ func TestAuditCommand(t *testing.T) {
 	}
 }
 
+// A rotated log is read too, the oldest file first.
+func TestAuditCommandRotated(t *testing.T) {
+	o, out, _ := auditEnv(t, auditLines[2])
+	state := o.Env.Getenv(settings.KeyState)
+	for name, line := range map[string]string{"audit.log.2": auditLines[0], "audit.log.1": auditLines[1]} {
+		if err := os.WriteFile(filepath.Join(state, name), []byte(line+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := runAudit(t, o, "--json"); err != nil {
+		t.Fatal(err)
+	}
+	if want := auditLines[0] + "\n" + auditLines[1] + "\n" + auditLines[2] + "\n"; out.String() != want {
+		t.Errorf("rotated logs:\n%s\nwant, oldest first:\n%s", out, want)
+	}
+}
+
 func TestAuditCommandErrors(t *testing.T) {
 	o, out, errOut := auditEnv(t)
 	if err := runAudit(t, o); err != nil || out.Len() != 0 || !strings.Contains(errOut.String(), "no audit log at") {
