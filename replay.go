@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -131,35 +132,81 @@ func (c *ReplayCache) Finish(client, id string, expires time.Time, replies [][]b
 // rejects it once now > expires_at, and MaxClockSkew of margin covers a
 // clock that steps back.
 func (c *ReplayCache) Purge(now time.Time) (int, error) {
-	ents, err := os.ReadDir(c.dir)
+	d, err := os.Open(c.dir)
 	if err != nil {
 		return 0, fmt.Errorf("failed to purge replay cache: %w", err)
 	}
+	defer d.Close()
 	n := 0
-	for _, de := range ents {
-		if strings.HasPrefix(de.Name(), ".") || !de.Type().IsRegular() {
-			continue
-		}
-		p := filepath.Join(c.dir, de.Name())
-		e, err := c.read(p)
-		if err != nil {
-			continue
-		}
-		expires := e.Expires
-		if expires.IsZero() {
-			// A torn initial record has no expiry: no request lives
-			// longer than MaxRequestLifetime after it was recorded.
-			fi, err := de.Info()
-			if err != nil {
+	// In batches, and each entry's expiry from its first bytes only: the
+	// purge's memory does not grow with the number of entries or their
+	// size (a stored reply may be megabytes; a stray file anything).
+	for {
+		ents, err := d.ReadDir(256)
+		for _, de := range ents {
+			if strings.HasPrefix(de.Name(), ".") || !de.Type().IsRegular() {
 				continue
 			}
-			expires = fi.ModTime().Add(MaxRequestLifetime)
-		}
-		if now.After(expires.Add(MaxClockSkew)) {
-			if os.Remove(p) == nil {
-				n++
+			p := filepath.Join(c.dir, de.Name())
+			expires, ok := readExpires(p)
+			if !ok {
+				// A torn initial record, or not an entry: no request
+				// lives longer than MaxRequestLifetime after it was
+				// recorded.
+				fi, err := de.Info()
+				if err != nil {
+					continue
+				}
+				expires = fi.ModTime().Add(MaxRequestLifetime)
+			}
+			if now.After(expires.Add(MaxClockSkew)) {
+				if os.Remove(p) == nil {
+					n++
+				}
 			}
 		}
+		if errors.Is(err, io.EOF) || len(ents) == 0 {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("failed to purge replay cache: %w", err)
+		}
 	}
-	return n, nil
+}
+
+// expiresWithin bounds what readExpires reads of an entry: its client,
+// id and expiry come first (ReplayEntry's field order), in well under
+// this many bytes.
+const expiresWithin = 1 << 10
+
+// readExpires reads the expiry of the entry at p from its first bytes,
+// without reading the stored replies after it.
+func readExpires(p string) (time.Time, bool) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return time.Time{}, false
+	}
+	defer f.Close()
+	dec := json.NewDecoder(io.LimitReader(f, expiresWithin))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return time.Time{}, false
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return time.Time{}, false
+		}
+		if key == "expires" {
+			var t time.Time
+			if err := dec.Decode(&t); err != nil || t.IsZero() {
+				return time.Time{}, false
+			}
+			return t, true
+		}
+		var skip json.RawMessage
+		if key == "replies" || dec.Decode(&skip) != nil {
+			return time.Time{}, false
+		}
+	}
+	return time.Time{}, false
 }

@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,5 +232,56 @@ func TestWatcherPurgesReplayCache(t *testing.T) {
 	}
 	if prior, err := f.w.Replay.Begin(fp, gone, now); err != nil || prior != nil {
 		t.Errorf("entry past expiry plus skew kept: %+v, %v", prior, err)
+	}
+}
+
+// The purge reads an entry's expiry from its first bytes: a stored reply
+// of 64 MiB, or a stray file as big, costs it no more memory than a small
+// one.
+func TestReplayCachePurgeReadsLittle(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "replay")
+	c, err := sera.OpenReplayCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	big := func(name, head string, mtime time.Time) {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(head), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Sparse: 64 MiB on no disk.
+		if err := os.Truncate(p, 64<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func(expires time.Time) string {
+		return `{"client":"c","id":"` + strings.Repeat("a", 32) + `","expires":"` + expires.Format(time.RFC3339) + `","done":true,"replies":["`
+	}
+	big("c-expired", entry(now.Add(-time.Hour)), now)
+	big("c-live", entry(now.Add(time.Hour)), now)
+	big("stray-old", "", now.Add(-2*sera.MaxRequestLifetime))
+	big("stray-new", "not json at all", now)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	n, err := c.Purge(now)
+	runtime.ReadMemStats(&after)
+	if err != nil || n != 2 {
+		t.Fatalf("Purge = %d, %v; want the expired entry and the old stray file", n, err)
+	}
+	// Far below one file whole, far above what other tests running now
+	// may allocate meanwhile.
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("the purge allocated %d bytes for four 64 MiB files: it read them whole", grew)
+	}
+	for name, want := range map[string]bool{"c-expired": false, "c-live": true, "stray-old": false, "stray-new": true} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); (err == nil) != want {
+			t.Errorf("%s present: %v, want %v", name, err == nil, want)
+		}
 	}
 }
