@@ -179,6 +179,9 @@ func (h *fakeHandler) Resolve(argv []string) (string, error) {
 		return argv[0], nil
 	case "echo":
 		return "echo", nil
+	case "needs-visudo":
+		// A command line the host cannot run: its program is missing.
+		return "needs-visudo", &sera.HostFailure{Err: errors.New(`exec: "visudo": executable file not found in $PATH`)}
 	case "user":
 		if len(argv) < 2 || argv[1] != "add" {
 			return "", fmt.Errorf("%q is not a command this watcher runs", strings.Join(argv[:min(2, len(argv))], " "))

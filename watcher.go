@@ -72,6 +72,17 @@ type Handler interface {
 	Run(ctx context.Context, call *Call) Result
 }
 
+// HostFailure is a Resolve error that is the host's, not the command
+// line's: a program or directory the command needs is missing, a file
+// cannot be read. The request is not refused (status 126, rule 8) but
+// answered as failed (status 1) with the cause, and audited as accepted
+// with exit 1 and the cause: the client may run it and the command line is
+// valid; the host could not. Nothing runs.
+type HostFailure struct{ Err error }
+
+func (e *HostFailure) Error() string { return e.Err.Error() }
+func (e *HostFailure) Unwrap() error { return e.Err }
+
 // Authorizer is implemented by a Handler whose grants can be narrowed by
 // a command's arguments (scoped grants): Authorize, the end of rule 8,
 // runs after Resolve accepted argv and reports whether client may run it

@@ -176,6 +176,17 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 			return d
 		}
 	}
+	var failure *HostFailure
+	if errors.As(err, &failure) {
+		// Not a refusal: the host failed before anything ran.
+		d.rec.Decision = DecisionAccepted
+		d.rec.Argv = w.Handler.Redact(req.Argv)
+		d.rec.Reason = "failed on this host before it ran: " + failure.Error()
+		exit := 1
+		d.rec.Exit = &exit
+		d.keep = !w.finish(ctx, client, req, Result{Status: exit, Stderr: []byte(failure.Error() + "\n")}, "", now)
+		return d
+	}
 	if err != nil {
 		d.rec.Rule, d.rec.Reason = 8, "invalid command line"
 		if command != "" {

@@ -1259,3 +1259,26 @@ func flipLast(s string) string {
 	}
 	return s[:len(s)-1] + string(repl)
 }
+
+// A host that cannot run a valid command line (a program missing) fails
+// it, with the cause: status 1, audited as accepted with exit 1 and the
+// cause, not as a refusal. Nothing runs.
+func TestWatcherHostFailure(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	m := f.deliver(f.w, f.sealed(f.request("needs-visudo")))
+	if calls := f.h.Calls(); len(calls) != 0 {
+		t.Errorf("ran %q, want nothing", calls)
+	}
+	r := drain(t, f.tr, f.client, 0)
+	if len(r.replies) != 1 || r.replies[0].Status != 1 || r.replies[0].Rejected != "" ||
+		!strings.Contains(string(r.replies[0].Stderr), `"visudo": executable file not found`) {
+		t.Fatalf("replies %+v, want one failed with the cause", r.replies)
+	}
+	recs := f.a.Records()
+	if len(recs) != 1 || recs[0].Decision != sera.DecisionAccepted || recs[0].Rule != 0 || recs[0].Exit == nil || *recs[0].Exit != 1 ||
+		!strings.Contains(recs[0].Reason, `failed on this host before it ran: exec: "visudo"`) {
+		t.Errorf("audit %+v, want accepted, exit 1, the cause", recs)
+	}
+	assertDeleted(t, f.tr, f.w.Queue(), m)
+}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os/exec"
 	"slices"
 	"strings"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/host"
+	"github.com/sera-dev/sera/host/firewall"
 	"github.com/sera-dev/sera/settings"
 )
 
@@ -382,10 +385,31 @@ func (h *Handler) Resolve(argv []string) (string, error) {
 	}
 	if c.PreRunE != nil {
 		if err := c.PreRunE(c, c.Flags().Args()); err != nil {
+			if hostFailed(err) {
+				return name, &sera.HostFailure{Err: err}
+			}
 			return name, err
 		}
 	}
 	return name, nil
+}
+
+// hostFailed reports whether a check on the host failed for the host's
+// sake, not the command line's: a program that is not installed, a file
+// or directory it cannot open or read, a program that failed. Usage
+// errors (the caller's input) are never the host's.
+func hostFailed(err error) bool {
+	if errors.Is(err, cli.ErrUsage) {
+		return false
+	}
+	var (
+		pathErr *fs.PathError
+		execErr *exec.Error
+		exitErr *exec.ExitError
+	)
+	return errors.Is(err, host.ErrMissing) || errors.Is(err, firewall.ErrUFWInactive) ||
+		errors.As(err, &pathErr) || errors.As(err, &execErr) || errors.As(err, &exitErr) ||
+		errors.Is(err, exec.ErrNotFound)
 }
 
 // Redact implements sera.Handler: the values of secret flags are masked.

@@ -2,6 +2,7 @@ package commands
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/host/sudo"
 )
 
@@ -313,5 +315,24 @@ func TestSudoersContentRealVisudo(t *testing.T) {
 			}
 			os.Remove(p)
 		}
+	}
+}
+
+// A host without /etc/sudoers.d cannot grant sudo: the watcher hears that
+// as the host's failure (status 1, its cause), not as a refusal of the
+// command line (126). A bad name stays a refusal.
+func TestSudoGrantHostFailure(t *testing.T) {
+	h, _ := newGroupTestHost(t)
+	if err := os.RemoveAll(h.Sys.Path(sudo.Dir)); err != nil {
+		t.Fatal(err)
+	}
+	hd := &Handler{Host: h}
+	cmd, err := hd.Resolve([]string{"sudo", "grant", "ops"})
+	var failure *sera.HostFailure
+	if cmd != "sudo grant" || !errors.As(err, &failure) || !strings.Contains(err.Error(), "no directory /etc/sudoers.d on this host (is sudo installed?)") {
+		t.Errorf("Resolve = %q, %v; want a host failure saying /etc/sudoers.d is missing", cmd, err)
+	}
+	if _, err := hd.Resolve([]string{"sudo", "grant", "nope"}); err == nil || errors.As(err, &failure) {
+		t.Errorf("Resolve of a missing group = %v; want a refusal, not a host failure", err)
 	}
 }

@@ -10,6 +10,7 @@ package host
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -155,4 +156,20 @@ type noHTTP struct{}
 
 func (noHTTP) RoundTrip(*http.Request) (*http.Response, error) {
 	return nil, errors.New("no network in this test")
+}
+
+// ErrMissing marks an error for something a command needs that this host
+// lacks: a program not installed, a directory that is not there. It is a
+// failure of the host, not of the command line: the watcher answers it as
+// failed (status 1) with its cause, never as a refusal.
+var ErrMissing = errors.New("missing on this host")
+
+type missingError struct{ msg string }
+
+func (e *missingError) Error() string        { return e.msg }
+func (e *missingError) Is(target error) bool { return target == ErrMissing }
+
+// Missing is an error, formatted as fmt.Sprintf does, that is ErrMissing.
+func Missing(format string, args ...any) error {
+	return &missingError{msg: fmt.Sprintf(format, args...)}
 }

@@ -9,12 +9,14 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+
+	"github.com/sera-dev/sera/host"
 )
 
 // ErrNoUFW and ErrUFWInactive are the clear errors for a host without a
 // usable ufw.
 var (
-	ErrNoUFW       = errors.New("ufw is not installed on this host (apt-get install ufw)")
+	ErrNoUFW       = host.Missing("ufw is not installed on this host (apt-get install ufw)")
 	ErrUFWInactive = errors.New("ufw is inactive on this host " +
 		"(sera never enables ufw: with its default deny policy that could lock every admin out; " +
 		"allow SSH, then run 'ufw enable' yourself)")

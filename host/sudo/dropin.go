@@ -68,7 +68,7 @@ func Read(sys *host.System, name string) ([]byte, error) {
 // it is there already.
 func PlanGrant(sys *host.System, name string, nopasswd bool) (plan.Plan, string, error) {
 	if fi, err := sys.FS.Lstat(Dir); err != nil {
-		return plan.Plan{}, "", fmt.Errorf("no directory %s on this host (is sudo installed?)", Dir)
+		return plan.Plan{}, "", host.Missing("no directory %s on this host (is sudo installed?)", Dir)
 	} else if fi.Mode()&fs.ModeSymlink != 0 {
 		return plan.Plan{}, "", fmt.Errorf("refusing %s: %w", Dir, safefile.ErrSymlink)
 	} else if !fi.IsDir() {
