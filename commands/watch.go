@@ -103,7 +103,7 @@ func runWatch(ctx context.Context, o *cli.Options, verbose bool) error {
 		// A JSON line in audit.log ('sera audit'), and journald fields.
 		Audit: install.NewAudit(filepath.Join(state, "audit.log"),
 			int64(cfg.Int(settings.KeyAuditMaxMB))<<20, cfg.Int(settings.KeyAuditKeep)),
-		Log:   log, Now: o.Now, Rand: o.Rand,
+		Log: log, Now: o.Now, Rand: o.Rand,
 		// Expired firewall openings close within HousekeepingEvery plus
 		// one ufw run; at start, those that expired while it was stopped.
 		Housekeeping: Housekeeper(host, log), HousekeepingEvery: 10 * time.Second,
