@@ -3,6 +3,7 @@ package commands_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -387,4 +388,151 @@ type noSends struct {
 func (p *noSends) Send(ctx context.Context, queue string, body []byte) error {
 	p.sends.Add(1)
 	return errors.New("no direct sends in this test")
+}
+
+// With --no-iam, an account where sera may make no IAM identity (hosts
+// with an instance role, keys an organisation issues): the queues, topics
+// and subscriptions only, against the SQS server alone — IAM and STS
+// unreachable, so any call to them fails the test — and the policies the
+// hosts' own credentials need, printed. Then a ping and a group request
+// work with those credentials.
+func TestProvisionNoIAMToPing(t *testing.T) {
+	fq := sqstest.Start(t)
+	for k, v := range map[string]string{
+		"AWS_ENDPOINT_URL_IAM": "http://127.0.0.1:1", "AWS_ENDPOINT_URL_STS": "http://127.0.0.1:1",
+		"AWS_ENDPOINT_URL_SQS": fq.Endpoint, "AWS_ENDPOINT_URL_SNS": fq.Endpoint,
+		"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+		"AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+		"AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": "", "AWS_PROFILE": "", "AWS_SESSION_TOKEN": "",
+	} {
+		t.Setenv(k, v)
+		if v == "" {
+			os.Unsetenv(k)
+		}
+	}
+	const account = "000000000000"
+	a := sqs.Account{Region: "us-east-1", ID: account}
+	dir := t.TempDir()
+	admin := &machine{home: filepath.Join(dir, "admin")}
+	adminPub := strings.TrimSpace(admin.must(t, "keygen"))
+	id := adminIdentity(t, admin)
+	fp := id.Public().Fingerprint()
+
+	// Without --account it would ask STS, which is not there.
+	if out, err := admin.sera(t, "create-provider-keys", "--no-iam"); err == nil || !strings.Contains(err.Error(), "sts:GetCallerIdentity") {
+		t.Errorf("create-provider-keys --no-iam without an account: %v\n%s", err, out)
+	}
+	out := admin.must(t, "create-provider-keys", "--no-iam", "--account", account, "--dry-run")
+	if !slices.Equal(lines(out), []string{"would: sns:CreateTopic Name=sera-all"}) {
+		t.Errorf("create-provider-keys --no-iam --dry-run:\n%s", out)
+	}
+	admin.must(t, "create-provider-keys", "--no-iam", "--account", account)
+	out = admin.must(t, "create-provider-keys", "--no-iam", "--account", account)
+	if !strings.HasSuffix(out, "nothing to change: topic sera-all is in place in us-east-1\n") {
+		t.Errorf("create-provider-keys --no-iam again:\n%s", out)
+	}
+
+	// The client: its reply queues, its settings without a key, and the
+	// policy its own credentials need.
+	out = admin.must(t, "client", "register", "--no-iam", "--account", account)
+	for _, want := range []string{
+		"done: sqs:CreateQueue QueueName=" + transport.ReplyQueue("sera", fp, 0) + " ",
+		"done: sqs:CreateQueue QueueName=" + transport.ReplyQueue("sera", fp, 15) + " ",
+		"done: write SERA_TRANSPORT=sqs SERA_REGION=us-east-1 SERA_PREFIX=sera SERA_FANOUT=sns SERA_ACCOUNT=" + account,
+		"# This client's own AWS credentials need this policy (no more), with its reply queues named:\n",
+		`"arn:aws:sqs:us-east-1:` + account + `:sera-c-` + fp + `-*"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("client register --no-iam lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "iam:") || strings.Contains(out, "${aws:username}") {
+		t.Errorf("client register --no-iam names IAM:\n%s", out)
+	}
+	if n := strings.Count(out, "done: sqs:CreateQueue"); n != settings.DefaultReplyQueues {
+		t.Errorf("%d reply queues made, want %d", n, settings.DefaultReplyQueues)
+	}
+	cfg, err := settings.Load(admin.options(nil, nil).Env, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Get(settings.KeyTransport) != "sqs" || cfg.Get(settings.KeyAccessKey) != "" || cfg.Get(settings.KeyAccount) != account {
+		t.Errorf("client settings: transport %q, access key %q, account %q", cfg.Get(settings.KeyTransport), cfg.Get(settings.KeyAccessKey), cfg.Get(settings.KeyAccount))
+	}
+	out = admin.must(t, "client", "register", "--no-iam", "--account", account)
+	if !strings.Contains(out, "nothing to change: client "+fp+" is registered\n") {
+		t.Errorf("client register --no-iam again:\n%s", out)
+	}
+
+	// Two watchers in group web.
+	hosts := map[string]*machine{}
+	pubs := map[string]string{}
+	for _, name := range []string{"web1", "web2"} {
+		m := &machine{home: filepath.Join(dir, name)}
+		hosts[name] = m
+		pub := strings.TrimSpace(m.must(t, "keygen"))
+		pubs[name] = pub
+		m.must(t, "clients", "add", adminPub, "--name", "admin", "--allow", "ping")
+		envFile := filepath.Join(m.home, "env")
+		out := admin.must(t, "watcher", "register", name, pub, "--group", "web", "--no-iam", "--account", account, "--env-out", envFile)
+		for _, want := range []string{
+			"done: sqs:CreateQueue QueueName=sera-dlq-" + name + " ",
+			"done: sqs:CreateQueue QueueName=sera-w-" + name + " ",
+			"done: sns:Subscribe ",
+			"# The host's own AWS credentials need this policy (no more), with its queue named:\n" + indentJSON(t, sqs.WatcherPolicyFor(a, "sera", name)) + "\n",
+			"wrote the settings of " + name + " to " + envFile + " (mode 0600)\n",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("watcher register %s --no-iam lacks %q:\n%s", name, want, out)
+			}
+		}
+		if strings.Contains(out, "iam:") || strings.Contains(out, "SERA_SECRET_KEY") {
+			t.Errorf("watcher register --no-iam names IAM or a key:\n%s", out)
+		}
+	}
+	out = admin.must(t, "watcher", "register", "web1", pubs["web1"], "--group", "web", "--no-iam", "--account", account)
+	if !strings.Contains(out, "nothing to change: watcher web1 is registered\n") {
+		t.Errorf("watcher register --no-iam again:\n%s", out)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for name, m := range hosts {
+		root := commands.NewRoot(m.options(&lockedBuffer{}, &lockedBuffer{}))
+		root.SetArgs([]string{"watch"})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := root.ExecuteContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("watch %s: %v", name, err)
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	out = admin.must(t, "ping", "--to", "web1", "--timeout", "60s")
+	if !strings.Contains(out, "name         web1\n") {
+		t.Errorf("ping --to web1:\n%s", out)
+	}
+	// --group web goes out as one SNS publish (SERA_FANOUT=sns).
+	var so, se lockedBuffer
+	root := commands.NewRoot(admin.options(&so, &se))
+	root.SetArgs([]string{"ping", "--group", "web", "--timeout", "60s"})
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		t.Errorf("ping --group web: %v", err)
+	}
+	if out := so.String(); !strings.Contains(out, "web1: name") || !strings.Contains(out, "web2: name") ||
+		!strings.Contains(se.String(), "published once to topic sera-g-web") {
+		t.Errorf("ping --group web:\n%s\n%s", out, se.String())
+	}
+}
+
+func indentJSON(t *testing.T, doc string) string {
+	var b bytes.Buffer
+	if err := json.Indent(&b, []byte(doc), "", "  "); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

@@ -1,7 +1,9 @@
 package admin
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +47,16 @@ re-run finishes the job. See docs/aws.md.`
 type awsFlags struct {
 	prefix, region, profile string
 	dryRun                  bool
+	// noIAM and account: see addNoIAM.
+	noIAM   bool
+	account string
+}
+
+// addNoIAM adds --no-iam and --account, for the commands that can set up
+// queues only, for hosts whose credentials sera does not make.
+func (f *awsFlags) addNoIAM(c *cobra.Command) {
+	c.Flags().BoolVar(&f.noIAM, "no-iam", false, "make the queues, topics and subscriptions only: no IAM group, user, policy or access key (for an instance role or keys your organisation issues); print the policy those credentials need (see docs/aws.md)")
+	c.Flags().StringVar(&f.account, "account", "", "AWS account ID, for the ARNs (default SERA_ACCOUNT, else STS GetCallerIdentity)")
 }
 
 func (f *awsFlags) add(c *cobra.Command) {
@@ -78,6 +90,18 @@ func (f *awsFlags) setup(ctx context.Context, o *cli.Options) (*sqs.Provisioner,
 	}
 	p := sqs.NewProvisioner(acfg, prefix)
 	p.RequestLifetime = sera.MaxRequestLifetime
+	p.ReplyQueues = cfg.Int(settings.KeyReplyQueues)
+	p.NoIAM = f.noIAM
+	account := f.account
+	if account == "" && f.noIAM {
+		account = cfg.Get(settings.KeyAccount)
+	}
+	if account != "" {
+		if !sqs.ValidAccountID(account) {
+			return nil, nil, cli.UsageErr("invalid --account %q: want 12 digits", account)
+		}
+		p.Account.ID = account
+	}
 	return p, cfg, nil
 }
 
@@ -123,6 +147,11 @@ func newProvisionCmd(o *cli.Options) *cobra.Command {
     visibility on the member's own reply queue; every other action denied.
   SNS topic P-all, which every watcher queue subscribes to.
 
+With --no-iam only the topic P-all: for hosts and clients whose AWS
+credentials sera does not make (an instance role, keys your organisation
+issues); 'watcher register --no-iam' and 'client register --no-iam' print
+the policy each needs.
+
 'sera policy print' shows the policies. Then register watchers
 ('sera watcher register') and clients ('sera client register').
 ` + provisionHelp,
@@ -137,11 +166,16 @@ func newProvisionCmd(o *cli.Options) *cobra.Command {
 			if err != nil {
 				return provisionErr(err)
 			}
+			if f.noIAM {
+				return runPlan(ctx, o, pl.Plan, nil, f.dryRun,
+					fmt.Sprintf("nothing to change: topic %s is in place in %s", sqs.AllTopic(p.Prefix), p.Account.Region))
+			}
 			return runPlan(ctx, o, pl.Plan, nil, f.dryRun,
 				fmt.Sprintf("nothing to change: the IAM groups, their policies and topic %s are in place in %s", sqs.AllTopic(p.Prefix), p.Account.Region))
 		},
 	}
 	f.add(c)
+	f.addNoIAM(c)
 	return c
 }
 
@@ -168,6 +202,15 @@ func hostSettings(p *sqs.Provisioner, name string, groups []string) [][2]string 
 
 func keySettings(k sqs.AccessKey) [][2]string {
 	return [][2]string{{settings.KeyAccessKey, k.ID}, {settings.KeySecretKey, k.Secret}}
+}
+
+// indentJSON is doc indented for people; doc as it is if it is not JSON.
+func indentJSON(doc string) string {
+	var b bytes.Buffer
+	if err := json.Indent(&b, []byte(doc), "", "  "); err != nil {
+		return doc
+	}
+	return b.String()
 }
 
 // configSetLine is "sera config set K=V …", quoted for a shell.
@@ -248,6 +291,11 @@ func newWatcherRegisterCmd(o *cli.Options) *cobra.Command {
     that a failure before it leaves no secret a re-run could not show;
   the watcher in this client's known_watchers.
 
+With --no-iam it makes no IAM user or key (nor needs create-provider-keys'
+groups): the queues, topics and subscriptions only, and it prints the
+policy the host's own credentials (its instance role, a key your
+organisation issues) need, with the queue named.
+
 It prints the settings the host needs as 'sera config set' lines, or with
 --env-out writes them to FILE (mode 0600) to copy to /etc/sera/env on the
 host. AWS shows a key's secret only when it is made: a re-run does not make
@@ -311,6 +359,22 @@ NAME' replaces a lost one.
 			if err := runPlan(ctx, o, steps, found, f.dryRun, fmt.Sprintf("nothing to change: watcher %s is registered", name)); err != nil {
 				return err
 			}
+			if f.noIAM {
+				fmt.Fprintf(o.Stdout, "# The host's own AWS credentials need this policy (no more), with its queue named:\n%s\n",
+					indentJSON(sqs.WatcherPolicyFor(p.Account, p.Prefix, name)))
+				if f.dryRun {
+					return nil
+				}
+				if envOut != "" {
+					if err := mergeEnvFile(envOut, settings); err != nil {
+						return fmt.Errorf("failed to write %s: %w", envOut, err)
+					}
+					fmt.Fprintf(o.Stdout, "wrote the settings of %s to %s (mode 0600)\n", name, envOut)
+					return nil
+				}
+				fmt.Fprintf(o.Stdout, "# On %s, as root:\n%s\n", name, configSetLine(settings))
+				return nil
+			}
 			if len(pl.Keys) > 0 {
 				fmt.Fprintf(o.Stdout, "note: IAM user %s has access key %s; AWS showed its secret only when it was made. "+
 					"If the host does not have it, run 'sera watcher rotate-key %s'.\n",
@@ -323,6 +387,7 @@ NAME' replaces a lost one.
 		},
 	}
 	f.add(c)
+	f.addNoIAM(c)
 	c.Flags().StringSliceVar(&groups, "group", nil, "groups the watcher is in (repeatable, or comma-separated)")
 	c.Flags().StringVar(&envOut, "env-out", "", "write the host's settings with the new key to this env file (mode 0600) instead of printing them")
 	return c

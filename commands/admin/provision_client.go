@@ -72,8 +72,17 @@ not the admin's, and sends a request for a group or --all as one SNS publish
 to the group's topic. A re-run adds SERA_FANOUT and SERA_ACCOUNT to settings
 that lack them.
 
+It makes SERA_REPLY_QUEUES (16) reply queues, P-c-<fingerprint> and
+P-c-<fingerprint>-1 on: each sera process of this client running at the
+same time takes one of its own.
+
 AWS shows a key's secret only when it is made: a re-run does not make a
 second key; 'sera client rotate-key' replaces a lost one.
+
+With --no-iam it makes no IAM user or key (nor needs create-provider-keys'
+groups): the reply queues only, and the transport settings without a key,
+so sera uses the AWS SDK's own credentials (AWS_PROFILE, an instance
+role…); it prints the policy those credentials need.
 ` + provisionHelp,
 		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -98,6 +107,21 @@ second key; 'sera client rotate-key' replaces a lost one.
 			}
 			var found []string
 			steps := pl.Plan
+			if f.noIAM {
+				want := append([][2]string{{settings.KeyTransport, settings.TransportSQS}, {settings.KeyRegion, p.Account.Region},
+					{settings.KeyPrefix, p.Prefix}}, fanoutSettings(p)...)
+				have, err := planEnvSettings(cfg, want, &steps)
+				if err != nil {
+					return err
+				}
+				found = append(found, have...)
+				if err := runPlan(ctx, o, steps, found, f.dryRun, fmt.Sprintf("nothing to change: client %s is registered", fp)); err != nil {
+					return err
+				}
+				fmt.Fprintf(o.Stdout, "# This client's own AWS credentials need this policy (no more), with its reply queues named:\n%s\n",
+					indentJSON(sqs.ClientPolicyFor(p.Account, p.Prefix, fp)))
+				return nil
+			}
 			lacking := false
 			if len(pl.Keys) > 0 {
 				ids := make([]string, len(pl.Keys))
@@ -129,6 +153,7 @@ second key; 'sera client rotate-key' replaces a lost one.
 		},
 	}
 	f.add(c)
+	f.addNoIAM(c)
 	c.Flags().StringVar(&name, "name", "", "a name for this client, tagged on its IAM user (sera-name)")
 	return c
 }
@@ -136,11 +161,16 @@ second key; 'sera client rotate-key' replaces a lost one.
 // planFanoutSettings adds a step that writes the fan-out settings to the
 // client's env file when the file lacks them, or says they are there.
 func planFanoutSettings(o *cli.Options, cfg *settings.Config, p *sqs.Provisioner, steps *plan.Plan) (found []string, err error) {
+	return planEnvSettings(cfg, fanoutSettings(p), steps)
+}
+
+// planEnvSettings adds a step that writes want to the client's env file
+// when the file lacks them, or says they are there.
+func planEnvSettings(cfg *settings.Config, want [][2]string, steps *plan.Plan) (found []string, err error) {
 	file, err := settings.ReadEnvFile(cfg.EnvFile)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	want := fanoutSettings(p)
 	var kv []string
 	same := true
 	for _, s := range want {

@@ -177,7 +177,11 @@ func WatcherPolicy(a Account, prefix string) *Policy {
 
 // ClientPolicy is the inline policy of the clients group: a client sends
 // to watcher queues, publishes to the prefix's topics, and receives,
-// deletes and changes visibility on its own reply queue only.
+// deletes and changes visibility on its own reply queues only: the one
+// named like its IAM user and those named so with a suffix (PREFIX-c-FP-N,
+// one per process running at once; see transport.ReplyQueue). A
+// fingerprint has a fixed length, so no client's name with a suffix is
+// another's.
 func ClientPolicy(a Account, prefix string) *Policy {
 	a.check()
 	return &Policy{
@@ -194,9 +198,9 @@ func ClientPolicy(a Account, prefix string) *Policy {
 				Resource: []string{a.TopicARN(AllTopic(prefix)), a.TopicARN(GroupTopic(prefix, "*"))},
 			},
 			{
-				Sid: "OwnReplyQueue", Effect: "Allow",
+				Sid: "OwnReplyQueues", Effect: "Allow",
 				Action:   clientOwnQueueActions,
-				Resource: []string{a.QueueARN(UsernameVar)},
+				Resource: []string{a.QueueARN(UsernameVar), a.QueueARN(UsernameVar + "-*")},
 			},
 			{
 				Sid: "NothingElse", Effect: "Deny",
@@ -228,6 +232,21 @@ func WatcherQueuePolicy(a Account, queue string, topics []string) *Policy {
 			Condition: map[string]map[string][]string{"ArnEquals": {"aws:SourceArn": arns}},
 		}},
 	}
+}
+
+// WatcherPolicyFor is WatcherPolicy for watcher name alone, its queue
+// named instead of ${aws:username}: the policy to attach to credentials
+// sera did not make (an instance role, a user an organisation issues),
+// whose name is not the queue's. AWS evaluates WatcherPolicy for sera's
+// own user exactly so.
+func WatcherPolicyFor(a Account, prefix, name string) string {
+	return SubstituteUsername(WatcherPolicy(a, prefix).JSON(), transport.WatcherQueue(prefix, name))
+}
+
+// ClientPolicyFor is ClientPolicy for the client with fingerprint fp
+// alone, as WatcherPolicyFor is for a watcher.
+func ClientPolicyFor(a Account, prefix, fp string) string {
+	return SubstituteUsername(ClientPolicy(a, prefix).JSON(), transport.ClientQueue(prefix, fp))
 }
 
 // SubstituteUsername returns the policy JSON with the ${aws:username}

@@ -172,6 +172,16 @@ func TestPolicyEvaluation(t *testing.T) {
 	}
 	c("sqs:ReceiveMessage", q(client2), deny)
 	c("sqs:DeleteMessage", q(client2), deny)
+	// Its reply queues, one per process at once: its own, no other's.
+	for _, act := range []string{"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"} {
+		c(act, q(client+"-1"), allow)
+		c(act, q(client+"-63"), allow)
+		c(act, q(client2+"-1"), deny)
+	}
+	c("sqs:ReceiveMessage", q(client+"x"), deny)
+	c("sqs:SendMessage", q(client+"-1"), deny)
+	c("sqs:CreateQueue", q(client+"-1"), denyHard)
+	w("sqs:SendMessage", q(client+"-5"), allow)
 	c("sqs:ReceiveMessage", q(web1), deny)
 	c("sqs:DeleteQueue", q(client), denyHard)
 	c("sqs:DeleteQueue", q(web1), denyHard)

@@ -104,6 +104,15 @@ type Provisioner struct {
 	// KeyWait is how long a rotation waits for IAM to make a new key
 	// usable (eventual consistency); zero means 2 minutes.
 	KeyWait time.Duration
+	// NoIAM plans the queues, topics and subscriptions only: no IAM
+	// group, user, policy or access key is read or made. The hosts'
+	// credentials are someone else's to issue (an instance role, keys
+	// an organisation makes), with the policies WatcherPolicyFor and
+	// ClientPolicyFor print.
+	NoIAM bool
+	// ReplyQueues is how many reply queues Client plans per client
+	// (SERA_REPLY_QUEUES); zero means one.
+	ReplyQueues int
 }
 
 // NewProvisioner returns a Provisioner whose clients all use cfg, in
@@ -240,6 +249,12 @@ func (p *Provisioner) ProviderKeys(ctx context.Context) (*Plan, error) {
 		return nil, err
 	}
 	pl := &Plan{}
+	if p.NoIAM {
+		if _, err := p.planTopic(ctx, pl, AllTopic(p.Prefix)); err != nil {
+			return nil, err
+		}
+		return pl, nil
+	}
 	if err := p.planGroup(ctx, pl, WatchersGroup(p.Prefix), WatcherPolicyName(p.Prefix), WatcherPolicy(a, p.Prefix)); err != nil {
 		return nil, err
 	}

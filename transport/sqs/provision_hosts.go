@@ -36,13 +36,21 @@ func (p *Provisioner) Watcher(ctx context.Context, name string, groups []string,
 	if err != nil {
 		return nil, err
 	}
-	if err := p.requireProvisioned(ctx, WatchersGroup(p.Prefix)); err != nil {
-		return nil, err
-	}
 	pl := &Plan{}
-	u, err := p.planUser(ctx, pl, userName, WatchersGroup(p.Prefix), nil)
-	if err != nil {
-		return nil, err
+	var u *user
+	if p.NoIAM {
+		// No create-provider-keys either: the all topic is the
+		// watcher's to make.
+		if _, err := p.planTopic(ctx, pl, AllTopic(p.Prefix)); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := p.requireProvisioned(ctx, WatchersGroup(p.Prefix)); err != nil {
+			return nil, err
+		}
+		if u, err = p.planUser(ctx, pl, userName, WatchersGroup(p.Prefix), nil); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := p.planQueue(ctx, pl, DeadLetterQueue(p.Prefix, name), deadLetterAttributes()); err != nil {
 		return nil, err
@@ -57,7 +65,7 @@ func (p *Provisioner) Watcher(ctx context.Context, name string, groups []string,
 	if err != nil {
 		return nil, err
 	}
-	exists := map[string]bool{AllTopic(p.Prefix): true}
+	exists := map[string]bool{AllTopic(p.Prefix): !p.NoIAM || p.foundTopic(pl, AllTopic(p.Prefix))}
 	for _, t := range topics[1:] {
 		if exists[t], err = p.planTopic(ctx, pl, t); err != nil {
 			return nil, err
@@ -72,8 +80,15 @@ func (p *Provisioner) Watcher(ctx context.Context, name string, groups []string,
 	if err := p.planSubscriptions(ctx, pl, userName, topics, exists, drop); err != nil {
 		return nil, err
 	}
-	p.firstKey(pl, u, userName, onKey)
+	if !p.NoIAM {
+		p.firstKey(pl, u, userName, onKey)
+	}
 	return pl, nil
+}
+
+// foundTopic reports whether pl found topic name in place.
+func (p *Provisioner) foundTopic(pl *Plan, name string) bool {
+	return slices.Contains(pl.Found, "sns topic "+name)
 }
 
 // requireProvisioned checks that create-provider-keys has run.
@@ -107,22 +122,30 @@ func (p *Provisioner) Client(ctx context.Context, fp, label string, onKey func(c
 	if _, err := p.Lookup(ctx); err != nil {
 		return nil, err
 	}
-	if err := p.requireProvisioned(ctx, ClientsGroup(p.Prefix)); err != nil {
-		return nil, err
-	}
-	var tags map[string]string
-	if label != "" {
-		tags = map[string]string{"sera-name": label}
-	}
 	pl := &Plan{}
-	u, err := p.planUser(ctx, pl, userName, ClientsGroup(p.Prefix), tags)
-	if err != nil {
-		return nil, err
+	var u *user
+	if !p.NoIAM {
+		if err := p.requireProvisioned(ctx, ClientsGroup(p.Prefix)); err != nil {
+			return nil, err
+		}
+		var tags map[string]string
+		if label != "" {
+			tags = map[string]string{"sera-name": label}
+		}
+		var err error
+		if u, err = p.planUser(ctx, pl, userName, ClientsGroup(p.Prefix), tags); err != nil {
+			return nil, err
+		}
 	}
-	if _, err := p.planQueue(ctx, pl, userName, p.replyQueueAttributes()); err != nil {
-		return nil, err
+	// One reply queue per process of the client running at once.
+	for n := range min(max(p.ReplyQueues, 1), transport.MaxReplyQueues) {
+		if _, err := p.planQueue(ctx, pl, transport.ReplyQueue(p.Prefix, fp, n), p.replyQueueAttributes()); err != nil {
+			return nil, err
+		}
 	}
-	p.firstKey(pl, u, userName, onKey)
+	if !p.NoIAM {
+		p.firstKey(pl, u, userName, onKey)
+	}
 	return pl, nil
 }
 
