@@ -72,8 +72,14 @@ func BenchmarkWatcherIdleRSS(b *testing.B) {
 
 // buildSera builds the binary as a user would, without the test's
 // instrumentation, so its memory is what a host would see.
+//
+// SERA_BENCH_BIN, if set, is a binary to measure instead: an older build,
+// to compare.
 func buildSera(b *testing.B) string {
 	b.Helper()
+	if bin := os.Getenv("SERA_BENCH_BIN"); bin != "" {
+		return bin
+	}
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		b.Fatalf("go env GOMOD: %v", err)
