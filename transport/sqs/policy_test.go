@@ -297,3 +297,35 @@ func TestPolicyGuardCatchesWrongSubstitution(t *testing.T) {
 		t.Errorf("with a wildcard for the user name, web1 on web10's queue: %s; the guard case would not catch it", got)
 	}
 }
+
+// docs/aws.md shows the policies exactly as sera puts them.
+func TestPoliciesInDocs(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/aws.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := sqs.Account{Region: testRegion, ID: testAccount}
+	for name, p := range map[string]*sqs.Policy{"watcher": sqs.WatcherPolicy(a, testPrefix), "client": sqs.ClientPolicy(a, testPrefix)} {
+		if !strings.Contains(string(doc), "```json\n"+p.Indent()+"\n```") {
+			t.Errorf("docs/aws.md lacks the %s policy as sera puts it:\n%s", name, p.Indent())
+		}
+	}
+}
+
+// The policies for credentials sera did not make name the queues; they
+// are the group policies as AWS evaluates them for sera's own users.
+func TestPoliciesFor(t *testing.T) {
+	a := sqs.Account{Region: testRegion, ID: testAccount}
+	w := sqs.WatcherPolicyFor(a, testPrefix, "web1")
+	c := sqs.ClientPolicyFor(a, testPrefix, "aaaaaaaaaaaaaaaa")
+	if strings.Contains(w+c, "${") {
+		t.Fatalf("a variable is left:\n%s\n%s", w, c)
+	}
+	if !strings.Contains(w, `"arn:aws:sqs:eu-west-1:123456789012:sera-w-web1"`) ||
+		!strings.Contains(c, `"arn:aws:sqs:eu-west-1:123456789012:sera-c-aaaaaaaaaaaaaaaa","arn:aws:sqs:eu-west-1:123456789012:sera-c-aaaaaaaaaaaaaaaa-*"`) {
+		t.Errorf("queues not named:\n%s\n%s", w, c)
+	}
+	if w != sqs.SubstituteUsername(sqs.WatcherPolicy(a, testPrefix).JSON(), "sera-w-web1") {
+		t.Error("WatcherPolicyFor is not the evaluated watcher policy")
+	}
+}
