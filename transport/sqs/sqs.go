@@ -87,7 +87,8 @@ func LoadConfig(ctx context.Context, opts Options) (aws.Config, error) {
 // SNS. Its queues and topics must exist; see CreateQueue and Provisioner.
 type Transport struct {
 	client *awssqs.Client
-	sns    *sns.Client
+	// sns is made on the first Publish: most commands never publish.
+	sns func() *sns.Client
 	// account names the topics of Publish; its ID is "" until set.
 	account Account
 
@@ -137,8 +138,10 @@ func (t *Transport) WithURLCache(ctx context.Context, path string) *Transport {
 func NewFromConfig(cfg aws.Config) *Transport {
 	cfg.HTTPClient = keepConns(cfg.HTTPClient)
 	return &Transport{
-		client:  awssqs.NewFromConfig(cfg, func(o *awssqs.Options) { o.Retryer = quickRetries(o.Retryer) }),
-		sns:     sns.NewFromConfig(cfg, func(o *sns.Options) { o.Retryer = quickRetries(o.Retryer) }),
+		client: awssqs.NewFromConfig(cfg, func(o *awssqs.Options) { o.Retryer = quickRetries(o.Retryer) }),
+		sns: sync.OnceValue(func() *sns.Client {
+			return sns.NewFromConfig(cfg, func(o *sns.Options) { o.Retryer = quickRetries(o.Retryer) })
+		}),
 		account: Account{Partition: partitionOf(cfg.Region), Region: cfg.Region},
 		urls:    map[string]string{},
 		cfg:     cfg,
@@ -273,7 +276,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, body []byte) erro
 	if t.account.Region == "" {
 		return fmt.Errorf("failed to publish to %q: no AWS region configured", topic)
 	}
-	_, err := t.sns.Publish(ctx, &sns.PublishInput{
+	_, err := t.sns().Publish(ctx, &sns.PublishInput{
 		TopicArn: aws.String(t.account.TopicARN(topic)),
 		Message:  aws.String(string(body)),
 	})
