@@ -239,26 +239,7 @@ func TestProvisionToPing(t *testing.T) {
 	}
 
 	// The watchers, each running 'sera watch' with what it was given.
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	logs := map[string]*lockedBuffer{}
-	for name, m := range hosts {
-		var stdout, stderr lockedBuffer
-		logs[name] = &stderr
-		root := commands.NewRoot(m.options(&stdout, &stderr))
-		root.SetArgs([]string{"watch"})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := root.ExecuteContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("watch %s: %v", name, err)
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-	})
+	ctx := runWatchers(t, hosts)
 
 	// sera ping --to web1, with the client's own key.
 	out = admin.must(t, "ping", "--to", "web1", "--timeout", "60s")
@@ -495,6 +476,27 @@ func TestProvisionNoIAMToPing(t *testing.T) {
 		t.Errorf("watcher register --no-iam again:\n%s", out)
 	}
 
+	runWatchers(t, hosts)
+	out = admin.must(t, "ping", "--to", "web1", "--timeout", "60s")
+	if !strings.Contains(out, "name         web1\n") {
+		t.Errorf("ping --to web1:\n%s", out)
+	}
+	// --group web goes out as one SNS publish (SERA_FANOUT=sns).
+	var so, se lockedBuffer
+	root := commands.NewRoot(admin.options(&so, &se))
+	root.SetArgs([]string{"ping", "--group", "web", "--timeout", "60s"})
+	if err := root.ExecuteContext(context.Background()); err != nil {
+		t.Errorf("ping --group web: %v", err)
+	}
+	if out := so.String(); !strings.Contains(out, "web1: name") || !strings.Contains(out, "web2: name") ||
+		!strings.Contains(se.String(), "published once to topic sera-g-web") {
+		t.Errorf("ping --group web:\n%s\n%s", out, se.String())
+	}
+}
+
+// runWatchers runs 'sera watch' on every host until the test ends, and
+// returns the context they run in.
+func runWatchers(t *testing.T, hosts map[string]*machine) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for name, m := range hosts {
@@ -512,21 +514,7 @@ func TestProvisionNoIAMToPing(t *testing.T) {
 		cancel()
 		wg.Wait()
 	})
-	out = admin.must(t, "ping", "--to", "web1", "--timeout", "60s")
-	if !strings.Contains(out, "name         web1\n") {
-		t.Errorf("ping --to web1:\n%s", out)
-	}
-	// --group web goes out as one SNS publish (SERA_FANOUT=sns).
-	var so, se lockedBuffer
-	root := commands.NewRoot(admin.options(&so, &se))
-	root.SetArgs([]string{"ping", "--group", "web", "--timeout", "60s"})
-	if err := root.ExecuteContext(context.Background()); err != nil {
-		t.Errorf("ping --group web: %v", err)
-	}
-	if out := so.String(); !strings.Contains(out, "web1: name") || !strings.Contains(out, "web2: name") ||
-		!strings.Contains(se.String(), "published once to topic sera-g-web") {
-		t.Errorf("ping --group web:\n%s\n%s", out, se.String())
-	}
+	return ctx
 }
 
 func indentJSON(t *testing.T, doc string) string {

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sera-dev/sera/crypto"
-	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
 	"github.com/sera-dev/sera/transport/sqs/sqstest"
@@ -39,14 +37,7 @@ func newBenchFleet(b *testing.B, bin string, useSQS bool) *benchFleet {
 	var srv *sqstest.Server
 	if useSQS {
 		srv = sqstest.Start(b)
-		extra = map[string]string{
-			"SERA_TRANSPORT":            "sqs",
-			"AWS_ENDPOINT_URL":          srv.Endpoint,
-			"AWS_ACCESS_KEY_ID":         "test",
-			"AWS_SECRET_ACCESS_KEY":     "test",
-			"AWS_REGION":                "us-east-1",
-			"AWS_EC2_METADATA_DISABLED": "true",
-		}
+		extra = sqsEnv(srv, nil)
 	}
 	env := append(cleanEnv(dir), "SERA_HOME="+filepath.Join(dir, "home"), "SERA_STATE="+filepath.Join(dir, "state"))
 	for k, v := range extra {
@@ -54,22 +45,9 @@ func newBenchFleet(b *testing.B, bin string, useSQS bool) *benchFleet {
 	}
 	pub := strings.TrimSpace(string(mustRun(b, bin, env, "keygen")))
 	if srv != nil {
-		key, err := os.ReadFile(filepath.Join(dir, "home", "key"))
-		if err != nil {
+		mkReplyQueues(b, srv, filepath.Join(dir, "home", "key"))
+		if _, err := sqs.CreateQueue(context.Background(), srv.Config, transport.WatcherQueue("sera", "web1")); err != nil {
 			b.Fatal(err)
-		}
-		id, err := crypto.ParseIdentityFile(key)
-		if err != nil {
-			b.Fatal(err)
-		}
-		queues := []string{transport.WatcherQueue("sera", "web1")}
-		for n := range settings.DefaultReplyQueues {
-			queues = append(queues, transport.ReplyQueue("sera", id.Public().Fingerprint(), n))
-		}
-		for _, q := range queues {
-			if _, err := sqs.CreateQueue(context.Background(), srv.Config, q); err != nil {
-				b.Fatal(err)
-			}
 		}
 	}
 	w := startWatcher(b, bin, extra, pub)

@@ -56,14 +56,7 @@ func BenchmarkWatcherIdleRSS(b *testing.B) {
 			if _, err := sqs.CreateQueue(context.Background(), srv.Config, transport.WatcherQueue("sera", "web1")); err != nil {
 				b.Fatal(err)
 			}
-			w := startWatcher(b, bin, map[string]string{
-				"SERA_TRANSPORT":            "sqs",
-				"AWS_ENDPOINT_URL":          srv.Endpoint,
-				"AWS_ACCESS_KEY_ID":         "test",
-				"AWS_SECRET_ACCESS_KEY":     "test",
-				"AWS_REGION":                "us-east-1",
-				"AWS_EC2_METADATA_DISABLED": "true",
-			})
+			w := startWatcher(b, bin, sqsEnv(srv, nil))
 			sqsFig = measureIdle(b, w, idle)
 		}
 		sqsFig.report(b)

@@ -76,16 +76,10 @@ func TestEndToEndSQS(t *testing.T) {
 	srv := sqstest.Start(t)
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/e2e",
-		Setup: setup(map[string]string{
-			"SERA_TRANSPORT":            "sqs",
-			"AWS_ENDPOINT_URL":          srv.Endpoint,
-			"AWS_ACCESS_KEY_ID":         "test",
-			"AWS_SECRET_ACCESS_KEY":     "test",
-			"AWS_REGION":                "us-east-1",
-			"AWS_EC2_METADATA_DISABLED": "true",
+		Setup: setup(sqsEnv(srv, map[string]string{
 			// For scripts that turn SNS fan-out on.
 			"SERA_ACCOUNT": fauxqsAccount,
-		}, true),
+		}), true),
 		Condition: func(cond string) (bool, error) {
 			if cond == "sqs" {
 				return true, nil
@@ -126,6 +120,41 @@ func TestEndToEndSQS(t *testing.T) {
 			return sqs.NewFromConfig(srv.Config), nil
 		}),
 	})
+}
+
+// sqsEnv is the environment of a sera on srv, with extra.
+func sqsEnv(srv *sqstest.Server, extra map[string]string) map[string]string {
+	env := map[string]string{
+		"SERA_TRANSPORT":            "sqs",
+		"AWS_ENDPOINT_URL":          srv.Endpoint,
+		"AWS_ACCESS_KEY_ID":         "test",
+		"AWS_SECRET_ACCESS_KEY":     "test",
+		"AWS_REGION":                "us-east-1",
+		"AWS_EC2_METADATA_DISABLED": "true",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+// mkReplyQueues makes the reply queues of the identity in the key file at
+// path, as 'sera client register' does.
+func mkReplyQueues(tb testing.TB, srv *sqstest.Server, path string) {
+	tb.Helper()
+	key, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	id, err := crypto.ParseIdentityFile(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for n := range settings.DefaultReplyQueues {
+		if _, err := sqs.CreateQueue(context.Background(), srv.Config, transport.ReplyQueue("sera", id.Public().Fingerprint(), n)); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }
 
 func scriptPrefix(ts *testscript.TestScript) string {

@@ -6,13 +6,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/sera-dev/sera/crypto"
-	"github.com/sera-dev/sera/settings"
 	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
 	"github.com/sera-dev/sera/transport/sqs/sqstest"
@@ -26,11 +25,12 @@ func TestWatcherStartsBeforeItsQueue(t *testing.T) {
 	t.Parallel()
 	srv := sqstest.Start(t)
 	dir := t.TempDir()
-	env := []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"), "GORACE=atexit_sleep_ms=0",
-		"SERA_TRANSPORT=sqs", "AWS_ENDPOINT_URL=" + srv.Endpoint, "AWS_ACCESS_KEY_ID=test",
-		"AWS_SECRET_ACCESS_KEY=test", "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true"}
-	laptop := append(env, "SERA_HOME="+filepath.Join(dir, "laptop"), "SERA_STATE="+filepath.Join(dir, "laptop", "state"))
-	web1 := append(env, "SERA_HOME="+filepath.Join(dir, "web1"), "SERA_STATE="+filepath.Join(dir, "web1", "state"))
+	env := []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"), "GORACE=atexit_sleep_ms=0"}
+	for k, v := range sqsEnv(srv, nil) {
+		env = append(env, k+"="+v)
+	}
+	laptop := append(slices.Clip(env), "SERA_HOME="+filepath.Join(dir, "laptop"), "SERA_STATE="+filepath.Join(dir, "laptop", "state"))
+	web1 := append(slices.Clip(env), "SERA_HOME="+filepath.Join(dir, "web1"), "SERA_STATE="+filepath.Join(dir, "web1", "state"))
 	sera := func(env []string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command("sera", args...)
@@ -48,19 +48,7 @@ func TestWatcherStartsBeforeItsQueue(t *testing.T) {
 	sera(web1, "clients", "add", cpub, "--name", "admin")
 	sera(laptop, "watchers", "add", "web1", wpub)
 	ctx := context.Background()
-	key, err := os.ReadFile(filepath.Join(dir, "laptop", "key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := crypto.ParseIdentityFile(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for n := range settings.DefaultReplyQueues {
-		if _, err := sqs.CreateQueue(ctx, srv.Config, transport.ReplyQueue("sera", id.Public().Fingerprint(), n)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	mkReplyQueues(t, srv, filepath.Join(dir, "laptop", "key"))
 
 	logPath := filepath.Join(dir, "watch.log")
 	logf, err := os.Create(logPath)
