@@ -59,14 +59,49 @@ type hostTree struct {
 	local  bool
 }
 
-func (t *hostTree) commands() []*cobra.Command {
-	cmds := []*cobra.Command{t.pingCmd(), t.clientsCmd(), t.userCmd(), t.keyCmd(), t.groupCmd(), t.sudoCmd(), t.hostkeyCmd(), t.allowCmd(), t.disallowCmd()}
+// commands builds the host commands named (every one when none is).
+func (t *hostTree) commands(names ...string) []*cobra.Command {
+	if len(names) == 0 {
+		names = hostCommandNames
+	}
+	var cmds []*cobra.Command
+	for _, name := range names {
+		cmds = append(cmds, t.command(name))
+	}
 	if t.host == nil {
 		for _, c := range cmds {
 			t.addClientFlags(c)
 		}
 	}
 	return cmds
+}
+
+// hostCommandNames are the host commands, in the order help lists them.
+var hostCommandNames = []string{"ping", "clients", "user", "key", "group", "sudo", "hostkey", "allow", "disallow"}
+
+// command builds the host command called name (one of hostCommandNames).
+func (t *hostTree) command(name string) *cobra.Command {
+	switch name {
+	case "ping":
+		return t.pingCmd()
+	case "clients":
+		return t.clientsCmd()
+	case "user":
+		return t.userCmd()
+	case "key":
+		return t.keyCmd()
+	case "group":
+		return t.groupCmd()
+	case "sudo":
+		return t.sudoCmd()
+	case "hostkey":
+		return t.hostkeyCmd()
+	case "allow":
+		return t.allowCmd()
+	case "disallow":
+		return t.disallowCmd()
+	}
+	panic("sera: no host command " + name)
 }
 
 func (t *hostTree) addClientFlags(c *cobra.Command) {
@@ -307,17 +342,27 @@ type Handler struct {
 	Host *Host
 }
 
-func (h *Handler) tree() *cobra.Command { return h.treeFor(nil) }
+func (h *Handler) tree() *cobra.Command { return h.treeFor(nil, nil) }
 
-// treeFor is the tree that runs a request of caller.
-func (h *Handler) treeFor(caller *sera.KnownClient) *cobra.Command {
+// treeFor is the tree that runs a request of caller for argv. A fresh
+// tree for every use, so no flag parsed for one request is seen by the
+// next; and of the one host command argv names, when it names one: a
+// watcher builds a tree four times a request (to resolve, authorize,
+// redact and run it), and nine commands' trees cost milliseconds where
+// one costs a tenth. A command line that names none gets every command,
+// and with it cobra's own errors and suggestions.
+func (h *Handler) treeFor(caller *sera.KnownClient, argv []string) *cobra.Command {
 	root := &cobra.Command{Use: "sera", SilenceUsage: true, SilenceErrors: true}
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return cli.UsageErr("%v", err)
 	})
 	t := &hostTree{host: h.Host, caller: caller}
-	root.AddCommand(t.commands()...)
+	if len(argv) > 0 && slices.Contains(hostCommandNames, argv[0]) {
+		root.AddCommand(t.commands(argv[0])...)
+	} else {
+		root.AddCommand(t.commands()...)
+	}
 	return root
 }
 
@@ -343,7 +388,7 @@ func commandPath(c *cobra.Command) string {
 
 // find locates the leaf argv names and parses its flags, as Execute would.
 func (h *Handler) find(argv []string) (*cobra.Command, error) {
-	return findLeaf(h.tree(), argv)
+	return findLeaf(h.treeFor(nil, argv), argv)
 }
 
 func findLeaf(root *cobra.Command, argv []string) (*cobra.Command, error) {
@@ -413,7 +458,7 @@ func hostFailed(err error) bool {
 }
 
 // Redact implements sera.Handler: the values of secret flags are masked.
-func (h *Handler) Redact(argv []string) []string { return redactWith(h.tree(), argv) }
+func (h *Handler) Redact(argv []string) []string { return redactWith(h.treeFor(nil, argv), argv) }
 
 func redactWith(root *cobra.Command, argv []string) []string {
 	out := slices.Clone(argv)
@@ -445,7 +490,7 @@ func redactWith(root *cobra.Command, argv []string) []string {
 
 // Run implements sera.Handler.
 func (h *Handler) Run(ctx context.Context, call *sera.Call) sera.Result {
-	root := h.treeFor(call.Client)
+	root := h.treeFor(call.Client, call.Argv)
 	var stdout, stderr bytes.Buffer
 	root.SetOut(&stdout)
 	root.SetErr(&stderr)

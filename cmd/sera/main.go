@@ -26,7 +26,7 @@ func run() int {
 	defer stop()
 	root := commands.NewRoot(&cli.Options{
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
-		Env: settings.OSEnv(), Version: buildVersion(),
+		Env: settings.OSEnv(), Version: buildVersion(), Args: os.Args[1:],
 	})
 	err := root.ExecuteContext(ctx)
 	code, show := cli.ExitCode(err)

@@ -140,6 +140,11 @@ type Options struct {
 	Exe string
 	// System is --system: use /etc/sera whatever the user.
 	System bool
+	// Args, if set, are the command line the root command will run
+	// (without the program's name): a line that starts with a host
+	// command's name gets a tree of that command alone, which is
+	// quicker to build (see commands.NewRoot).
+	Args []string
 }
 
 // Time is the time now, by Now if set.
