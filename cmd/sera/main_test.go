@@ -241,6 +241,7 @@ func setup(extra map[string]string, ownPrefix bool) func(*testscript.Env) error 
 //	                      exits 0 (see scriptCmds.with)
 //	noreplies             every reply queue of the key in $SERA_HOME is
 //	                      empty: no reply was left behind (see with)
+//	nomessages WATCHER    the watcher's queue holds no message (see with)
 func cmds(mkqueues func(ts *testscript.TestScript, watchers []string) error, mktopics ...func(ts *testscript.TestScript, args []string) error) scriptCmds {
 	return scriptCmds{
 		"mktopics": func(ts *testscript.TestScript, neg bool, args []string) {
@@ -345,6 +346,20 @@ func (c scriptCmds) with(open func(*testscript.TestScript) (transport.Transport,
 		}
 		if failed > 0 {
 			ts.Fatalf("%d of %d runs failed", failed, n)
+		}
+	}
+	c["nomessages"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if neg || len(args) != 1 {
+			ts.Fatalf("usage: nomessages WATCHER")
+		}
+		tr, err := open(ts)
+		ts.Check(err)
+		defer tr.Close()
+		q := transport.WatcherQueue(scriptPrefix(ts), args[0])
+		msgs, err := tr.Receive(context.Background(), q, 10, 0, time.Minute)
+		ts.Check(err)
+		if len(msgs) > 0 {
+			ts.Fatalf("queue %s holds %d messages", q, len(msgs))
 		}
 	}
 	c["noreplies"] = func(ts *testscript.TestScript, neg bool, args []string) {
