@@ -74,8 +74,10 @@ func (r *run) receive(ctx context.Context) error {
 			r.receiveErr = err
 			pause := min(receiveRetryMin<<min(r.receiveFails, 10), receiveRetryMax, earliest.Sub(r.c.now()))
 			r.receiveFails++
-			if r.receiveFails == 1 {
-				// Once a run: the next failures are the same outage.
+			if !r.receiveWarned {
+				// Once a run: later failures are most likely the same
+				// outage, and the outcome names the last one.
+				r.receiveWarned = true
 				r.c.warn(fmt.Sprintf("receiving replies on %s failed; retrying until the timeout: %v", r.c.Queue(), err))
 			}
 			if pause > 0 {
@@ -88,7 +90,7 @@ func (r *run) receive(ctx context.Context) error {
 				}
 			}
 		} else {
-			r.receiveErr = nil
+			r.receiveErr, r.receiveFails = nil, 0
 			for _, m := range msgs {
 				r.take(ctx, m)
 			}

@@ -85,9 +85,11 @@ type run struct {
 	deleting sync.WaitGroup
 
 	// receiveErr is the last receive's error, nil once one succeeds;
-	// receiveFails counts the failures in a row.
-	receiveErr   error
-	receiveFails int
+	// receiveFails counts the failures in a row; receiveWarned is set
+	// once the user was told of one.
+	receiveErr    error
+	receiveFails  int
+	receiveWarned bool
 }
 
 // deleteWorkers delete replies taken, off the receive path: one

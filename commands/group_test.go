@@ -161,7 +161,14 @@ func (r *groupFakeRunner) writeGroups(groups [][]string) {
 	for _, g := range groups {
 		b.WriteString(strings.Join(g, ":") + "\n")
 	}
-	if err := os.WriteFile(filepath.Join(r.root, "etc/group"), []byte(b.String()), 0o644); err != nil {
+	// As shadow-utils does (a new file renamed into place), so that a
+	// check reading /etc/group while a change runs never sees it half
+	// written.
+	tmp := filepath.Join(r.root, "etc/group+")
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		panic(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(r.root, "etc/group")); err != nil {
 		panic(err)
 	}
 }
