@@ -492,6 +492,19 @@ func TestProvisionNoIAMToPing(t *testing.T) {
 		!strings.Contains(se.String(), "published once to topic sera-g-web") {
 		t.Errorf("ping --group web:\n%s\n%s", out, se.String())
 	}
+
+	// Deregistered without IAM: its queues and subscriptions go, and the
+	// note says whose credentials to revoke.
+	out = admin.must(t, "watcher", "deregister", "web2", "--no-iam", "--account", account)
+	for _, want := range []string{"done: sqs:DeleteQueue ", "sera-w-web2", "done: sns:Unsubscribe ",
+		"no IAM user of web2 is read or deleted (--no-iam): revoke the host's own credentials where they were issued"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("watcher deregister --no-iam lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "iam:") {
+		t.Errorf("watcher deregister --no-iam calls IAM:\n%s", out)
+	}
 }
 
 // runWatchers runs 'sera watch' on every host until the test ends, and

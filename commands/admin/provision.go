@@ -418,7 +418,9 @@ func newWatcherDeregisterCmd(o *cli.Options) *cobra.Command {
 once, then its group memberships and IAM user, its subscriptions, its queue
 and its dead-letter queue (with any messages in them), and its entry in
 this client's known_watchers. Its group topics stay: other watchers may use
-them. AWS lets a deleted queue's name be used again after 60 seconds.
+them. AWS lets a deleted queue's name be used again after 60 seconds. With
+--no-iam (a watcher registered so) no IAM user is read or deleted: revoke
+the host's own credentials where they were issued.
 ` + provisionHelp,
 		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -459,6 +461,7 @@ them. AWS lets a deleted queue's name be used again after 60 seconds.
 		},
 	}
 	f.add(c)
+	f.addNoIAM(c)
 	return c
 }
 

@@ -21,7 +21,7 @@ func (p *Provisioner) WatcherUser(name string) (string, error) {
 }
 
 // Watcher plans the AWS side of watcher name in groups: its IAM user in
-// the watchers group; its dead-letter queue; its queue (20 s long polls,
+// the watchers group (not with NoIAM); its dead-letter queue; its queue (20 s long polls,
 // retention over a request's lifetime, SSE, redrive after 5 receives, a
 // policy that lets only its topics send); the topics of its groups; and
 // raw-delivery subscriptions of its queue to the all topic and its group
@@ -112,8 +112,8 @@ func (p *Provisioner) requireProvisioned(ctx context.Context, group string) erro
 
 // Client plans the AWS side of the client with key fingerprint fp: its
 // IAM user in the clients group, tagged sera-name=label if label is set;
-// its reply queue; and last, an access key, unless the user has one (see
-// firstKey).
+// its reply queues (ReplyQueues of them); and last, an access key, unless
+// the user has one (see firstKey). With NoIAM, the reply queues only.
 func (p *Provisioner) Client(ctx context.Context, fp, label string, onKey func(context.Context, AccessKey) error) (*Plan, error) {
 	userName := transport.ClientQueue(p.Prefix, fp)
 	if len(userName) > MaxUserNameLen || !transport.ValidQueueName(userName) {
@@ -163,11 +163,17 @@ func (p *Provisioner) DeregisterWatcher(ctx context.Context, name string, groups
 		return nil, err
 	}
 	pl := &Plan{}
-	u, err := p.readUser(ctx, userName)
-	if err != nil {
-		return nil, err
+	u := &user{}
+	if !p.NoIAM {
+		if u, err = p.readUser(ctx, userName); err != nil {
+			return nil, err
+		}
 	}
-	if !u.exists {
+	if p.NoIAM {
+		// Its credentials are not sera's to revoke: whoever issued
+		// them must.
+		pl.note("no IAM user of %s is read or deleted (--no-iam): revoke the host's own credentials where they were issued", name)
+	} else if !u.exists {
 		pl.found("iam user %s absent", userName)
 	} else {
 		for _, k := range u.keys {
