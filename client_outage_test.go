@@ -117,11 +117,12 @@ func TestClientOutage(t *testing.T) {
 				// The request has left: the server goes away now, and
 				// comes back in 10 s.
 				proxy.Down()
-				go func() {
-					time.Sleep(10 * time.Second)
+				// The outage's length is the scenario (issue 14: a
+				// server away for 10 s), not a wait for code to run.
+				time.AfterFunc(10*time.Second, func() {
 					proxy.Up()
 					close(outage)
-				}()
+				})
 			}
 		},
 	}
