@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"os"
 	"os/exec"
@@ -50,36 +51,49 @@ func TestWatcherStartsBeforeItsQueue(t *testing.T) {
 	ctx := context.Background()
 	mkReplyQueues(t, srv, filepath.Join(dir, "laptop", "key"))
 
-	logPath := filepath.Join(dir, "watch.log")
-	logf, err := os.Create(logPath)
+	// The watcher's log, line by line as it writes it: each wait below
+	// is for the line itself.
+	watch := exec.Command("sera", "watch")
+	watch.Env = web1
+	pipe, err := watch.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
-	watch := exec.Command("sera", "watch")
-	watch.Env, watch.Stdout, watch.Stderr = web1, logf, logf
+	watch.Stdout = watch.Stderr
 	if err := watch.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- watch.Wait() }()
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
 	t.Cleanup(func() {
 		watch.Process.Kill()
-		<-exited
+		watch.Wait()
 	})
+	var seen []string
 	waitLog := func(re string) string {
 		t.Helper()
+		want := regexp.MustCompile(re)
 		// A guard only: each line comes within seconds.
-		for deadline := time.Now().Add(time.Minute); ; {
-			b, _ := os.ReadFile(logPath)
-			if regexp.MustCompile(re).Match(b) {
-				return string(b)
+		guard := time.After(time.Minute)
+		for {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					t.Fatalf("the watcher's log ended without %q:\n%s", re, strings.Join(seen, "\n"))
+				}
+				seen = append(seen, line)
+				if want.MatchString(line) {
+					return strings.Join(seen, "\n")
+				}
+			case <-guard:
+				t.Fatalf("no %q in the watcher's log after a minute:\n%s", re, strings.Join(seen, "\n"))
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %q in the watcher's log after a minute:\n%s", re, b)
-			}
-			// Another process's file: it tells no one when it wrote.
-			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	log := waitLog(`msg="receive failed; retrying".*does not exist`)
@@ -96,12 +110,14 @@ func TestWatcherStartsBeforeItsQueue(t *testing.T) {
 	}
 	waitLog(`msg=watching queue=sera-w-web1 at=http://\S+/sera-w-web1 `)
 	watch.Process.Signal(syscall.SIGINT)
-	if err := <-exited; err != nil {
+	waitLog(`msg=stopped`)
+	for line := range lines {
+		seen = append(seen, line)
+	}
+	if err := watch.Wait(); err != nil {
 		t.Errorf("watch: %v", err)
 	}
-	exited <- nil
-	b, _ := os.ReadFile(logPath)
-	if !regexp.MustCompile(`(?s)msg=starting queue=sera-w-web1.*msg="receive failed; retrying".*msg=watching.*msg=stopped`).Match(b) {
-		t.Errorf("the watcher's log is not starting, retrying, watching, stopped:\n%s", b)
+	if !regexp.MustCompile(`(?s)msg=starting queue=sera-w-web1.*msg="receive failed; retrying".*msg=watching.*msg=stopped`).MatchString(strings.Join(seen, "\n")) {
+		t.Errorf("the watcher's log is not starting, retrying, watching, stopped:\n%s", strings.Join(seen, "\n"))
 	}
 }
