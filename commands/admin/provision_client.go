@@ -132,7 +132,7 @@ role…); it prints the policy those credentials need.
 					found = append(found, fmt.Sprintf("access key %s in this client's settings (%s)", cur.Value, cur.Source))
 					// A client registered before SNS fan-out lacks its
 					// settings; a new key brings them (clientKeyWriter).
-					fan, err := planFanoutSettings(o, cfg, p, &steps)
+					fan, err := planEnvSettings(cfg, fanoutSettings(p), &steps)
 					if err != nil {
 						return err
 					}
@@ -156,12 +156,6 @@ role…); it prints the policy those credentials need.
 	f.addNoIAM(c)
 	c.Flags().StringVar(&name, "name", "", "a name for this client, tagged on its IAM user (sera-name)")
 	return c
-}
-
-// planFanoutSettings adds a step that writes the fan-out settings to the
-// client's env file when the file lacks them, or says they are there.
-func planFanoutSettings(o *cli.Options, cfg *settings.Config, p *sqs.Provisioner, steps *plan.Plan) (found []string, err error) {
-	return planEnvSettings(cfg, fanoutSettings(p), steps)
 }
 
 // planEnvSettings adds a step that writes want to the client's env file

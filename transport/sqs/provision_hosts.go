@@ -38,10 +38,11 @@ func (p *Provisioner) Watcher(ctx context.Context, name string, groups []string,
 	}
 	pl := &Plan{}
 	var u *user
+	// create-provider-keys made the all topic; without IAM nothing did,
+	// and it is the watcher's to make.
+	allExists := true
 	if p.NoIAM {
-		// No create-provider-keys either: the all topic is the
-		// watcher's to make.
-		if _, err := p.planTopic(ctx, pl, AllTopic(p.Prefix)); err != nil {
+		if allExists, err = p.planTopic(ctx, pl, AllTopic(p.Prefix)); err != nil {
 			return nil, err
 		}
 	} else {
@@ -65,7 +66,7 @@ func (p *Provisioner) Watcher(ctx context.Context, name string, groups []string,
 	if err != nil {
 		return nil, err
 	}
-	exists := map[string]bool{AllTopic(p.Prefix): !p.NoIAM || p.foundTopic(pl, AllTopic(p.Prefix))}
+	exists := map[string]bool{AllTopic(p.Prefix): allExists}
 	for _, t := range topics[1:] {
 		if exists[t], err = p.planTopic(ctx, pl, t); err != nil {
 			return nil, err
@@ -84,11 +85,6 @@ func (p *Provisioner) Watcher(ctx context.Context, name string, groups []string,
 		p.firstKey(pl, u, userName, onKey)
 	}
 	return pl, nil
-}
-
-// foundTopic reports whether pl found topic name in place.
-func (p *Provisioner) foundTopic(pl *Plan, name string) bool {
-	return slices.Contains(pl.Found, "sns topic "+name)
 }
 
 // requireProvisioned checks that create-provider-keys has run.
