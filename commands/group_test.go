@@ -754,7 +754,7 @@ func TestGroupMembersConcurrent(t *testing.T) {
 
 // These go through the real watcher Handler and the real client tree:
 // they need the group and sudo commands registered in
-// hostTree.commands().
+// hostCommands().
 
 // The watcher's Resolve refuses every bad input, so none ever runs
 // remotely; Run runs the good ones.
@@ -762,7 +762,7 @@ func TestGroupSudoHandler(t *testing.T) {
 	paths := HostCommands()
 	for _, want := range []string{"group add", "group del", "group members add", "group members remove", "group list", "sudo grant", "sudo revoke", "sudo list"} {
 		if !slices.Contains(paths, want) {
-			t.Fatalf("%q is not a host command: register t.groupCmd(), t.sudoCmd() in hostTree.commands()", want)
+			t.Fatalf("%q is not a host command: register t.groupCmd(), t.sudoCmd() in hostCommands()", want)
 		}
 	}
 	h, r := newGroupTestHost(t)

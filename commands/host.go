@@ -59,14 +59,14 @@ type hostTree struct {
 	local  bool
 }
 
-// commands builds the host commands named (every one when none is).
-func (t *hostTree) commands(names ...string) []*cobra.Command {
-	if len(names) == 0 {
-		names = hostCommandNames
-	}
+// commands builds the host command called only, or every one when only
+// is "".
+func (t *hostTree) commands(only string) []*cobra.Command {
 	var cmds []*cobra.Command
-	for _, name := range names {
-		cmds = append(cmds, t.command(name))
+	for _, h := range hostCommands() {
+		if only == "" || h.name == only {
+			cmds = append(cmds, h.build(t))
+		}
 	}
 	if t.host == nil {
 		for _, c := range cmds {
@@ -76,32 +76,26 @@ func (t *hostTree) commands(names ...string) []*cobra.Command {
 	return cmds
 }
 
-// hostCommandNames are the host commands, in the order help lists them.
-var hostCommandNames = []string{"ping", "clients", "user", "key", "group", "sudo", "hostkey", "allow", "disallow"}
-
-// command builds the host command called name (one of hostCommandNames).
-func (t *hostTree) command(name string) *cobra.Command {
-	switch name {
-	case "ping":
-		return t.pingCmd()
-	case "clients":
-		return t.clientsCmd()
-	case "user":
-		return t.userCmd()
-	case "key":
-		return t.keyCmd()
-	case "group":
-		return t.groupCmd()
-	case "sudo":
-		return t.sudoCmd()
-	case "hostkey":
-		return t.hostkeyCmd()
-	case "allow":
-		return t.allowCmd()
-	case "disallow":
-		return t.disallowCmd()
+// hostCommands are the host commands, in the order help lists them: one
+// list for the names (what a command line or a request may name) and how
+// to build each. A function, not a variable: the commands' builders reach
+// this list again (through the grants a client may delegate).
+func hostCommands() []hostCommand {
+	return []hostCommand{
+		{"ping", (*hostTree).pingCmd}, {"clients", (*hostTree).clientsCmd}, {"user", (*hostTree).userCmd},
+		{"key", (*hostTree).keyCmd}, {"group", (*hostTree).groupCmd}, {"sudo", (*hostTree).sudoCmd},
+		{"hostkey", (*hostTree).hostkeyCmd}, {"allow", (*hostTree).allowCmd}, {"disallow", (*hostTree).disallowCmd},
 	}
-	panic("sera: no host command " + name)
+}
+
+type hostCommand struct {
+	name  string
+	build func(*hostTree) *cobra.Command
+}
+
+// isHostCommand reports whether name is a host command's.
+func isHostCommand(name string) bool {
+	return slices.ContainsFunc(hostCommands(), func(h hostCommand) bool { return h.name == name })
 }
 
 func (t *hostTree) addClientFlags(c *cobra.Command) {
@@ -358,11 +352,11 @@ func (h *Handler) treeFor(caller *sera.KnownClient, argv []string) *cobra.Comman
 		return cli.UsageErr("%v", err)
 	})
 	t := &hostTree{host: h.Host, caller: caller}
-	if len(argv) > 0 && slices.Contains(hostCommandNames, argv[0]) {
-		root.AddCommand(t.commands(argv[0])...)
-	} else {
-		root.AddCommand(t.commands()...)
+	only := ""
+	if len(argv) > 0 && isHostCommand(argv[0]) {
+		only = argv[0]
 	}
+	root.AddCommand(t.commands(only)...)
 	return root
 }
 

@@ -5,8 +5,6 @@
 package commands
 
 import (
-	"slices"
-
 	"github.com/spf13/cobra"
 
 	"github.com/sera-dev/sera/commands/admin"
@@ -46,7 +44,7 @@ each host, over AWS SQS or a local spool directory, and collects the replies.
 	// a millisecond or more quicker to build than all of them. Any other
 	// line (help, completion, a flag first, a typo) gets the whole tree,
 	// and with it cobra's help and suggestions.
-	if len(o.Args) > 0 && slices.Contains(hostCommandNames, o.Args[0]) {
+	if len(o.Args) > 0 && isHostCommand(o.Args[0]) {
 		root.AddCommand(t.commands(o.Args[0])...)
 		return root
 	}
@@ -54,6 +52,6 @@ each host, over AWS SQS or a local spool directory, and collects the replies.
 		newWatchCmd(o),
 	)
 	root.AddCommand(admin.Commands(o)...)
-	root.AddCommand(t.commands()...)
+	root.AddCommand(t.commands("")...)
 	return root
 }
