@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -179,4 +180,67 @@ func TestWatcherRetriesReply(t *testing.T) {
 		t.Errorf("%d failures left, want both used", flaky.n)
 	}
 	assertDeleted(t, f.tr, f.w.Queue(), m)
+}
+
+// failingReceives fails every Receive on queue while fail is set, and
+// notes when each Receive was called.
+type failingReceives struct {
+	transport.Transport
+	queue string
+	mu    sync.Mutex
+	fail  bool
+	calls []time.Time
+}
+
+func (f *failingReceives) Receive(ctx context.Context, queue string, max int, wait, visibility time.Duration) ([]*transport.Message, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, time.Now())
+	fail := f.fail && queue == f.queue
+	f.mu.Unlock()
+	if fail {
+		return nil, fmt.Errorf("failed to receive from %q: %w", queue, transport.ErrNoQueue)
+	}
+	return f.Transport.Receive(ctx, queue, max, wait, visibility)
+}
+
+// A watcher whose queue is missing retries at most DefaultMaxBackoff
+// apart, however long it has been missing, and once a poll succeeds the
+// next failure waits the shortest pause again.
+func TestWatcherBackoffCapped(t *testing.T) {
+	inFakeTime(t, func(t *testing.T, f *fixture) {
+		fr := &failingReceives{Transport: f.tr, queue: f.w.Queue(), fail: true}
+		f.w.Transport, f.w.MinBackoff, f.w.MaxBackoff = fr, 0, 0
+		start(t, f.w)
+		advance(2 * time.Minute)
+		fr.mu.Lock()
+		calls := slices.Clone(fr.calls)
+		fr.fail = false
+		fr.mu.Unlock()
+		if len(calls) < 10 {
+			t.Fatalf("%d polls in 2 minutes", len(calls))
+		}
+		gap := func(cs []time.Time) (longest time.Duration) {
+			for i := 1; i < len(cs); i++ {
+				longest = max(longest, cs[i].Sub(cs[i-1]))
+			}
+			return longest
+		}
+		if g := gap(calls); g > sera.DefaultMaxBackoff || g < sera.DefaultMaxBackoff/2 {
+			t.Errorf("longest wait between failed polls %s, want it to grow to at most %s", g, sera.DefaultMaxBackoff)
+		}
+		// The queue is back: polls succeed (and wait their long poll).
+		advance(time.Minute)
+		fr.mu.Lock()
+		n := len(fr.calls)
+		fr.fail = true
+		fr.mu.Unlock()
+		advance(3 * time.Second)
+		fr.mu.Lock()
+		after := slices.Clone(fr.calls[n:])
+		fr.mu.Unlock()
+		// The first failure after a success waits about a second, not 10.
+		if len(after) < 3 {
+			t.Errorf("%d polls in the 3 s after the queue went again, want the backoff to start over", len(after))
+		}
+	})
 }
