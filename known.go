@@ -66,11 +66,11 @@ type Grant struct {
 const maxScopeValues = 64
 
 var (
-	pathWordRE = regexp.MustCompile(`^[a-z][-a-z]*$`)
+	pathWordRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][-a-z]*$`) })
 	// scopeNameRE is an account or group name (Debian's NAME_REGEX) or a
 	// glob of one.
-	scopeNameRE = regexp.MustCompile(`^[a-z*?\[][-a-z0-9_*?\[\]]*$`)
-	portRE      = regexp.MustCompile(`^[0-9]{1,5}(-[0-9]{1,5})?$`)
+	scopeNameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z*?\[][-a-z0-9_*?\[\]]*$`) })
+	portRE      = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9]{1,5}(-[0-9]{1,5})?$`) })
 )
 
 // ParseGrant reads one grant as the file and --allow spell it: "user",
@@ -86,7 +86,7 @@ func ParseGrant(s string) (Grant, error) {
 	}
 	if p != AllowAll {
 		for _, w := range strings.Split(p, " ") {
-			if !pathWordRE.MatchString(w) {
+			if !pathWordRE().MatchString(w) {
 				return g, fmt.Errorf("invalid grant %q: want a command such as user or user.add", s)
 			}
 		}
@@ -103,7 +103,7 @@ func ParseGrant(s string) (Grant, error) {
 	}
 	for _, v := range strings.Split(scope, "|") {
 		switch {
-		case portRE.MatchString(v):
+		case portRE().MatchString(v):
 			lo, hi, err := portRange(v)
 			canon := strconv.Itoa(lo)
 			if hi != lo || strings.Contains(v, "-") {
@@ -112,7 +112,7 @@ func ParseGrant(s string) (Grant, error) {
 			if err != nil || lo > hi || canon != v {
 				return g, fmt.Errorf("invalid grant %q: bad port range %q", s, v)
 			}
-		case scopeNameRE.MatchString(v) && len(v) <= 32:
+		case scopeNameRE().MatchString(v) && len(v) <= 32:
 			if _, err := path.Match(v, ""); err != nil {
 				return g, fmt.Errorf("invalid grant %q: bad pattern %q", s, v)
 			}
@@ -177,7 +177,7 @@ func (g Grant) ScopeMatches(subject string) bool {
 		return true
 	}
 	for _, v := range g.Scope {
-		if portRE.MatchString(v) {
+		if portRE().MatchString(v) {
 			lo, hi, err := portRange(v)
 			p, perr := strconv.Atoi(subject)
 			if err == nil && perr == nil && strconv.Itoa(p) == subject && p >= lo && p <= hi {
@@ -343,7 +343,7 @@ func (c *KnownClient) parseAttrs(fields []string) error {
 		seen[k] = true
 		switch k {
 		case "account":
-			if !accountRE.MatchString(v) || len(v) > 32 || v == "root" {
+			if !accountRE().MatchString(v) || len(v) > 32 || v == "root" {
 				return fmt.Errorf("invalid account=%q: a regular user name (Debian's NAME_REGEX), not root", v)
 			}
 			c.Account = v
@@ -361,7 +361,7 @@ func (c *KnownClient) parseAttrs(fields []string) error {
 }
 
 // accountRE is Debian's NAME_REGEX for user names.
-var accountRE = regexp.MustCompile(`^[a-z][-a-z0-9_]*$`)
+var accountRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][-a-z0-9_]*$`) })
 
 // Bytes formats the file.
 func (kc *KnownClients) Bytes() []byte {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // SplitList splits a comma-separated list, dropping empty items.
@@ -17,7 +18,7 @@ func SplitList(s string) []string {
 	return out
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`) })
 
 // MaxNameLen keeps "PREFIX-w-NAME" within SQS's 80-character queue names.
 const MaxNameLen = 63
@@ -26,7 +27,7 @@ const MaxNameLen = 63
 // queue and topic names, so it is limited to what SQS and SNS accept.
 
 func CheckName(s string) error {
-	if len(s) > MaxNameLen || !nameRE.MatchString(s) {
+	if len(s) > MaxNameLen || !nameRE().MatchString(s) {
 		return fmt.Errorf("%q is not a valid name: use letters, digits, '-' and '_', starting with a letter or digit, at most %d characters", s, MaxNameLen)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -20,7 +21,7 @@ import (
 
 // cryptRE accepts the crypt(3) hash formats of glibc and libxcrypt:
 // $id$[params$]salt$hash, nothing that could break /etc/shadow.
-var cryptRE = regexp.MustCompile(`^\$(1|5|6|y|gy|7|2[abxy])\$[./0-9A-Za-z$=,]{8,}$`)
+var cryptRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^\$(1|5|6|y|gy|7|2[abxy])\$[./0-9A-Za-z$=,]{8,}$`) })
 
 func (t *hostTree) userCmd() *cobra.Command {
 	c := cli.Group(&cobra.Command{
@@ -73,7 +74,7 @@ func (o *userAddOptions) validate(c *cobra.Command, args []string) error {
 	if strings.ContainsAny(o.comment, ":\n\r\x00") || len(o.comment) > 255 {
 		return cli.UsageErr("invalid --comment: no ':' or line breaks, at most 255 bytes")
 	}
-	if changed("password-hash") && !cryptRE.MatchString(o.passwordHash) {
+	if changed("password-hash") && !cryptRE().MatchString(o.passwordHash) {
 		return cli.UsageErr("invalid --password-hash: not a crypt(3) hash ($6$…, $y$…); make one with 'mkpasswd -m yescrypt'")
 	}
 	for _, k := range o.keys {

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sera-dev/sera"
@@ -431,7 +432,7 @@ func checkDomain(s string) error {
 	}
 	labels := strings.Split(s, ".")
 	for _, l := range labels {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' || !domainLabelRE.MatchString(l) {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' || !domainLabelRE().MatchString(l) {
 			return fmt.Errorf("%q is not a DNS domain: use letters, digits and '-' in dot-separated labels, with no leading or trailing dot (e.g. example.com)", s)
 		}
 	}
@@ -441,7 +442,7 @@ func checkDomain(s string) error {
 	return nil
 }
 
-var domainLabelRE = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+var domainLabelRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9-]+$`) })
 
 // checkHTTPSURL accepts only an https URL with a host: the answer decides
 // which address a firewall opens to, so it must not be forged on the way.

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/sera-dev/sera/host"
 	"github.com/sera-dev/sera/host/sshkeys"
@@ -220,8 +221,9 @@ func (db *DB) ManagedGID(gid int) bool {
 	return gid >= db.Defs.GIDMin && gid <= db.Defs.GIDMax && gid != 0
 }
 
-// NameRE is Debian's NAME_REGEX for user and group names.
-var NameRE = regexp.MustCompile(`^[a-z][-a-z0-9_]*$`)
+// NameRE is Debian's NAME_REGEX for user and group names, compiled on
+// first use: package initialisation is start-up time for every process.
+var NameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z][-a-z0-9_]*$`) })
 
 // MaxName is the longest user or group name sera accepts, in bytes.
 const MaxName = 32
@@ -244,7 +246,7 @@ func CheckName(kind, name string) error {
 	if len(name) > MaxName {
 		return &nameError{fmt.Sprintf("invalid %s name %q: longer than %d bytes", kind, name, MaxName)}
 	}
-	if !NameRE.MatchString(name) {
+	if !NameRE().MatchString(name) {
 		return &nameError{fmt.Sprintf("invalid %s name %q: use lower-case letters, digits, '-' and '_', starting with a letter (Debian's NAME_REGEX)", kind, name)}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/sera-dev/sera/host"
@@ -50,14 +51,14 @@ func seraComment(id string, expires time.Time) string {
 }
 
 var (
-	seraCommentRE = regexp.MustCompile(`^sera ([0-9a-f]{16}) until (\S+)$`)
-	openingIDRE   = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	seraCommentRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^sera ([0-9a-f]{16}) until (\S+)$`) })
+	openingIDRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{16}$`) })
 )
 
 // parseSeraComment returns the id and expiry in a sera comment; ok is
 // false for any other comment.
 func parseSeraComment(c string) (id string, until time.Time, ok bool) {
-	m := seraCommentRE.FindStringSubmatch(c)
+	m := seraCommentRE().FindStringSubmatch(c)
 	if m == nil {
 		return "", time.Time{}, false
 	}
@@ -156,7 +157,7 @@ func (fw *Firewall) Load() (*State, error) {
 	}
 	for i, o := range st.Openings {
 		src, err := ParseSource(o.Source)
-		if o == nil || err != nil || src != o.Source || CheckPort(o.Port) != nil || CheckProto(o.Proto) != nil || !openingIDRE.MatchString(o.ID) {
+		if o == nil || err != nil || src != o.Source || CheckPort(o.Port) != nil || CheckProto(o.Proto) != nil || !openingIDRE().MatchString(o.ID) {
 			return nil, fmt.Errorf("%s is corrupt: entry %d is not a valid opening (fix or remove it)", path, i+1)
 		}
 	}

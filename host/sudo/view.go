@@ -12,11 +12,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/sera-dev/sera/host"
 )
 
-var commaSpaceRE = regexp.MustCompile(`\s*,\s*`)
+var commaSpaceRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`\s*,\s*`) })
 
 // View is who sudoers grants anything to: a grant of /usr/bin/true
 // counts as much as ALL, as sera cannot tell what a command reaches. Each
@@ -171,7 +172,7 @@ func (v *View) Parse(sys *host.System, name, text string, depth int) {
 		if !ok {
 			continue
 		}
-		who = commaSpaceRE.ReplaceAllString(strings.TrimSpace(who), ",")
+		who = commaSpaceRE().ReplaceAllString(strings.TrimSpace(who), ",")
 		users, _, _ := strings.Cut(strings.ReplaceAll(who, "\t", " "), " ")
 		for _, tok := range strings.Split(users, ",") {
 			v.add(name, tok, aliases, 0)

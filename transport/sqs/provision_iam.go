@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
@@ -64,12 +65,12 @@ func (p *Provisioner) planGroup(ctx context.Context, pl *Plan, group, policyName
 	return nil
 }
 
-var sqsARNRegion = regexp.MustCompile(`arn:[a-z-]+:sqs:([a-z0-9-]+):`)
+var sqsARNRegion = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`arn:[a-z-]+:sqs:([a-z0-9-]+):`) })
 
 // policyRegions lists the regions of the queue ARNs in a policy.
 func policyRegions(doc string) []string {
 	var out []string
-	for _, m := range sqsARNRegion.FindAllStringSubmatch(doc, -1) {
+	for _, m := range sqsARNRegion().FindAllStringSubmatch(doc, -1) {
 		if !slices.Contains(out, m[1]) {
 			out = append(out, m[1])
 		}
