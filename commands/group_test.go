@@ -661,8 +661,8 @@ func TestGroupRefused(t *testing.T) {
 	}
 	cases = append(cases, []badCase{
 		{name: "a name that looks like a flag", argv: []string{"group", "add", "-rf"}, err: "unknown shorthand flag"},
-		{name: "no name", argv: []string{"group", "add"}, err: "accepts 1 arg"},
-		{name: "two names", argv: []string{"group", "del", "ops", "devs"}, err: "accepts 1 arg"},
+		{name: "no name", argv: []string{"group", "add"}, err: "sera group add needs NAME"},
+		{name: "two names", argv: []string{"group", "del", "ops", "devs"}, err: "sera group del takes only NAME; unexpected \"devs\""},
 		{name: "gid 0", argv: []string{"group", "add", "web", "--gid=0"}, err: "refusing --gid 0: sera only manages regular groups (gid 1000 and up)"},
 		{name: "gid 999", argv: []string{"group", "add", "web", "--gid=999"}, err: "refusing --gid 999"},
 		{name: "gid -1", argv: []string{"group", "add", "web", "--gid=-1"}, err: "refusing --gid -1"},
@@ -686,7 +686,7 @@ func TestGroupRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, argv: []string{"group", "del", "devs"}, err: "refusing /etc/sudoers.d/sera-devs: a directory"},
-		{name: "members add no user", argv: []string{"group", "members", "add", "ops"}, err: "requires at least 2 arg"},
+		{name: "members add no user", argv: []string{"group", "members", "add", "ops"}, err: "sera group members add needs USER... after ops"},
 		{name: "members add a missing user", argv: []string{"group", "members", "add", "ops", "ghost"}, err: "no user ghost on this host; nothing was changed"},
 		{name: "members add all or nothing", argv: []string{"group", "members", "add", "ops", "bob", "ghost", "svc"},
 			err: "no user ghost on this host; refusing user svc: uid 999 is outside the range sera manages (1000..60000)"},
@@ -819,7 +819,7 @@ func TestGroupSudoHandler(t *testing.T) {
 		{argv: []string{"sudo", "grant", "--", "sudo"}, err: "refusing group sudo: gid 27"},
 		{argv: []string{"sudo", "grant", "--", "nope"}, err: "no group nope"},
 		{argv: []string{"sudo", "revoke", "--", "sudo"}, err: "refusing sudo for sudo"},
-		{argv: []string{"group", "list", "--", "x"}, err: "unknown command"},
+		{argv: []string{"group", "list", "--", "x"}, err: "takes no arguments; unexpected \"x\""},
 		{argv: []string{"group", "members"}, err: "not a command this watcher runs"},
 	}...)
 	for _, b := range bad {

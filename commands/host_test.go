@@ -57,7 +57,7 @@ func TestResolve(t *testing.T) {
 		{[]string{"clients", "add", "--name=bob", "--", key}, "clients add", ""},
 		{[]string{"clients", "add", "--name=bob", "--allow=clients.list", "--", key}, "clients add", ""},
 
-		{[]string{"ping", "--", "extra"}, "ping", "unknown command"},
+		{[]string{"ping", "--", "extra"}, "ping", "takes no arguments; unexpected \"extra\""},
 		{[]string{"ping", "--bogus"}, "ping", "unknown flag"},
 		{[]string{"ping", "--help"}, "ping", "help"},
 		{[]string{"ping", "-h"}, "ping", "help"},

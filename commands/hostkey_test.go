@@ -151,7 +151,7 @@ func TestHostkeyListErrors(t *testing.T) {
 		argv []string
 		want string
 	}{
-		{[]string{"hostkey", "list", "--", "extra"}, "unknown command"},
+		{[]string{"hostkey", "list", "--", "extra"}, "takes no arguments"},
 		{[]string{"hostkey", "list", "--addr=web1"}, "not an IP address"},
 		{[]string{"hostkey", "list", "--addr=fe80::1%eth0"}, "zone"},
 		{[]string{"hostkey", "list", "--name=*.example"}, "wildcards"},
@@ -304,7 +304,7 @@ func TestHostkeyBadInputs(t *testing.T) {
 		argv []string
 		want string
 	}{
-		{[]string{"trust", "--", "web2"}, "requires at least 2 arg(s)"},
+		{[]string{"trust", "--", "web2"}, "needs KEY… after web2"},
 		{[]string{"trust", "--", "*.example", key}, "wildcards"},
 		{[]string{"trust", "--", "web2,web_3", key}, "RFC 1123"},
 		{[]string{"trust", "--", "[web2]:2222", key}, "[host]:port"},
@@ -319,9 +319,9 @@ func TestHostkeyBadInputs(t *testing.T) {
 		{[]string{"trust", "--", "web2", key + "\n" + key}, "several lines"},
 		{[]string{"trust", "--", "web2", key, hostkeys.KeyText(ed2)}, "two ssh-ed25519 keys for web2"},
 		{[]string{"trust", "--bogus", "--", "web2", key}, "unknown flag"},
-		{[]string{"untrust"}, "requires at least 1 arg(s)"},
+		{[]string{"untrust"}, "needs NAME…"},
 		{[]string{"untrust", "--", "web?"}, "wildcards"},
-		{[]string{"set"}, "requires at least 1 arg(s)"},
+		{[]string{"set"}, "needs ENTRY…"},
 		{[]string{"set", "--", "web2 " + key, "web2,10.0.0.2 " + hostkeys.KeyText(keystest.ECDSA(t))}, "give different names"},
 		{[]string{"set", "--", "web2,10.0.0.9 " + key, "web3,10.0.0.9 " + hostkeys.KeyText(ed2)}, "10.0.0.9 is given as a name of both web2 and web3"},
 		{[]string{"set", "--", "web2 " + key, "web3,web2 " + hostkeys.KeyText(ed2)}, "web2 is given as a name of both"},

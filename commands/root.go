@@ -33,8 +33,10 @@ each host, over AWS SQS or a local spool directory, and collects the replies.
 	root.SetErr(o.Stderr)
 	root.SetIn(o.Stdin)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return cli.UsageErr("%v (see '%s --help')", err, c.CommandPath())
+		return cli.FlagError(c, o.Args, err)
 	})
+	// The same words for the flag and the command.
+	root.SetVersionTemplate("sera {{.Version}}\n")
 	root.PersistentFlags().BoolVar(&o.System, "system", false, "use the system configuration (/etc/sera) whatever the user")
 	_ = root.PersistentFlags().SetAnnotation("system", cli.AnnClientOnly, []string{"true"})
 	root.CompletionOptions.HiddenDefaultCmd = true

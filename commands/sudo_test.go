@@ -170,7 +170,7 @@ func TestSudoRefused(t *testing.T) {
 		{name: "grant a missing group", argv: []string{"sudo", "grant", "nope"},
 			err: "no group nope on this host (create it with 'sera group add nope'); nothing was changed"},
 		{name: "grant a name that looks like a flag", argv: []string{"sudo", "grant", "-rf"}, err: "unknown shorthand flag"},
-		{name: "grant two groups", argv: []string{"sudo", "grant", "ops", "devs"}, err: "accepts 1 arg"},
+		{name: "grant two groups", argv: []string{"sudo", "grant", "ops", "devs"}, err: "takes only GROUP; unexpected \"devs\""},
 		{name: "grant without sudoers.d", setup: func(t *testing.T, h *Host) {
 			if err := os.RemoveAll(h.Sys.Path(sudo.Dir)); err != nil {
 				t.Fatal(err)

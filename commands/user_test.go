@@ -1134,8 +1134,8 @@ func TestAccountsBadInputs(t *testing.T) {
 		{name: "option list with a line break", argv: []string{"key", "add", "--options=no-pty\n" + key, "--", "alice", key}, client: true, want: []string{"line break"}},
 		{name: "keys of a missing user", argv: []string{"key", "add", "--", "zed", key}, want: []string{"no user zed on this host"}},
 		{name: "lock of a missing user", argv: []string{"user", "lock", "--", "zed"}, want: []string{"no user zed on this host"}},
-		{name: "a key command without keys", argv: []string{"key", "add", "--", "alice"}, client: true, want: []string{"requires at least 2 arg(s)"}},
-		{name: "two names", argv: []string{"user", "lock", "--", "alice", "bob"}, client: true, want: []string{"accepts 1 arg(s)"}},
+		{name: "a key command without keys", argv: []string{"key", "add", "--", "alice"}, client: true, want: []string{"sera key add needs KEY… after alice"}},
+		{name: "two names", argv: []string{"user", "lock", "--", "alice", "bob"}, client: true, want: []string{"sera user lock takes only NAME; unexpected \"bob\""}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, tt.check)

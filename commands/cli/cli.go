@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -214,22 +216,141 @@ func Group(c *cobra.Command) *cobra.Command {
 	c.Args = cobra.ArbitraryArgs
 	c.RunE = func(c *cobra.Command, args []string) error {
 		if len(args) > 0 {
-			return UsageErr("unknown command %q for %q (see '%s --help')", args[0], c.CommandPath(), c.CommandPath())
+			return UnknownCommand(c, args[0])
 		}
 		return UsageErr("%s needs a subcommand (see '%s --help')", c.CommandPath(), c.CommandPath())
 	}
 	return c
 }
 
+// UnknownCommand is the usage error for word, which names none of group's
+// subcommands, with the subcommands it may have meant: cobra's
+// suggestions (a typo, a prefix), and a same-named subcommand of the
+// group's sibling with or without a final "s" ("client add" is "clients
+// add"), since sera has both and they are easily confused.
+func UnknownCommand(group *cobra.Command, word string) error {
+	var hints []string
+	if group.SuggestionsMinimumDistance <= 0 {
+		group.SuggestionsMinimumDistance = 2 // cobra's own default
+	}
+	for _, s := range group.SuggestionsFor(word) {
+		hints = append(hints, group.CommandPath()+" "+s)
+	}
+	if p := group.Parent(); p != nil {
+		for _, sib := range p.Commands() {
+			n := sib.Name()
+			if n == group.Name() || (n != group.Name()+"s" && n+"s" != group.Name()) {
+				continue
+			}
+			if sub, _, err := sib.Find([]string{word}); err == nil && sub != sib {
+				hints = append(hints, sub.CommandPath())
+			}
+		}
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", word, group.CommandPath())
+	if len(hints) > 0 {
+		for i, h := range hints {
+			hints[i] = strconv.Quote(h)
+		}
+		last := len(hints) - 1
+		alts := hints[last]
+		if last > 0 {
+			alts = strings.Join(hints[:last], ", ") + " or " + hints[last]
+		}
+		msg += "; did you mean " + alts + "?"
+	}
+	return UsageErr("%s (see '%s --help')", msg, group.CommandPath())
+}
+
+// FlagError is the usage error for a flag cobra could not parse on c.
+// Where c only holds subcommands and the line names one it lacks (a typo:
+// "sera pnig --to web1"), the flag is not the problem and the unknown
+// command is what is reported. line is the whole command line, without
+// the program's name.
+func FlagError(c *cobra.Command, line []string, err error) error {
+	if c.HasSubCommands() {
+		if word, group := unknownWord(c.Root(), line); group == c && word != "" {
+			return UnknownCommand(c, word)
+		}
+	}
+	return UsageErr("%v (see '%s --help')", err, c.CommandPath())
+}
+
+// unknownWord walks line's words (not its flags) down from root and
+// returns the first that names no subcommand of the command reached, and
+// that command; "" once a command without subcommands is reached.
+func unknownWord(root *cobra.Command, line []string) (string, *cobra.Command) {
+	c := root
+	for _, w := range line {
+		if w == "--" {
+			break
+		}
+		if strings.HasPrefix(w, "-") {
+			continue
+		}
+		if !c.HasSubCommands() {
+			return "", c
+		}
+		next, _, err := c.Find([]string{w})
+		if err != nil || next == c {
+			return w, c
+		}
+		c = next
+	}
+	return "", c
+}
+
 // UsageArgs wraps a positional-argument check so its error is a usage
-// error.
+// error that says, in words, what the command takes: its arguments are
+// named by its Use line ("add NAME", "add USER KEY…").
 func UsageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 	return func(c *cobra.Command, args []string) error {
 		if err := check(c, args); err != nil {
-			return UsageErr("%v (see '%s --help')", err, c.CommandPath())
+			return UsageErr("%s (see '%s --help')", argsProblem(c, args, err), c.CommandPath())
 		}
 		return nil
 	}
+}
+
+// argsProblem says what is wrong with args, from the names of c's Use line;
+// err, cobra's own words, where the line names none.
+func argsProblem(c *cobra.Command, args []string, err error) string {
+	var names []string
+	required := 0
+	for _, w := range strings.Fields(c.Use)[1:] {
+		if strings.HasPrefix(w, "[") || strings.HasPrefix(w, "-") || strings.HasPrefix(w, "'") || strings.ToUpper(w) != w {
+			break
+		}
+		names = append(names, w)
+		required++
+	}
+	path := c.CommandPath()
+	switch {
+	case len(args) < required:
+		missing := names[len(args):]
+		what := strings.Join(missing, " and ")
+		if len(args) == 0 {
+			return fmt.Sprintf("%s needs %s", path, what)
+		}
+		return fmt.Sprintf("%s needs %s after %s", path, what, strings.Join(args, " "))
+	case len(names) == 0 && len(args) > 0:
+		if c.HasSubCommands() || strings.Contains(c.Use, "[") {
+			return err.Error()
+		}
+		return fmt.Sprintf("%s takes no arguments; unexpected %s", path, quoteAll(args))
+	case len(args) > required && !strings.HasSuffix(names[len(names)-1], "…") && !strings.HasSuffix(names[len(names)-1], "..."):
+		return fmt.Sprintf("%s takes only %s; unexpected %s", path, strings.Join(names, " "), quoteAll(args[required:]))
+	}
+	return err.Error()
+}
+
+// quoteAll is words, each quoted, separated by spaces.
+func quoteAll(words []string) string {
+	q := make([]string, len(words))
+	for i, w := range words {
+		q[i] = strconv.Quote(w)
+	}
+	return strings.Join(q, " ")
 }
 
 // FlagValues lists a flag's values as the command line would give them.
