@@ -57,6 +57,8 @@ type hostTree struct {
 	target cli.Targets
 	fan    fanoutFlags
 	local  bool
+	// yes is --yes: a destructive command may go to many hosts unasked.
+	yes bool
 }
 
 // commands builds the host command called only, or every one when only
@@ -120,6 +122,11 @@ func (t *hostTree) addClientFlags(c *cobra.Command) {
 			long := c.Long
 			if long == "" {
 				long = c.Short + "."
+			}
+			if isDestructive(c) {
+				c.Flags().BoolVar(&t.yes, "yes", false, "do not ask before running on more than one host (needed without a terminal)")
+				_ = c.Flags().SetAnnotation("yes", cli.AnnClientOnly, []string{"true"})
+				long += "\n\nSent to more than one host, it asks for confirmation on a terminal\nfirst, and needs --yes without one (or --dry-run)."
 			}
 			c.Long = long + "\n\n" + targetsHelp + "\n\n" + cli.ExitCodesHelp
 		}
@@ -227,6 +234,11 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	selected, target, err := t.target.Resolve(kw)
 	if err != nil {
 		return err
+	}
+	if isDestructive(c) {
+		if err := t.confirmDestructive(c, args, selected); err != nil {
+			return err
+		}
 	}
 	// The command's own --json, if it has one, is sent; either one asks
 	// for JSON here.

@@ -62,6 +62,8 @@ type khFleet struct {
 	stops    map[string]func()
 	// maxSize, if set, is the client transport's message size limit.
 	maxSize int
+	// confirm, if set, is the client's Options.Confirm.
+	confirm func(string) (bool, error)
 }
 
 // inKHFleet runs test in a synctest bubble on a fleet made in it, with
@@ -160,6 +162,7 @@ func (f *khFleet) sera(args ...string) (string, string, error) {
 			}
 			return spool.New(f.spool, spool.WithPolling())
 		}}
+	o.Confirm = f.confirm
 	root := NewRoot(o)
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())

@@ -102,8 +102,8 @@ only groups managed by sera (system groups such as sudo are kept, and said so).`
 	}
 	c.PreRunE = o.validate
 	f := c.Flags()
-	f.IntVar(&o.uid, "uid", -1, "user id")
-	f.IntVar(&o.gid, "gid", -1, "primary group id (default: a new group named like the user)")
+	f.IntVar(&o.uid, "uid", 0, "user id (default: the next free one in UID_MIN..UID_MAX)")
+	f.IntVar(&o.gid, "gid", 0, "primary group id (default: a new group named like the user)")
 	f.StringSliceVar(&o.groups, "groups", nil, "add the user to these groups")
 	f.StringSliceVar(&o.setGroups, "set-groups", nil, "make these the user's groups (replaces the others sera manages)")
 	f.StringVar(&o.shell, "shell", "", "login shell (default: useradd's)")

@@ -154,5 +154,5 @@ func updateKnownWatchers(o *cli.Options, change func(*sera.KnownWatchers) (strin
 	if err != nil {
 		return err
 	}
-	return cli.UpdateFile(cfg.KnownWatchersFile(), sera.ReadKnownWatchers, change, o.Stdout)
+	return cli.UpdateFile(cfg.KnownWatchersFile(), sera.ReadKnownWatchers, change, o.Stderr)
 }

@@ -140,6 +140,9 @@ type Options struct {
 	// Exe is the sera binary 'sera install service' makes the unit run;
 	// "" is this process's own executable.
 	Exe string
+	// Confirm asks the user question and reports the answer; nil asks on
+	// the terminal (standard input and error), and fails without one.
+	Confirm func(question string) (bool, error)
 	// System is --system: use /etc/sera whatever the user.
 	System bool
 	// Args, if set, are the command line the root command will run
