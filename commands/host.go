@@ -109,6 +109,8 @@ func (t *hostTree) addClientFlags(c *cobra.Command) {
 	for _, n := range names {
 		_ = pf.SetAnnotation(n, cli.AnnClientOnly, []string{"true"})
 	}
+	_ = c.RegisterFlagCompletionFunc("to", t.opts.CompleteWatchers)
+	_ = c.RegisterFlagCompletionFunc("group", t.opts.CompleteGroups)
 	// --json: a command's own (ping, user list, …) is sent to the watcher
 	// and also shapes the client's output; the others get one that only
 	// shapes the client's output.

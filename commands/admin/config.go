@@ -36,10 +36,11 @@ func newExportCmd(o *cli.Options) *cobra.Command {
 
 func newConfigSetCmd(o *cli.Options, use string) *cobra.Command {
 	return &cobra.Command{
-		Use:     use + " KEY=VALUE…",
-		Short:   "Set settings in the env file",
-		Example: "  sera config set SERA_TRANSPORT=sqs SERA_REGION=eu-west-1",
-		Args:    cli.UsageArgs(cobra.MinimumNArgs(1)),
+		Use:               use + " KEY=VALUE…",
+		ValidArgsFunction: cli.CompleteSettingKeys(true),
+		Short:             "Set settings in the env file",
+		Example:           "  sera config set SERA_TRANSPORT=sqs SERA_REGION=eu-west-1",
+		Args:              cli.UsageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			// Validate every pair before writing any.
 			type kv struct{ k, v string }
@@ -87,9 +88,10 @@ func newConfigSetCmd(o *cli.Options, use string) *cobra.Command {
 
 func newConfigUnsetCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
-		Use:   "unset KEY…",
-		Short: "Remove settings from the env file",
-		Args:  cli.UsageArgs(cobra.MinimumNArgs(1)),
+		Use:               "unset KEY…",
+		ValidArgsFunction: cli.CompleteSettingKeys(false),
+		Short:             "Remove settings from the env file",
+		Args:              cli.UsageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			for _, k := range args {
 				if _, ok := settings.Lookup(k); !ok {
@@ -123,9 +125,10 @@ func newConfigUnsetCmd(o *cli.Options) *cobra.Command {
 
 func newConfigGetCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get KEY",
-		Short: "Print one setting's value",
-		Args:  cli.UsageArgs(cobra.ExactArgs(1)),
+		Use:               "get KEY",
+		ValidArgsFunction: cli.CompleteSettingKeys(false),
+		Short:             "Print one setting's value",
+		Args:              cli.UsageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			if _, ok := settings.Lookup(args[0]); !ok {
 				return cli.UsageErr("%v %q (see 'sera config list')", settings.ErrUnknown, args[0])

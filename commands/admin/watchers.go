@@ -101,9 +101,10 @@ func watcherArgs(args, groups []string) (string, *crypto.PublicKey, []string, er
 
 func newWatchersRemoveCmd(o *cli.Options) *cobra.Command {
 	return &cobra.Command{
-		Use:   "remove NAME",
-		Short: "Forget a watcher",
-		Args:  cli.UsageArgs(cobra.ExactArgs(1)),
+		Use:               "remove NAME",
+		ValidArgsFunction: o.CompleteWatchers,
+		Short:             "Forget a watcher",
+		Args:              cli.UsageArgs(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			return updateKnownWatchers(o, func(kw *sera.KnownWatchers) (string, error) {
 				i := slices.IndexFunc(kw.Watchers, func(w *sera.KnownWatcher) bool { return w.Name == args[0] })
