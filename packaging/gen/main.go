@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/cobra/doc"
 
 	"github.com/sera-dev/sera/commands"
 	"github.com/sera-dev/sera/commands/cli"
@@ -96,37 +95,6 @@ func sourceDate() (time.Time, error) {
 		return time.Time{}, fmt.Errorf("bad SOURCE_DATE_EPOCH %q", s)
 	}
 	return time.Unix(n, 0).UTC(), nil
-}
-
-// manPages writes sera.1.gz, sera-ping.1.gz, … for every command a user
-// can run.
-func manPages(root *cobra.Command, dir, version string, date time.Time) error {
-	tmp, err := os.MkdirTemp("", "sera-man-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	header := &doc.GenManHeader{Title: "SERA", Section: "1", Date: &date, Source: "sera " + version, Manual: "sera manual"}
-	if err := doc.GenManTree(root, header, tmp); err != nil {
-		return fmt.Errorf("failed to generate man pages: %w", err)
-	}
-	pages, err := filepath.Glob(filepath.Join(tmp, "*.1"))
-	if err != nil {
-		return err
-	}
-	if len(pages) == 0 {
-		return errors.New("no man page was generated")
-	}
-	for _, p := range pages {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		if err := writeGzip(filepath.Join(dir, filepath.Base(p)+".gz"), b); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func completions(root *cobra.Command, dir string) error {
