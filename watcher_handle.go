@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -136,7 +137,26 @@ func (w *Watcher) handle(ctx context.Context, m *transport.Message) decision {
 
 	// Rule 5: the signed target selects this watcher.
 	if !req.Target.Selects(w.Name, w.Groups) {
-		return refuse(5, "target %q does not select watcher %s", req.Target.String(), w.Name)
+		if len(req.Target.Groups) == 0 {
+			return refuse(5, "target %q does not select watcher %s", req.Target.String(), w.Name)
+		}
+		// The client sent it here because its known_watchers puts this
+		// watcher in the group; the watcher's own SERA_GROUPS does not.
+		// Groups are set on both sides: say which, and how to agree.
+		have := "none"
+		if len(w.Groups) > 0 {
+			have = strings.Join(w.Groups, ",")
+		}
+		want := slices.Clone(w.Groups)
+		for _, g := range req.Target.Groups {
+			if !slices.Contains(want, g) {
+				want = append(want, g)
+			}
+		}
+		return refuse(5, "target %q does not select watcher %s: its own groups (SERA_GROUPS on %s) are %s, but the request for %s reached it, "+
+			"so the client's known_watchers (or the queue's subscription to the group's topic) puts it there; groups are set on both sides: "+
+			"on %s run 'sera config set SERA_GROUPS=%s' and restart the watcher, or change %s's groups in the client's known_watchers ('sera watchers add %s KEY --group …')",
+			req.Target.String(), w.Name, w.Name, have, strings.Join(req.Target.Groups, ","), w.Name, strings.Join(want, ","), w.Name, w.Name)
 	}
 	// Rule 6: within its lifetime, allowing for clock skew.
 	if req.IssuedAt.After(now.Add(MaxClockSkew)) {

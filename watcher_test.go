@@ -335,7 +335,14 @@ func TestRule5Target(t *testing.T) {
 				f.checkAccepted(t, f.w, m, []string{"ping"}, 0)
 				return
 			}
-			_, r := f.checkRefused(t, f.w, m, refusal{rule: 5, reason: []string{"does not select watcher web1"}, reply: true})
+			reason := []string{"does not select watcher web1"}
+			if len(tt.target.Groups) > 0 {
+				// A group mismatch names both sides and the fix.
+				reason = append(reason, "its own groups (SERA_GROUPS on web1) are web,eu", "known_watchers",
+					"on web1 run 'sera config set SERA_GROUPS=web,eu,"+tt.target.Groups[0]+"'",
+					"'sera watchers add web1 KEY --group …'")
+			}
+			_, r := f.checkRefused(t, f.w, m, refusal{rule: 5, reason: reason, reply: true})
 			if r != nil && !strings.Contains(string(r.Stderr), "does not select") {
 				t.Errorf("reply stderr %q does not say why", r.Stderr)
 			}
