@@ -196,6 +196,10 @@ type Reply struct {
 	// Rejected says why the watcher refused to run the request; empty if
 	// it ran.
 	Rejected string `json:"rejected,omitempty"`
+	// Changed says the command changed the host. Clients before it was
+	// added reject a reply that carries it (replies are parsed strictly):
+	// upgrade clients before watchers.
+	Changed bool `json:"changed,omitempty"`
 }
 
 // ParseReplyBody decodes a reassembled reply.

@@ -111,6 +111,9 @@ type Result struct {
 	Status int
 	Stdout []byte
 	Stderr []byte
+	// Changed says the command changed the host (a step of its plan was
+	// done), even if it failed after; a refusal or a no-op is false.
+	Changed bool
 }
 
 // ClientStore looks up the clients a watcher trusts. ClientFile is the

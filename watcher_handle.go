@@ -363,7 +363,7 @@ func (w *Watcher) duplicate(ctx context.Context, d decision, client *KnownClient
 func (w *Watcher) reply(ctx context.Context, client *KnownClient, req *Request, res Result, rejected string, started time.Time) ([][]byte, error) {
 	body, err := json.Marshal(&Reply{
 		ID: req.ID, Watcher: w.Name, Status: res.Status, Stdout: res.Stdout, Stderr: res.Stderr,
-		Started: started, Ended: w.now(), Rejected: rejected,
+		Started: started, Ended: w.now(), Rejected: rejected, Changed: res.Changed,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("failed to encode reply: %w", err)

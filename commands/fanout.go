@@ -137,21 +137,29 @@ func newFanoutPrinter(stdout, stderr io.Writer, total int, timeout time.Duration
 	return &fanoutPrinter{stdout: stdout, stderr: stderr, total: total, timeout: timeout, now: now, started: now()}
 }
 
-// hostResult is the --json form of one host's result.
+// hostResult is the --json form of one host's result, the same for every
+// command and target (docs/json.md).
 type hostResult struct {
 	Host string `json:"host"`
-	// Result is ok, failed (a non-zero status), refused (the watcher
-	// would not run it), timeout (no reply in time), unsent (the send
-	// failed) or skipped (--max-errors was exceeded first).
-	Result   string            `json:"result"`
-	Status   *int              `json:"status,omitempty"`
-	Stdout   *string           `json:"stdout,omitempty"`
-	Output   []json.RawMessage `json:"output,omitempty"`
-	Stderr   string            `json:"stderr,omitempty"`
-	Started  *time.Time        `json:"started,omitempty"`
-	Ended    *time.Time        `json:"ended,omitempty"`
-	Rejected string            `json:"rejected,omitempty"`
-	Error    string            `json:"error,omitempty"`
+	// Status is ok, failed (a non-zero exit status), refused (the
+	// watcher would not run it), timeout (no reply in time), unsent (the
+	// send failed) or skipped (--max-errors was exceeded first).
+	Status string `json:"status"`
+	// Exit is the command's exit status; null without a reply.
+	Exit *int `json:"exit"`
+	// Changed says the command changed the host; null when that is not
+	// known (no reply: it may have run).
+	Changed *bool `json:"changed"`
+	// Data is what a command with JSON of its own printed, one value per
+	// line; null for the others, whose output is Stdout.
+	Data    []json.RawMessage `json:"data"`
+	Stdout  *string           `json:"stdout,omitempty"`
+	Stderr  string            `json:"stderr,omitempty"`
+	Started *time.Time        `json:"started,omitempty"`
+	Ended   *time.Time        `json:"ended,omitempty"`
+	// Refused is the watcher's reason for refusing it.
+	Refused string `json:"refused,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // jsonLines parses b as JSON values, one per line; ok is false if any
@@ -185,22 +193,26 @@ func (p *fanoutPrinter) event(e sera.Event) {
 	switch e.Kind {
 	case sera.EventReply:
 		r := e.Reply
-		res.Status, res.Started, res.Ended, res.Rejected = &r.Status, &r.Started, &r.Ended, r.Rejected
+		res.Exit, res.Started, res.Ended, res.Refused = &r.Status, &r.Started, &r.Ended, r.Rejected
+		res.Changed = &r.Changed
 		res.Stderr = string(r.Stderr)
 		switch {
 		case r.Status == 0:
-			res.Result = "ok"
+			res.Status = "ok"
 			p.ok = append(p.ok, name)
 		case r.Rejected != "":
-			res.Result = "refused"
+			res.Status = "refused"
 			p.failed = append(p.failed, fmt.Sprintf("%s (refused)", name))
 		default:
-			res.Result = "failed"
+			res.Status = "failed"
 			p.failed = append(p.failed, fmt.Sprintf("%s (exit %d)", name, r.Status))
 		}
 		if p.asJSON {
-			if lines, ok := jsonLines(r.Stdout); ok && p.embedJSON {
-				res.Output = lines
+			if lines, ok := jsonLines(r.Stdout); ok && p.embedJSON && r.Rejected == "" {
+				res.Data = lines
+				if res.Data == nil {
+					res.Data = []json.RawMessage{}
+				}
 			} else {
 				s := string(r.Stdout)
 				res.Stdout = &s
@@ -210,19 +222,19 @@ func (p *fanoutPrinter) event(e sera.Event) {
 			cli.PrefixLines(p.stderr, name, r.Stderr)
 		}
 	case sera.EventTimedOut:
-		res.Result, res.Error = "timeout", noReply(p.timeout, e.Err)
+		res.Status, res.Error = "timeout", noReply(p.timeout, e.Err)
 		p.noReply = append(p.noReply, name)
 		if !p.asJSON {
 			fmt.Fprintf(p.stderr, "sera: %s: %s\n", name, res.Error)
 		}
 	case sera.EventSendFailed:
-		res.Result, res.Error = "unsent", e.Err.Error()
+		res.Status, res.Error, res.Changed = "unsent", e.Err.Error(), new(false)
 		p.notSent = append(p.notSent, name)
 		if !p.asJSON {
 			fmt.Fprintf(p.stderr, "sera: %s: failed to send: %v\n", name, e.Err)
 		}
 	case sera.EventSkipped:
-		res.Result, res.Error = "skipped", "not sent: too many hosts failed (--max-errors)"
+		res.Status, res.Error, res.Changed = "skipped", "not sent: too many hosts failed (--max-errors)", new(false)
 		p.skipped = append(p.skipped, name)
 	}
 	if p.asJSON {

@@ -241,6 +241,7 @@ func TestFanoutPrinterJSON(t *testing.T) {
 		p := newFanoutPrinter(&stdout, &stderr, 6, 30*time.Second, time.Now)
 		p.asJSON, p.embedJSON = true, embed
 		fanoutRun(p)
+		raw := stdout.String()
 		var got []hostResult
 		dec := json.NewDecoder(&stdout)
 		dec.DisallowUnknownFields()
@@ -254,7 +255,7 @@ func TestFanoutPrinterJSON(t *testing.T) {
 		var hosts, results []string
 		for _, r := range got {
 			hosts = append(hosts, r.Host)
-			results = append(results, r.Result)
+			results = append(results, r.Status)
 		}
 		// One object per host, in the order the results came.
 		if want := []string{"h2", "h1", "h3", "h4", "h5", "h6"}; !slices.Equal(hosts, want) {
@@ -264,21 +265,30 @@ func TestFanoutPrinterJSON(t *testing.T) {
 			t.Errorf("results %v, want %v", results, want)
 		}
 		h1 := got[1]
-		if h1.Status == nil || *h1.Status != 0 || h1.Stderr != "note\n" || h1.Started == nil {
+		if h1.Exit == nil || *h1.Exit != 0 || h1.Stderr != "note\n" || h1.Started == nil || h1.Changed == nil {
 			t.Errorf("h1: %+v", h1)
 		}
 		if embed {
-			if h1.Stdout != nil || len(h1.Output) != 1 || string(h1.Output[0]) != `{"n":1}` {
-				t.Errorf("h1 output %s, stdout %v: want the command's JSON embedded", h1.Output, h1.Stdout)
+			if h1.Stdout != nil || len(h1.Data) != 1 || string(h1.Data[0]) != `{"n":1}` {
+				t.Errorf("h1 data %s, stdout %v: want the command's JSON embedded", h1.Data, h1.Stdout)
 			}
-		} else if h1.Stdout == nil || *h1.Stdout != "{\"n\":1}\n" {
-			t.Errorf("h1 stdout %v", h1.Stdout)
+		} else if h1.Stdout == nil || *h1.Stdout != "{\"n\":1}\n" || h1.Data != nil {
+			t.Errorf("h1 stdout %v, data %s", h1.Stdout, h1.Data)
 		}
-		if got[3].Rejected == "" || *got[3].Status != 126 {
+		if got[3].Refused == "" || *got[3].Exit != 126 || got[3].Data != nil {
 			t.Errorf("h4: %+v", got[3])
 		}
-		if got[4].Status != nil || got[4].Error != "no reply within 30s; the request was sent, so the command may have run" {
+		if got[4].Exit != nil || got[4].Changed != nil || got[4].Error != "no reply within 30s; the request was sent, so the command may have run" {
 			t.Errorf("h5: %+v", got[4])
+		}
+		if got[5].Changed == nil || *got[5].Changed {
+			t.Errorf("h6, skipped: changed %v, want false", got[5].Changed)
+		}
+		// Every record has every key of the shape, null or not.
+		for _, k := range []string{`"host":`, `"status":`, `"exit":`, `"changed":`, `"data":`} {
+			if n := strings.Count(raw, k); n != 6 {
+				t.Errorf("%d records have %s, want 6", n, k)
+			}
 		}
 		// The summary is for people: on stderr, never mixed into the
 		// objects.
@@ -405,4 +415,74 @@ func testFanoutMaxErrorsCLI(t *testing.T, f *khFleet, names []string) {
 			t.Errorf("no output from %s", n)
 		}
 	}
+}
+
+// TestJSONShape: --json prints the same per-host record for one host by
+// name and for many, and "changed" says whether the command changed the
+// host: true the first time, false when it was already so.
+func TestJSONShape(t *testing.T) {
+	names := []string{"h1", "h2"}
+	inKHFleet(t, names, nil, func(t *testing.T, f *khFleet) {
+		key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+		records := func(args ...string) []map[string]json.RawMessage {
+			t.Helper()
+			stdout, stderr, err := f.sera(append(args, "--json", "--timeout", "20s")...)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, stderr)
+			}
+			var out []map[string]json.RawMessage
+			for _, l := range strings.Split(strings.TrimSpace(stdout), "\n") {
+				var r map[string]json.RawMessage
+				if err := json.Unmarshal([]byte(l), &r); err != nil {
+					t.Fatalf("line %q: %v", l, err)
+				}
+				for _, k := range []string{"host", "status", "exit", "changed", "data"} {
+					if _, ok := r[k]; !ok {
+						t.Errorf("record %s lacks %q", l, k)
+					}
+				}
+				out = append(out, r)
+			}
+			return out
+		}
+		changed := func(rs []map[string]json.RawMessage) []string {
+			var c []string
+			for _, r := range rs {
+				c = append(c, string(r["host"])+"="+string(r["changed"]))
+			}
+			slices.Sort(c)
+			return c
+		}
+		trust := []string{"hostkey", "trust", "gw.example", key}
+		if got := changed(records(append(trust, "--all")...)); !slices.Equal(got, []string{`"h1"=true`, `"h2"=true`}) {
+			t.Errorf("first trust: changed %v", got)
+		}
+		if got := changed(records(append(trust, "--all")...)); !slices.Equal(got, []string{`"h1"=false`, `"h2"=false`}) {
+			t.Errorf("second trust: changed %v", got)
+		}
+		// One host by name: the same record, not the command's own
+		// output bare; a command with its own JSON has it under data.
+		one := records("hostkey", "list", "--to", "h1")
+		many := records("hostkey", "list", "--to", "h*")
+		if len(one) != 1 || len(many) != 2 {
+			t.Fatalf("%d and %d records", len(one), len(many))
+		}
+		for _, r := range append(one, many...) {
+			if string(r["status"]) != `"ok"` || string(r["exit"]) != "0" || string(r["changed"]) != "false" || !strings.HasPrefix(string(r["data"]), "[{") {
+				t.Errorf("hostkey list record: %v", r)
+			}
+		}
+		var keys1, keysMany []string
+		for k := range one[0] {
+			keys1 = append(keys1, k)
+		}
+		for k := range many[0] {
+			keysMany = append(keysMany, k)
+		}
+		slices.Sort(keys1)
+		slices.Sort(keysMany)
+		if !slices.Equal(keys1, keysMany) {
+			t.Errorf("one host's record has %v, many hosts' %v", keys1, keysMany)
+		}
+	})
 }

@@ -265,7 +265,7 @@ func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 		job.Topic = t.target.Topic(cfg.Get(settings.KeyPrefix))
 	}
 	stdout, stderr := c.OutOrStdout(), c.ErrOrStderr()
-	if t.target.Single() && !(asJSON && clientJSON) {
+	if t.target.Single() && !asJSON {
 		// One host by name: its output as is, its exit status.
 		job.OnEvent = func(e sera.Event) {
 			if e.Kind == sera.EventReply {
@@ -499,7 +499,8 @@ func redactWith(root *cobra.Command, argv []string) []string {
 // Run implements sera.Handler.
 func (h *Handler) Run(ctx context.Context, call *sera.Call) sera.Result {
 	root := h.treeFor(call.Client, call.Argv)
-	var stdout, stderr bytes.Buffer
+	var stdout changeBuffer
+	var stderr bytes.Buffer
 	root.SetOut(&stdout)
 	root.SetErr(&stderr)
 	root.SetArgs(call.Argv)
@@ -508,5 +509,14 @@ func (h *Handler) Run(ctx context.Context, call *sera.Call) sera.Result {
 	if show {
 		fmt.Fprintf(&stderr, "sera: %v\n", err)
 	}
-	return sera.Result{Status: code, Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}
+	return sera.Result{Status: code, Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Changed: stdout.changed}
 }
+
+// changeBuffer is a command's standard output that also learns whether
+// the command changed the host (plan.ChangeMarker).
+type changeBuffer struct {
+	bytes.Buffer
+	changed bool
+}
+
+func (b *changeBuffer) MarkChanged() { b.changed = true }

@@ -106,6 +106,7 @@ func (p *Plan) Execute(ctx context.Context, out io.Writer, dryRun bool, noChange
 				}
 				return Unchanged(fmt.Errorf("failed to %s: %w", s.Desc, err))
 			}
+			MarkChanged(out)
 			fmt.Fprintf(out, "done: %s\n", s.Desc)
 		}
 	}
@@ -130,6 +131,19 @@ func (p *Plan) done(i int) string {
 		}
 	}
 	return strings.Join(d, "; ")
+}
+
+// ChangeMarker is what a writer given to Execute may also be: it is told
+// each time a step has changed something, so that whoever reads the output
+// (the watcher, for its reply's "changed") learns it without parsing it.
+type ChangeMarker interface{ MarkChanged() }
+
+// MarkChanged tells out, if it is a ChangeMarker, that something changed.
+// Code that changes the system outside a Plan calls it after the change.
+func MarkChanged(out io.Writer) {
+	if m, ok := out.(ChangeMarker); ok {
+		m.MarkChanged()
+	}
 }
 
 // Build runs build, which reads the state and returns the plan and what

@@ -142,9 +142,9 @@ func checkReadmePing(t *testing.T, stdout, stderr string) {
 		}
 		var rec struct {
 			Host   string `json:"host"`
-			Status int    `json:"status"`
+			Status string `json:"status"`
 		}
-		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec.Host != "web1" || rec.Status != 0 {
+		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec.Host != "web1" || rec.Status != "ok" {
 			t.Errorf("JSON line %q: %+v %v", l, rec, err)
 		}
 	}

@@ -34,6 +34,7 @@ func UpdateFile[T interface{ Bytes() []byte }](path string, read func(string) (T
 		if err := safefile.WriteAtomic(path, after, 0o600); err != nil {
 			return err
 		}
+		plan.MarkChanged(out)
 	}
 	_, err = io.WriteString(out, msg)
 	return err
