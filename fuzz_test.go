@@ -195,3 +195,36 @@ func (fuzzRand) Read(b []byte) (int, error) {
 	}
 	return len(b), nil
 }
+
+// FuzzParseHeartbeat: whatever a watcher's heartbeat says, once opened, is
+// either refused or a heartbeat whose name and groups are names, with a
+// time and an interval a client can count on.
+func FuzzParseHeartbeat(f *testing.F) {
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	n := 3
+	for _, h := range []sera.Heartbeat{
+		{Watcher: "web1", Groups: []string{"web", "eu"}, Version: "v1.2.3", Time: t0, Started: t0.Add(-time.Hour), IntervalSeconds: 300, QueueDepth: &n, Openings: &n},
+		{Watcher: "db1", Groups: []string{}, Time: t0, IntervalSeconds: 1},
+	} {
+		b, err := json.Marshal(h)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(`{"watcher":"../x","time":"2030-01-01T00:00:00Z","interval_seconds":5}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := sera.ParseHeartbeat(b)
+		if err != nil {
+			return
+		}
+		if sera.CheckName(h.Watcher) != nil || h.Time.IsZero() || h.Interval() < time.Second || h.Interval() > sera.MaxHeartbeatInterval {
+			t.Fatalf("accepted %+v", h)
+		}
+		for _, g := range h.Groups {
+			if sera.CheckName(g) != nil {
+				t.Fatalf("accepted group %q", g)
+			}
+		}
+	})
+}

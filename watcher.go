@@ -182,8 +182,19 @@ type Watcher struct {
 	// watcher was stopped. It must not block for long.
 	Housekeeping      func(ctx context.Context)
 	HousekeepingEvery time.Duration
+	// HeartbeatEvery, if set, is how often the watcher sends a Heartbeat
+	// to each client HeartbeatTo lists (every client may ping); the
+	// first after a random part of the interval.
+	HeartbeatEvery time.Duration
+	HeartbeatTo    func() ([]*KnownClient, error)
+	// HeartbeatInfo, if set, tells a heartbeat what the watcher itself
+	// does not know: sera's version and the number of ufw openings (nil
+	// if it cannot tell).
+	HeartbeatInfo func(ctx context.Context) (version string, openings *int)
 
-	status WatcherStatus
+	status  WatcherStatus
+	started time.Time
+	beats   heartbeats
 }
 
 func (w *Watcher) now() time.Time {
@@ -237,7 +248,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	// A poll never outlasts the housekeeping period, so housekeeping is
 	// never late by more than one period.
 	wait = min(wait, every)
+	w.started = w.now()
 	for ctx.Err() == nil {
+		// Nor does it outlast the time to the next heartbeat.
+		pollWait := min(wait, w.heartbeatDue(ctx, w.now()))
 		if now := w.now(); w.Housekeeping != nil && now.Sub(lastHousekeeping) >= every {
 			w.Housekeeping(ctx)
 			lastHousekeeping = now
@@ -250,7 +264,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			}
 			lastPurge = now
 		}
-		msgs, err := w.Transport.Receive(ctx, w.Queue(), 1, wait, orDefault(w.Visibility, 30*time.Second))
+		msgs, err := w.Transport.Receive(ctx, w.Queue(), 1, pollWait, orDefault(w.Visibility, 30*time.Second))
 		w.status.LastPoll = w.now()
 		w.status.PollOK = err == nil
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -64,6 +65,8 @@ type khFleet struct {
 	maxSize int
 	// confirm, if set, is the client's Options.Confirm.
 	confirm func(string) (bool, error)
+	// heartbeat is the watchers' HeartbeatEvery.
+	heartbeat time.Duration
 }
 
 // inKHFleet runs test in a synctest bubble on a fleet made in it, with
@@ -77,8 +80,15 @@ func inKHFleet(t *testing.T, running, silent []string, test func(t *testing.T, f
 
 func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 	t.Helper()
+	return newKHFleetBeating(t, 0, running, silent...)
+}
+
+// newKHFleetBeating is newKHFleet with watchers that send heartbeats every
+// heartbeat (none for 0).
+func newKHFleetBeating(t *testing.T, heartbeat time.Duration, running []string, silent ...string) *khFleet {
+	t.Helper()
 	dir := t.TempDir()
-	f := &khFleet{t: t, dir: dir, spool: filepath.Join(dir, "spool"), hosts: map[string]*hkRoot{}, stops: map[string]func(){}}
+	f := &khFleet{t: t, dir: dir, spool: filepath.Join(dir, "spool"), hosts: map[string]*hkRoot{}, stops: map[string]func(){}, heartbeat: heartbeat}
 	f.env = map[string]string{
 		"SERA_HOME": filepath.Join(dir, "client"), "SERA_STATE": filepath.Join(dir, "client", "state"),
 		"SERA_TRANSPORT": "spool", "SERA_SPOOL": f.spool, "SERA_PREFIX": "kh",
@@ -143,7 +153,15 @@ func (f *khFleet) startWatcher(name string, id *crypto.Identity, h *Host) {
 		Identity: id, Name: name, Prefix: "kh", Transport: tr,
 		Clients: &sera.ClientFile{Path: filepath.Join(dir, "known_clients")},
 		Handler: &Handler{Host: h}, Replay: replay,
-		Audit: &sera.AuditLog{Path: filepath.Join(dir, "audit.log")},
+		Audit:          &sera.AuditLog{Path: filepath.Join(dir, "audit.log")},
+		HeartbeatEvery: f.heartbeat,
+		HeartbeatTo: func() ([]*sera.KnownClient, error) {
+			kc, err := sera.ReadKnownClients(filepath.Join(dir, "known_clients"))
+			if err != nil {
+				return nil, err
+			}
+			return kc.Clients, nil
+		},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

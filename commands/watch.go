@@ -107,6 +107,23 @@ func runWatch(ctx context.Context, o *cli.Options, verbose bool) error {
 		// Expired firewall openings close within HousekeepingEvery plus
 		// one ufw run; at start, those that expired while it was stopped.
 		Housekeeping: Housekeeper(host, log), HousekeepingEvery: 10 * time.Second,
+		// A heartbeat to each client allowed ping ('sera status').
+		HeartbeatEvery: cfg.Duration(settings.KeyHeartbeat),
+		HeartbeatTo: func() ([]*sera.KnownClient, error) {
+			kc, err := sera.ReadKnownClients(cfg.KnownClientsFile())
+			if err != nil {
+				return nil, err
+			}
+			return kc.Clients, nil
+		},
+		HeartbeatInfo: func(context.Context) (string, *int) {
+			st, err := firewallOf(host).Load()
+			if err != nil {
+				return o.Version, nil
+			}
+			n := len(st.Openings)
+			return o.Version, &n
+		},
 	}
 	// "watching" only once the queue has answered: until then the
 	// watcher is not serving anything, and says why in its retries.

@@ -14,6 +14,10 @@ import (
 // the prefix keeps a reply from ever being read as anything else.
 var replyContext = []byte("sera reply v1\x00")
 
+// heartbeatContext prefixes a sealed heartbeat's plaintext, for the same
+// reason: a heartbeat never opens as a reply, nor a reply as a heartbeat.
+var heartbeatContext = []byte("sera heartbeat v1\x00")
+
 // MaxReplyOverhead bounds what SealReply adds to its plaintext besides the
 // base64 expansion of the box: n plaintext bytes seal to at most
 // 4*n/3 + MaxReplyOverhead bytes. Callers split larger output into parts of
@@ -40,11 +44,21 @@ type replyJSON struct {
 // SealReply encrypts and authenticates plain from the watcher from to the
 // client to.
 func SealReply(rand io.Reader, from *Identity, to *PublicKey, plain []byte) ([]byte, error) {
+	return sealBox(rand, from, to, replyContext, plain)
+}
+
+// SealHeartbeat is SealReply for a heartbeat: the same format (ParseReply
+// parses it), a different context, so only OpenHeartbeat opens it.
+func SealHeartbeat(rand io.Reader, from *Identity, to *PublicKey, plain []byte) ([]byte, error) {
+	return sealBox(rand, from, to, heartbeatContext, plain)
+}
+
+func sealBox(rand io.Reader, from *Identity, to *PublicKey, context, plain []byte) ([]byte, error) {
 	var nonce [nonceSize]byte
 	if _, err := io.ReadFull(rand, nonce[:]); err != nil {
 		return nil, fmt.Errorf("failed to read randomness: %w", err)
 	}
-	msg := append(append(make([]byte, 0, len(replyContext)+len(plain)), replyContext...), plain...)
+	msg := append(append(make([]byte, 0, len(context)+len(plain)), context...), plain...)
 	rj := replyJSON{V: envelopeV, From: from.pub.text, Nonce: nonce[:]}
 	rj.Box = box.Seal(nil, msg, &nonce, &to.box, &from.box)
 	b, err := json.Marshal(rj)
@@ -85,10 +99,15 @@ func ParseReply(b []byte) (*SealedReply, error) {
 }
 
 // Open decrypts the reply with id, proving it was sealed by r.From for id.
-func (r *SealedReply) Open(id *Identity) ([]byte, error) {
+func (r *SealedReply) Open(id *Identity) ([]byte, error) { return r.open(id, replyContext) }
+
+// OpenHeartbeat is Open for a heartbeat (SealHeartbeat).
+func (r *SealedReply) OpenHeartbeat(id *Identity) ([]byte, error) { return r.open(id, heartbeatContext) }
+
+func (r *SealedReply) open(id *Identity, context []byte) ([]byte, error) {
 	plain, ok := box.Open(nil, r.sealed, &r.nonce, &r.From.box, &id.box)
-	if !ok || !bytes.HasPrefix(plain, replyContext) {
+	if !ok || !bytes.HasPrefix(plain, context) {
 		return nil, ErrBoxOpen
 	}
-	return plain[len(replyContext):], nil
+	return plain[len(context):], nil
 }

@@ -283,3 +283,33 @@ func TestParseReplyMalformed(t *testing.T) {
 		t.Errorf("empty reply: %q, %v", got, err)
 	}
 }
+
+// A heartbeat opens only as a heartbeat, and a reply only as a reply,
+// though both have one format between the same keys.
+func TestHeartbeatIsNotAReply(t *testing.T) {
+	watcher, client := testIdentity(t, 240), testIdentity(t, 241)
+	hb, err := SealHeartbeat(testRand(242), watcher, client.Public(), []byte(`{"watcher":"web1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ParseReply(hb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.OpenHeartbeat(client); err != nil || string(got) != `{"watcher":"web1"}` {
+		t.Fatalf("OpenHeartbeat = %q, %v", got, err)
+	}
+	if got, err := r.Open(client); !errors.Is(err, ErrBoxOpen) {
+		t.Errorf("a heartbeat opened as a reply: %q, %v", got, err)
+	}
+	if _, err := r.OpenHeartbeat(watcher); !errors.Is(err, ErrBoxOpen) {
+		t.Errorf("a heartbeat opened by another key: %v", err)
+	}
+	reply := sealReply(t, watcher, client.Public(), []byte("out"))
+	if r, err = ParseReply(reply); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.OpenHeartbeat(client); !errors.Is(err, ErrBoxOpen) {
+		t.Errorf("a reply opened as a heartbeat: %q, %v", got, err)
+	}
+}

@@ -53,6 +53,7 @@ const (
 	// many old files it keeps.
 	KeyAuditMaxMB = "SERA_AUDIT_MAX_MB"
 	KeyAuditKeep  = "SERA_AUDIT_KEEP"
+	KeyHeartbeat  = "SERA_HEARTBEAT"
 )
 
 // Defaults of the settings that have a fixed one; the table (All) shows
@@ -83,6 +84,9 @@ const (
 	// job runs this many sera processes of one key at once before any
 	// two share a reply queue.
 	DefaultReplyQueues = 16
+	// DefaultHeartbeat is SERA_HEARTBEAT when unset: how often a watcher
+	// tells its clients it is alive (SSM's agents report every 5 minutes).
+	DefaultHeartbeat = 5 * time.Minute
 )
 
 // ErrUnknown is returned for a key that is not a sera setting.
@@ -157,6 +161,8 @@ var All = []Def{
 		Default: strconv.Itoa(sera.DefaultAuditMaxSize >> 20), check: intIn(1, 1024)},
 	{Key: KeyAuditKeep, Help: "watcher: how many old audit logs (audit.log.1 …) are kept (1 to 100); the oldest beyond them is removed",
 		Default: strconv.Itoa(sera.DefaultAuditKeep), check: intIn(1, 100)},
+	{Key: KeyHeartbeat, Help: "watcher: how often it sends each client allowed ping a heartbeat ('sera status'), 1s to 24h; 0 sends none",
+		Default: durationString(DefaultHeartbeat), check: checkHeartbeat},
 	{Key: KeyDomain, Help: "client: DNS domain of the watchers' hosts; 'known-hosts sync' trusts each watcher's host keys for NAME.DOMAIN too", check: checkDomain},
 }
 
@@ -375,6 +381,14 @@ func checkDuration(s string) error {
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
 		return fmt.Errorf("%q is not a positive duration (e.g. 60s, 5m)", s)
+	}
+	return nil
+}
+
+func checkHeartbeat(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d != 0 && (d < time.Second || d > 24*time.Hour) {
+		return fmt.Errorf("%q is not 0 or a duration from 1s to 24h", s)
 	}
 	return nil
 }

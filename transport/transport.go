@@ -112,6 +112,12 @@ type Locator interface {
 	Locate(queue string) string
 }
 
+// Depther is a transport that can tell about how many messages wait in
+// a queue: a watcher's heartbeat reports its own queue's.
+type Depther interface {
+	Depth(ctx context.Context, queue string) (int, error)
+}
+
 // ErrNoTopic is returned by Publish when the named topic does not exist.
 var ErrNoTopic = errors.New("topic does not exist")
 
@@ -164,6 +170,11 @@ func ReplyQueue(prefix, fp string, n int) string {
 	}
 	return ClientQueue(prefix, fp) + "-" + strconv.Itoa(n)
 }
+
+// HeartbeatQueue is where watchers send the client identity fp their
+// heartbeats (sera.Heartbeat). It is not a reply queue (IsReplyQueue), so
+// no request can name it as its reply_to.
+func HeartbeatQueue(prefix, fp string) string { return ClientQueue(prefix, fp) + "-hb" }
 
 // IsReplyQueue reports whether name is one of the reply queues of the
 // client identity fp, ReplyQueue(prefix, fp, n) for 0 <= n < MaxReplyQueues

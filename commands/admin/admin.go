@@ -24,6 +24,7 @@ func Commands(o *cli.Options) []*cobra.Command {
 		newUninstallCmd(o),
 		newAuditCmd(o),
 		newWatchersCmd(o),
+		newStatusCmd(o),
 		newKnownHostsCmd(o),
 		newProvisionCmd(o),
 		newWatcherCmd(o),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -133,15 +134,35 @@ func newWatchersListCmd(o *cli.Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The health 'sera status' last saw; this reads no
+			// heartbeats, so it works offline.
+			rows, err := fleetHealth(o, cfg, kw)
+			if err != nil {
+				return err
+			}
+			byName := map[string]healthRow{}
+			for _, r := range rows {
+				byName[r.Host] = r
+			}
+			if !asJSON && len(kw.Watchers) > 0 {
+				fmt.Fprintf(o.Stdout, "%-16s %-16s %-8s %-10s %-12s %s\n", "NAME", "FINGERPRINT", "STATE", "LAST SEEN", "VERSION", "GROUPS")
+			}
 			for _, w := range kw.Watchers {
+				h := byName[w.Name]
 				if asJSON {
 					json.NewEncoder(o.Stdout).Encode(map[string]any{
 						"name": w.Name, "fingerprint": w.Key.Fingerprint(), "key": w.Key.String(),
 						"groups": cli.NonNil(w.Groups), "addrs": cli.NonNil(w.Addrs),
+						"state": h.State, "last_seen": h.LastSeen, "version": h.Version,
 					})
 					continue
 				}
-				fmt.Fprintf(o.Stdout, "%-16s %s  %s\n", w.Name, w.Key.Fingerprint(), strings.Join(w.Groups, ","))
+				seen, version := "-", "-"
+				if h.SecondsAgo != nil {
+					seen = (time.Duration(*h.SecondsAgo) * time.Second).String() + " ago"
+					version = h.Version
+				}
+				fmt.Fprintf(o.Stdout, "%-16s %-16s %-8s %-10s %-12s %s\n", w.Name, w.Key.Fingerprint(), h.State, seen, version, strings.Join(w.Groups, ","))
 			}
 			return nil
 		},

@@ -330,6 +330,26 @@ func handleErr(err error) error {
 	return err
 }
 
+// Depth implements transport.Depther: the messages in queue, visible or
+// not.
+func (s *Spool) Depth(ctx context.Context, queue string) (int, error) {
+	q, err := s.queueDir(queue)
+	if err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir(q)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		if _, ok := parseName(e.Name()); ok && e.Type().IsRegular() {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // queueDir returns the directory of queue, creating it and its tmp
 // directory on demand. It refuses a symlink: the spool's permissions are
 // only worth something if every queue lives inside it.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sera-dev/sera/transport"
 	"github.com/sera-dev/sera/transport/sqs"
 )
 
@@ -182,6 +183,14 @@ func TestPolicyEvaluation(t *testing.T) {
 	c("sqs:SendMessage", q(client+"-1"), deny)
 	c("sqs:CreateQueue", q(client+"-1"), denyHard)
 	w("sqs:SendMessage", q(client+"-5"), allow)
+	// Heartbeats: a watcher sends to a client's heartbeat queue and may
+	// not read it; the client reads its own, no other's.
+	hb := transport.HeartbeatQueue(testPrefix, strings.TrimPrefix(client, testPrefix+"-c-"))
+	w("sqs:SendMessage", q(hb), allow)
+	w("sqs:ReceiveMessage", q(hb), deny)
+	c("sqs:ReceiveMessage", q(hb), allow)
+	c("sqs:DeleteMessage", q(hb), allow)
+	c("sqs:ReceiveMessage", q(client2+"-hb"), deny)
 	c("sqs:ReceiveMessage", q(web1), deny)
 	c("sqs:DeleteQueue", q(client), denyHard)
 	c("sqs:DeleteQueue", q(web1), denyHard)

@@ -139,6 +139,11 @@ func (p *Provisioner) Client(ctx context.Context, fp, label string, onKey func(c
 			return nil, err
 		}
 	}
+	// The watchers' heartbeats ('sera status'): only the newest of each
+	// matters, so an hour's worth is kept, however long no one reads.
+	if _, err := p.planQueue(ctx, pl, transport.HeartbeatQueue(p.Prefix, fp), heartbeatQueueAttributes()); err != nil {
+		return nil, err
+	}
 	if !p.NoIAM {
 		p.firstKey(pl, u, userName, onKey)
 	}

@@ -137,6 +137,9 @@ const (
 	longPoll        = "20"
 	maxReceiveCount = 5
 	dlqRetention    = "1209600" // 14 days, SQS's longest: time to look
+	// heartbeatRetention is an hour: a heartbeat is news only until the
+	// next; the client keeps what it read (SERA_STATE/fleet.json).
+	heartbeatRetention = "3600"
 )
 
 func (p *Provisioner) watcherQueueAttributes(a Account, name string, topics []string) map[string]string {
@@ -170,6 +173,16 @@ func (p *Provisioner) replyQueueAttributes() map[string]string {
 	return map[string]string{
 		"MaximumMessageSize":     strconv.Itoa(transport.DefaultMaxMessageSize),
 		"MessageRetentionPeriod": p.retention(),
+		"SqsManagedSseEnabled":   "true",
+	}
+}
+
+// heartbeatQueueAttributes keep an hour of heartbeats: a watcher sends one
+// every SERA_HEARTBEAT (5 minutes), and a client wants the newest.
+func heartbeatQueueAttributes() map[string]string {
+	return map[string]string{
+		"MaximumMessageSize":     strconv.Itoa(transport.DefaultMaxMessageSize),
+		"MessageRetentionPeriod": heartbeatRetention,
 		"SqsManagedSseEnabled":   "true",
 	}
 }

@@ -459,6 +459,7 @@ func TestProvision(t *testing.T) {
 			"iam:CreateUser UserName=sera-c-abcdefghijklmnop Tags.member.1.Key=sera-name Tags.member.1.Value=alice",
 			"iam:AddUserToGroup GroupName=sera-clients UserName=sera-c-abcdefghijklmnop",
 			"sqs:CreateQueue QueueName=sera-c-abcdefghijklmnop Attributes.MaximumMessageSize=1048576 Attributes.MessageRetentionPeriod=90000 Attributes.SqsManagedSseEnabled=true",
+			"sqs:CreateQueue QueueName=sera-c-abcdefghijklmnop-hb Attributes.MaximumMessageSize=1048576 Attributes.MessageRetentionPeriod=3600 Attributes.SqsManagedSseEnabled=true",
 			"iam:CreateAccessKey UserName=sera-c-abcdefghijklmnop",
 		})
 		mustApply(t, pl)

@@ -375,6 +375,25 @@ func (t *Transport) Delete(ctx context.Context, queue string, m *transport.Messa
 	})
 }
 
+// Depth implements transport.Depther: SQS's approximate count of the
+// queue's messages, visible and in flight.
+func (t *Transport) Depth(ctx context.Context, queue string) (int, error) {
+	n := 0
+	err := t.withURL(ctx, queue, "count messages of", func(u string) error {
+		out, err := t.client.GetQueueAttributes(ctx, &awssqs.GetQueueAttributesInput{QueueUrl: &u,
+			AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameApproximateNumberOfMessages, types.QueueAttributeNameApproximateNumberOfMessagesNotVisible}})
+		if err != nil {
+			return t.fail("count messages of", queue, err)
+		}
+		for _, k := range []types.QueueAttributeName{types.QueueAttributeNameApproximateNumberOfMessages, types.QueueAttributeNameApproximateNumberOfMessagesNotVisible} {
+			v, _ := strconv.Atoi(out.Attributes[string(k)])
+			n += v
+		}
+		return nil
+	})
+	return n, err
+}
+
 // ChangeVisibility implements transport.Transport. The receipt handle stays
 // the same.
 func (t *Transport) ChangeVisibility(ctx context.Context, queue string, m *transport.Message, d time.Duration) error {
