@@ -102,7 +102,9 @@ func ParseReply(b []byte) (*SealedReply, error) {
 func (r *SealedReply) Open(id *Identity) ([]byte, error) { return r.open(id, replyContext) }
 
 // OpenHeartbeat is Open for a heartbeat (SealHeartbeat).
-func (r *SealedReply) OpenHeartbeat(id *Identity) ([]byte, error) { return r.open(id, heartbeatContext) }
+func (r *SealedReply) OpenHeartbeat(id *Identity) ([]byte, error) {
+	return r.open(id, heartbeatContext)
+}
 
 func (r *SealedReply) open(id *Identity, context []byte) ([]byte, error) {
 	plain, ok := box.Open(nil, r.sealed, &r.nonce, &r.From.box, &id.box)
