@@ -137,6 +137,7 @@ var manFiles = []struct{ path, what string }{
 	{"$SERA_STATE/allow.json", "on a watcher: the ufw openings 'sera allow' made, and when they end"},
 	{"$SERA_STATE/archive/", "on a watcher: the homes of deleted users, root-only tarballs"},
 	{"$SERA_STATE/replies/", "on a client: the locks by which each process holds a reply queue of its own"},
+	{"$SERA_STATE/fleet.json", "on a client: the newest heartbeat of each watcher, which 'sera status' and 'watchers list' show"},
 	{"$SERA_STATE/sqs-urls.json", "the base of the account's SQS queue URLs, so no process looks them up"},
 	{"$SERA_SPOOL", "the spool transport's queues; a client and the watchers it talks to must share it"},
 	{"/etc/sera, /var/lib/sera", "SERA_HOME and SERA_STATE for root and --system; ~/.sera and ~/.sera/state for other users"},
