@@ -58,6 +58,7 @@ var commandSubjects = map[string]subjectKind{
 	"hostkey set":          subjectNone,
 	"allow":                subjectPort,
 	"disallow":             subjectPort,
+	"audit":                subjectNone,
 }
 
 // hostLeaves lists the runnable host commands ("user add", "allow").

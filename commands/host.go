@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -39,6 +40,17 @@ type Host struct {
 	// Config is the host's settings (SERA_ALLOW_MAX, …); nil means the
 	// defaults.
 	Config *settings.Config
+	// AuditLog is the watcher's audit log, which 'sera audit' reads; ""
+	// is audit.log in Sys.State.
+	AuditLog string
+}
+
+// auditLog is the path of h's audit log.
+func (h *Host) auditLog() string {
+	if h.AuditLog != "" {
+		return h.AuditLog
+	}
+	return filepath.Join(h.Sys.State, "audit.log")
 }
 
 // hostRun is the body of a host command.
@@ -87,6 +99,7 @@ func hostCommands() []hostCommand {
 		{"ping", (*hostTree).pingCmd}, {"clients", (*hostTree).clientsCmd}, {"user", (*hostTree).userCmd},
 		{"key", (*hostTree).keyCmd}, {"group", (*hostTree).groupCmd}, {"sudo", (*hostTree).sudoCmd},
 		{"hostkey", (*hostTree).hostkeyCmd}, {"allow", (*hostTree).allowCmd}, {"disallow", (*hostTree).disallowCmd},
+		{"audit", (*hostTree).auditCmd},
 	}
 }
 

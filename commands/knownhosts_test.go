@@ -149,6 +149,7 @@ func (f *khFleet) startWatcher(name string, id *crypto.Identity, h *Host) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.AuditLog = filepath.Join(dir, "audit.log")
 	w := &sera.Watcher{
 		Identity: id, Name: name, Prefix: "kh", Transport: tr,
 		Clients: &sera.ClientFile{Path: filepath.Join(dir, "known_clients")},

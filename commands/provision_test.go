@@ -430,8 +430,11 @@ func TestProvisionNoIAMToPing(t *testing.T) {
 	if strings.Contains(out, "iam:") || strings.Contains(out, "${aws:username}") {
 		t.Errorf("client register --no-iam names IAM:\n%s", out)
 	}
-	if n := strings.Count(out, "done: sqs:CreateQueue"); n != settings.DefaultReplyQueues {
+	if n := strings.Count(out, "done: sqs:CreateQueue QueueName="+transport.ClientQueue("sera", fp)) - 1; n != settings.DefaultReplyQueues {
 		t.Errorf("%d reply queues made, want %d", n, settings.DefaultReplyQueues)
+	}
+	if !strings.Contains(out, "done: sqs:CreateQueue QueueName="+transport.HeartbeatQueue("sera", fp)+" ") {
+		t.Errorf("client register --no-iam made no heartbeat queue:\n%s", out)
 	}
 	cfg, err := settings.Load(admin.options(nil, nil).Env, false)
 	if err != nil {

@@ -93,6 +93,7 @@ func runWatch(ctx context.Context, o *cli.Options, verbose bool) error {
 	host := &Host{
 		Name: name, Groups: cfg.Groups(), Version: o.Version, Fingerprint: id.Public().Fingerprint(),
 		Started: o.Time(), KnownClients: cfg.KnownClientsFile(), Sys: o.HostSystem(cfg), Config: cfg,
+		AuditLog: filepath.Join(state, "audit.log"),
 	}
 	w := &sera.Watcher{
 		Identity: id, Name: name, Groups: cfg.Groups(), Prefix: cfg.Get(settings.KeyPrefix),
@@ -101,7 +102,7 @@ func runWatch(ctx context.Context, o *cli.Options, verbose bool) error {
 		// A command running longer is killed and answered with 124.
 		ExecTimeout: cfg.Duration(settings.KeyExecTimeout),
 		// A JSON line in audit.log ('sera audit'), and journald fields.
-		Audit: install.NewAudit(filepath.Join(state, "audit.log"),
+		Audit: install.NewAudit(host.AuditLog,
 			int64(cfg.Int(settings.KeyAuditMaxMB))<<20, cfg.Int(settings.KeyAuditKeep)),
 		Log: log, Now: o.Now, Rand: o.Rand,
 		// Expired firewall openings close within HousekeepingEvery plus

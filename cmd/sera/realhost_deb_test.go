@@ -309,14 +309,14 @@ func testDebOnNamespaceHost(t *testing.T, debs []string) {
 	if got := h.MustExec(t, "sera", "version"); got != "sera v0.9.0\n" {
 		t.Errorf("sera version: %q", got)
 	}
-	if got := h.MustExec(t, "sera", "--version"); got != "sera version v0.9.0\n" {
+	if got := h.MustExec(t, "sera", "--version"); got != "sera v0.9.0\n" {
 		t.Errorf("sera --version: %q", got)
 	}
 	if page, err := h.ReadFile("/usr/share/man/man1/sera-watch.1.gz"); err != nil {
 		t.Error(err)
 	} else if zr, err := gzip.NewReader(bytes.NewReader(page)); err != nil {
 		t.Error(err)
-	} else if text, _ := io.ReadAll(zr); !bytes.Contains(text, []byte(`.TH "SERA" "1"`)) || !bytes.Contains(text, []byte("long-polls")) {
+	} else if text, _ := io.ReadAll(zr); !bytes.Contains(text, []byte(`.TH "SERA-WATCH" "1"`)) || !bytes.Contains(text, []byte("long-polls")) {
 		t.Errorf("sera-watch(1):\n%s", text)
 	}
 	unit, err := h.ReadFile("/lib/systemd/system/sera.service")

@@ -1,6 +1,6 @@
 // Package admin holds the commands an admin runs on a laptop or a host
 // that no watcher ever executes: keys and settings, the known watchers,
-// AWS provisioning, known-hosts sync, the audit log, the service
+// AWS provisioning, known-hosts sync, the fleet's health, the service
 // installer. They are apart from package commands, whose host
 // commands are the watcher's allowlist, so nothing here can be reached by
 // a request.
@@ -22,7 +22,6 @@ func Commands(o *cli.Options) []*cobra.Command {
 		newVersionCmd(o),
 		newInstallCmd(o),
 		newUninstallCmd(o),
-		newAuditCmd(o),
 		newWatchersCmd(o),
 		newStatusCmd(o),
 		newKnownHostsCmd(o),

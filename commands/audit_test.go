@@ -1,7 +1,8 @@
-package admin
+package commands
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sera-dev/sera"
 	"github.com/sera-dev/sera/commands/cli"
+	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
 )
 
@@ -59,19 +61,9 @@ func auditEnv(t *testing.T, lines ...string) (*cli.Options, *bytes.Buffer, *byte
 
 func runAudit(t *testing.T, o *cli.Options, args ...string) error {
 	t.Helper()
-	c := newAuditCmd(o)
-	c.SetArgs(args)
-	c.SetOut(o.Stdout)
-	c.SetErr(o.Stderr)
-	c.SilenceUsage, c.SilenceErrors = true, true
-	return c.Execute()
-}
-
-// testEnv is a user whose home and state are temporary directories.
-func testEnv(t *testing.T) settings.Env {
-	dir := t.TempDir()
-	env := map[string]string{"SERA_HOME": dir, "SERA_STATE": filepath.Join(dir, "state")}
-	return settings.Env{Getenv: func(k string) string { return env[k] }, UserHome: dir, Hostname: "box.example"}
+	root := NewRoot(o)
+	root.SetArgs(append([]string{"audit"}, args...))
+	return root.Execute()
 }
 
 var auditLines = []string{
@@ -164,4 +156,51 @@ func TestFormatAuditTimedOut(t *testing.T) {
 	if !strings.Contains(got, "user del bob (timed out after 30s)  exit 124  [cc33]") {
 		t.Errorf("got %q", got)
 	}
+}
+
+// TestAuditRemote: 'sera audit --to' reads a watcher's audit log over the
+// request path, for a client granted 'audit' only; one without the grant
+// is refused and reads nothing.
+func TestAuditRemote(t *testing.T) {
+	inKHFleet(t, []string{"h1", "h2"}, nil, func(t *testing.T, f *khFleet) {
+		for range 3 {
+			if _, stderr, err := f.sera("ping", "--to", "h1", "--timeout", "20s"); err != nil {
+				t.Fatalf("%v\n%s", err, stderr)
+			}
+		}
+		stdout, stderr, err := f.sera("audit", "--to", "h1", "--timeout", "20s")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, stderr)
+		}
+		if n := strings.Count(stdout, "accepted   admin             ping"); n != 3 {
+			t.Errorf("%d accepted pings in h1's audit, want 3:\n%s", n, stdout)
+		}
+		stdout, stderr, err = f.sera("audit", "--all", "--json", "--tail", "2", "--timeout", "20s")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, stderr)
+		}
+		for _, l := range strings.Split(strings.TrimSpace(stdout), "\n") {
+			var r struct {
+				Host string
+				Data []sera.AuditRecord
+			}
+			if err := json.Unmarshal([]byte(l), &r); err != nil {
+				t.Fatalf("%q: %v", l, err)
+			}
+			// h1: the last two of its records; h2: its 'audit' request,
+			// running, is all it has.
+			if want := map[string]int{"h1": 2, "h2": 1}[r.Host]; len(r.Data) != want {
+				t.Errorf("%s: %d records, want %d: %s", r.Host, len(r.Data), want, l)
+			}
+		}
+		// A client allowed ping only may not read it.
+		kc := &sera.KnownClients{Clients: []*sera.KnownClient{{Key: f.clientID.Public(), Name: "admin"}}}
+		if err := safefile.WriteAtomic(filepath.Join(f.dir, "w-h1", "known_clients"), kc.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		stdout, stderr, err = f.sera("audit", "--to", "h1", "--timeout", "20s")
+		if code, _ := cli.ExitCode(err); code != sera.StatusRejected || stdout != "" || !strings.Contains(stderr, `may not run "audit"`) {
+			t.Errorf("audit without the grant: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+		}
+	})
 }
