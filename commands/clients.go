@@ -20,7 +20,7 @@ import (
 func (t *hostTree) clientsCmd() *cobra.Command {
 	c := cli.Group(&cobra.Command{
 		Use:   "clients",
-		Short: "Manage the clients a watcher trusts (known_clients)",
+		Short: "Manage the clients a watcher trusts, known_clients (not 'client')",
 		Long: `Manage the clients a watcher trusts, in its known_clients file.
 
 Without --to these commands change this machine's own known_clients; with
@@ -33,6 +33,7 @@ allowed there). A running watcher picks up changes without a restart.`,
 
 func (t *hostTree) clientsAddCmd() *cobra.Command {
 	var name, allow, account string
+	var dryRun bool
 	c := &cobra.Command{
 		Use:   "add PUBKEY --name NAME [--allow GRANT[,GRANT…]|'*'] [--account USER]",
 		Short: "Trust a client key, allowing it to run some commands",
@@ -91,6 +92,7 @@ holds more than it does. See docs/security.md.`,
 	c.Flags().StringVar(&name, "name", "", "a name for the client, shown in the audit log (required)")
 	c.Flags().StringVar(&allow, "allow", "", "grants, comma-separated (see above), or '*' for all (default: ping only)")
 	c.Flags().StringVar(&account, "account", "", "the Unix account this client belongs to, for --allow self")
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, true, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		key, _ := crypto.ParsePublicKey(args[0])
 		want, _ := sera.ParseAllow(allow)
@@ -119,7 +121,7 @@ holds more than it does. See docs/security.md.`,
 			}
 			kc.Clients = append(kc.Clients, &sera.KnownClient{Key: key, Name: name, Allow: want, Account: account, Added: added})
 			return fmt.Sprintf("client %s (%s) added, allow %s\n", name, key.Fingerprint(), allowString(want)), nil
-		}, out)
+		}, out, dryRun)
 		if err == nil {
 			io.WriteString(errOut, warn)
 		}
@@ -147,6 +149,8 @@ func (t *hostTree) clientsRemoveCmd() *cobra.Command {
 clients whose grants are all within its own.`,
 		Args: cli.UsageArgs(cobra.ExactArgs(1)),
 	}
+	var dryRun bool
+	cli.AddDryRun(c, &dryRun)
 	return t.leaf(c, true, func(ctx context.Context, h *Host, out, errOut io.Writer, args []string) error {
 		sel := args[0]
 		return updateKnownClients(h.KnownClients, func(kc *sera.KnownClients) (string, error) {
@@ -162,7 +166,7 @@ clients whose grants are all within its own.`,
 			}
 			kc.Clients = slices.Delete(kc.Clients, i, i+1)
 			return fmt.Sprintf("client %s (%s) removed\n", gone.Name, gone.Key.Fingerprint()), nil
-		}, out)
+		}, out, dryRun)
 	})
 }
 
@@ -252,6 +256,6 @@ func topLevel(paths []string) []string {
 }
 
 // updateKnownClients applies change to the known_clients file at path.
-func updateKnownClients(path string, change func(*sera.KnownClients) (string, error), out io.Writer) error {
-	return cli.UpdateFile(path, sera.ReadKnownClients, change, out)
+func updateKnownClients(path string, change func(*sera.KnownClients) (string, error), out io.Writer, dryRun bool) error {
+	return cli.UpdateFileDry(path, sera.ReadKnownClients, change, out, dryRun)
 }

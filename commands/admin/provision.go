@@ -134,9 +134,11 @@ func newProvisionCmd(o *cli.Options) *cobra.Command {
 	c := &cobra.Command{
 		Use:     "create-provider-keys",
 		Aliases: []string{"provision"},
-		Short:   "Create the IAM groups, their least-privilege policies and the all topic on AWS",
+		Short:   "AWS, once: the IAM groups and policies sera's keys get (keys: watcher/client register)",
 		Long: `Create or update what every watcher and client key hangs off, with prefix P
-(--prefix, default sera):
+(--prefix, default sera). The keys themselves, one per host and laptop, are
+made by 'sera watcher register' and 'sera client register', and can do no
+more than these policies allow:
 
   IAM group P-watchers, inline policy P-watcher: receive, delete, change
     visibility and get attributes/URL on the member's own queue (named like
@@ -182,7 +184,7 @@ the policy each needs.
 func newWatcherCmd(o *cli.Options) *cobra.Command {
 	c := cli.Group(&cobra.Command{
 		Use:   "watcher",
-		Short: "Register watchers on AWS: IAM user, access key, queues, topics",
+		Short: "AWS: register a watcher's IAM user, key, queues and topics (not 'watchers')",
 	})
 	c.AddCommand(newWatcherRegisterCmd(o), newWatcherDeregisterCmd(o), newWatcherRotateCmd(o))
 	return c

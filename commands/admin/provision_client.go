@@ -22,7 +22,7 @@ import (
 func newClientCmd(o *cli.Options) *cobra.Command {
 	c := cli.Group(&cobra.Command{
 		Use:   "client",
-		Short: "Register this client on AWS: IAM user, access key, reply queue",
+		Short: "AWS: register this client's IAM user, key and queues (not 'clients')",
 	})
 	c.AddCommand(newClientRegisterCmd(o), newClientRotateCmd(o))
 	return c

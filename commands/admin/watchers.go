@@ -18,7 +18,7 @@ import (
 func newWatchersCmd(o *cli.Options) *cobra.Command {
 	c := cli.Group(&cobra.Command{
 		Use:   "watchers",
-		Short: "Manage the watchers this client knows (known_watchers)",
+		Short: "Manage the watchers this client knows, known_watchers (not 'watcher')",
 	})
 	c.AddCommand(newWatchersAddCmd(o), newWatchersRemoveCmd(o), newWatchersListCmd(o))
 	return c
