@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/sera-dev/sera/crypto"
@@ -167,9 +168,17 @@ func ReadHeartbeats(ctx context.Context, tr transport.Transport, id *crypto.Iden
 					out[h.Watcher] = h
 				}
 			}
-			if err := tr.Delete(ctx, queue, m); err != nil {
-				return out, fmt.Errorf("failed to delete a heartbeat from %s: %w", queue, err)
-			}
+		}
+		// A batch's deletes at once: a fleet's heartbeats are thousands
+		// of messages, each delete a round trip.
+		errs := make([]error, len(msgs))
+		var wg sync.WaitGroup
+		for i, m := range msgs {
+			wg.Go(func() { errs[i] = tr.Delete(ctx, queue, m) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return out, fmt.Errorf("failed to delete heartbeats from %s: %w", queue, err)
 		}
 	}
 }

@@ -147,3 +147,43 @@ type nopHandler struct{}
 func (nopHandler) Resolve(argv []string) (string, error)       { return "ping", nil }
 func (nopHandler) Run(context.Context, *sera.Call) sera.Result { return sera.Result{} }
 func (nopHandler) Redact(argv []string) []string               { return argv }
+
+// BenchmarkReadHeartbeats: what 'sera status' spends reading one
+// heartbeat from each of 1,000 watchers, on the spool.
+func BenchmarkReadHeartbeats(b *testing.B) {
+	ctx := context.Background()
+	tr, err := spool.New(b.TempDir(), spool.WithPolling())
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, _ := crypto.GenerateIdentity(rand.Reader)
+	known := &sera.KnownWatchers{}
+	type watcher struct {
+		id   *crypto.Identity
+		name string
+	}
+	var ws []watcher
+	for i := range 1000 {
+		id, _ := crypto.GenerateIdentity(rand.Reader)
+		name := "h" + string(rune('a'+i/100)) + string(rune('a'+i/10%10)) + string(rune('a'+i%10))
+		ws = append(ws, watcher{id, name})
+		known.Watchers = append(known.Watchers, &sera.KnownWatcher{Name: name, Key: id.Public()})
+	}
+	queue := transport.HeartbeatQueue("sera", client.Public().Fingerprint())
+	now := time.Now()
+	for b.Loop() {
+		b.StopTimer()
+		for _, w := range ws {
+			body, _ := json.Marshal(sera.Heartbeat{Watcher: w.name, Groups: []string{"web"}, Version: "v1", Time: now, IntervalSeconds: 300})
+			sealed, _ := crypto.SealHeartbeat(rand.Reader, w.id, client.Public(), body)
+			if err := tr.Send(ctx, queue, sealed); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		got, err := sera.ReadHeartbeats(ctx, tr, client, "sera", known)
+		if err != nil || len(got) != 1000 {
+			b.Fatalf("%d heartbeats, %v", len(got), err)
+		}
+	}
+}

@@ -153,8 +153,9 @@ keeps the newest of each watcher in $SERA_STATE/fleet.json. A watcher is
 "never" when none was ever read. A watcher whose own groups differ from
 known_watchers' is said so on stderr.
 
-Exit status: 0 when every known watcher is ok, 1 when one is missing or
-never seen (or the heartbeats could not be read), 2 for a usage error.`,
+It exits 0 when every known watcher is ok, and 1 when one is missing or
+never seen, or the heartbeats could not be read: it can run from cron or a
+monitor.`,
 		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
 			cfg, err := o.Config()
