@@ -68,6 +68,7 @@ fuzz fuzz-short:
 # Figures and the machine they ran on go to docs/benchmarks.md.
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./crypto/
+	$(GO) test -run '^$$' -bench ReadHeartbeats -benchtime 5x -benchmem .
 	$(GO) test -run '^$$' -bench PingRoundTrip -benchtime 50x -count 3 ./commands/
 	$(GO) test -run '^$$' -bench Fanout -benchtime 3x ./commands/
 	$(GO) test -run '^$$' -bench Wake -benchtime 200x -count 3 ./transport/spool/
