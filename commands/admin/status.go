@@ -209,11 +209,8 @@ func printHealth(stdout, stderr io.Writer, rows []healthRow, asJSON bool) {
 			json.NewEncoder(stdout).Encode(r)
 			continue
 		}
-		seen, version, queue, openings := "-", "-", "-", "-"
-		if r.SecondsAgo != nil {
-			seen = (time.Duration(*r.SecondsAgo) * time.Second).String() + " ago"
-			version = r.Version
-		}
+		seen, version := r.seen()
+		queue, openings := "-", "-"
 		if r.QueueDepth != nil {
 			queue = strconv.Itoa(*r.QueueDepth)
 		}
@@ -223,6 +220,15 @@ func printHealth(stdout, stderr io.Writer, rows []healthRow, asJSON bool) {
 		groups := strings.Join(r.KnownGroups, ",")
 		fmt.Fprintf(stdout, "%-16s %-8s %-10s %-12s %-7s %-8s %s\n", r.Host, r.State, seen, version, queue, openings, groups)
 	}
+}
+
+// seen is when r's watcher was last seen and its version then, for a
+// table; "-" for a watcher never seen.
+func (r healthRow) seen() (ago, version string) {
+	if r.SecondsAgo == nil {
+		return "-", "-"
+	}
+	return (time.Duration(*r.SecondsAgo) * time.Second).String() + " ago", r.Version
 }
 
 // fleetHealth is the rows of the fleet file as it is, without reading

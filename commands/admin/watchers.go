@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -157,11 +156,7 @@ func newWatchersListCmd(o *cli.Options) *cobra.Command {
 					})
 					continue
 				}
-				seen, version := "-", "-"
-				if h.SecondsAgo != nil {
-					seen = (time.Duration(*h.SecondsAgo) * time.Second).String() + " ago"
-					version = h.Version
-				}
+				seen, version := h.seen()
 				fmt.Fprintf(o.Stdout, "%-16s %-16s %-8s %-10s %-12s %s\n", w.Name, w.Key.Fingerprint(), h.State, seen, version, strings.Join(w.Groups, ","))
 			}
 			return nil
