@@ -82,8 +82,6 @@ func TestReadHeartbeats(t *testing.T) {
 // knows (each may ping) and says how many openings there are only to a
 // client allowed 'allow'.
 func TestHeartbeatGrants(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	dir := t.TempDir()
 	tr, err := spool.New(dir, spool.WithPolling())
 	if err != nil {
@@ -117,7 +115,11 @@ func TestHeartbeatGrants(t *testing.T) {
 		},
 	}
 	known := &sera.KnownWatchers{Watchers: []*sera.KnownWatcher{{Name: "web1", Key: web1.Public()}}}
-	go w.Run(ctx)
+	// The watcher stops, and stops writing, before the directories go.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
 	<-sent // the first round is being sent; wait until it is read
 	read := func(id *crypto.Identity) *sera.FleetHost {
 		for {

@@ -19,6 +19,7 @@ import (
 	"github.com/sera-dev/sera/commands/cli"
 	"github.com/sera-dev/sera/safefile"
 	"github.com/sera-dev/sera/settings"
+	"github.com/sera-dev/sera/transport"
 )
 
 // Health states of a watcher in 'sera status'.
@@ -172,7 +173,11 @@ monitor.`,
 			}
 			readErr := err
 			if readErr != nil {
-				fmt.Fprintf(o.Stderr, "sera: warning: %v; showing what was read before\n", readErr)
+				hint := ""
+				if errors.Is(readErr, transport.ErrNoQueue) {
+					hint = " ('sera client register' makes the heartbeat queue)"
+				}
+				fmt.Fprintf(o.Stderr, "sera: warning: %v%s; showing what was read before\n", readErr, hint)
 			}
 			rows := health(kw, fleet, o.Time())
 			printHealth(o.Stdout, o.Stderr, rows, asJSON)
