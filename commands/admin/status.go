@@ -215,13 +215,7 @@ func printHealth(stdout, stderr io.Writer, rows []healthRow, asJSON bool) {
 			continue
 		}
 		seen, version := r.seen()
-		queue, openings := "-", "-"
-		if r.QueueDepth != nil {
-			queue = strconv.Itoa(*r.QueueDepth)
-		}
-		if r.Openings != nil {
-			openings = strconv.Itoa(*r.Openings)
-		}
+		queue, openings := r.counts()
 		groups := strings.Join(r.KnownGroups, ",")
 		fmt.Fprintf(stdout, "%-16s %-8s %-10s %-12s %-7s %-8s %s\n", r.Host, r.State, seen, version, queue, openings, groups)
 	}
@@ -234,6 +228,18 @@ func (r healthRow) seen() (ago, version string) {
 		return "-", "-"
 	}
 	return (time.Duration(*r.SecondsAgo) * time.Second).String() + " ago", r.Version
+}
+
+// counts is r's queue depth and openings for a table; "-" where unknown.
+func (r healthRow) counts() (queue, openings string) {
+	queue, openings = "-", "-"
+	if r.QueueDepth != nil {
+		queue = strconv.Itoa(*r.QueueDepth)
+	}
+	if r.Openings != nil {
+		openings = strconv.Itoa(*r.Openings)
+	}
+	return queue, openings
 }
 
 // fleetHealth is the rows of the fleet file as it is, without reading

@@ -144,7 +144,7 @@ func newWatchersListCmd(o *cli.Options) *cobra.Command {
 				byName[r.Host] = r
 			}
 			if !asJSON && len(kw.Watchers) > 0 {
-				fmt.Fprintf(o.Stdout, "%-16s %-16s %-8s %-10s %-12s %s\n", "NAME", "FINGERPRINT", "STATE", "LAST SEEN", "VERSION", "GROUPS")
+				fmt.Fprintf(o.Stdout, "%-16s %-16s %-8s %-10s %-12s %-7s %-8s %s\n", "NAME", "FINGERPRINT", "STATE", "LAST SEEN", "VERSION", "QUEUE", "OPENINGS", "GROUPS")
 			}
 			for _, w := range kw.Watchers {
 				h := byName[w.Name]
@@ -153,11 +153,13 @@ func newWatchersListCmd(o *cli.Options) *cobra.Command {
 						"name": w.Name, "fingerprint": w.Key.Fingerprint(), "key": w.Key.String(),
 						"groups": cli.NonNil(w.Groups), "addrs": cli.NonNil(w.Addrs),
 						"state": h.State, "last_seen": h.LastSeen, "version": h.Version,
+						"queue_depth": h.QueueDepth, "openings": h.Openings,
 					})
 					continue
 				}
 				seen, version := h.seen()
-				fmt.Fprintf(o.Stdout, "%-16s %-16s %-8s %-10s %-12s %s\n", w.Name, w.Key.Fingerprint(), h.State, seen, version, strings.Join(w.Groups, ","))
+				queue, openings := h.counts()
+				fmt.Fprintf(o.Stdout, "%-16s %-16s %-8s %-10s %-12s %-7s %-8s %s\n", w.Name, w.Key.Fingerprint(), h.State, seen, version, queue, openings, strings.Join(w.Groups, ","))
 			}
 			return nil
 		},

@@ -284,9 +284,23 @@ func FlagError(c *cobra.Command, line []string, err error) error {
 // that command; "" once a command without subcommands is reached.
 func unknownWord(root *cobra.Command, line []string) (string, *cobra.Command) {
 	c := root
+	skip := false
 	for _, w := range line {
 		if w == "--" {
 			break
+		}
+		if skip {
+			skip = false
+			continue
+		}
+		if name, ok := strings.CutPrefix(w, "--"); ok {
+			// A flag's value is not a command: "--to web1". A flag the
+			// command does not know is taken to have one.
+			if !strings.Contains(name, "=") {
+				f := c.Flag(name)
+				skip = f == nil || f.NoOptDefVal == ""
+			}
+			continue
 		}
 		if strings.HasPrefix(w, "-") {
 			continue
