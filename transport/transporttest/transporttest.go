@@ -60,6 +60,7 @@ func Run(t *testing.T, newTransport func(t *testing.T) transport.Transport, opts
 		{"Many", s.testMany},
 		{"InvalidQueueName", s.testInvalidQueueName},
 		{"NoQueue", s.testNoQueue},
+		{"Depth", s.testDepth},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -378,6 +379,43 @@ func (s *suite) testDelete(t *testing.T) {
 	}
 	// Past the visibility timeout, a message not deleted would be back.
 	receiveNone(t, tr, q, 2*time.Second)
+}
+
+// testDepth: a transport that tells a queue's depth (transport.Depther)
+// counts its messages, visible and received alike, and not the deleted.
+func (s *suite) testDepth(t *testing.T) {
+	tr, q := s.transport(t), s.queue(t)
+	d, ok := tr.(transport.Depther)
+	if !ok {
+		t.Skip("the transport does not tell a queue's depth")
+	}
+	depth := func() int {
+		t.Helper()
+		n, err := d.Depth(context.Background(), q)
+		if err != nil {
+			t.Fatalf("Depth: %v", err)
+		}
+		return n
+	}
+	if n := depth(); n != 0 {
+		t.Fatalf("an empty queue's depth is %d", n)
+	}
+	for i := range 3 {
+		send(t, tr, q, body(i+1))
+	}
+	if n := depth(); n != 3 {
+		t.Errorf("depth %d after 3 sends", n)
+	}
+	m := receive(t, tr, q, 1, longWait, time.Minute)
+	if n := depth(); n != 3 {
+		t.Errorf("depth %d with one of 3 received", n)
+	}
+	if err := tr.Delete(context.Background(), q, m[0]); err != nil {
+		t.Fatal(err)
+	}
+	if n := depth(); n != 2 {
+		t.Errorf("depth %d after a delete", n)
+	}
 }
 
 func (s *suite) testStaleHandle(t *testing.T) {
