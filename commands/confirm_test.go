@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/sera-dev/sera/commands/cli"
@@ -44,8 +43,7 @@ func TestConfirmDestructive(t *testing.T) {
 	audited := func(f *khFleet) []string {
 		// A second of the fleet's fake clock lets every watcher poll
 		// many times: a request sent is audited by then.
-		time.Sleep(time.Second)
-		synctest.Wait()
+		advance(time.Second)
 		var got []string
 		for _, n := range names {
 			if b, err := os.ReadFile(filepath.Join(f.dir, "w-"+n, "audit.log")); err == nil && strings.Contains(string(b), "untrust") {

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/sera-dev/sera"
@@ -371,8 +370,7 @@ func testFanoutMaxErrorsCLI(t *testing.T, f *khFleet, names []string) {
 	// the fleet's fake clock lets every watcher poll many times over:
 	// then every request sent is audited, and a host with no audit
 	// was never sent one.
-	time.Sleep(time.Second)
-	synctest.Wait()
+	advance(time.Second)
 	saw := map[string]bool{}
 	for _, name := range names {
 		b, err := os.ReadFile(filepath.Join(f.dir, "w-"+name, "audit.log"))

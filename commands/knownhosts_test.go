@@ -78,6 +78,15 @@ func inKHFleet(t *testing.T, running, silent []string, test func(t *testing.T, f
 	})
 }
 
+// advance moves the fake clock of a test in a synctest bubble (inKHFleet)
+// on by d and returns once everything due by then has run and the rest
+// waits: the sleep is on the bubble's clock, so it takes no real time and
+// a busy machine cannot stretch it.
+func advance(d time.Duration) {
+	time.Sleep(d)
+	synctest.Wait()
+}
+
 func newKHFleet(t *testing.T, running []string, silent ...string) *khFleet {
 	t.Helper()
 	return newKHFleetBeating(t, 0, running, silent...)

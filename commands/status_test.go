@@ -44,15 +44,13 @@ func TestStatusHeartbeats(t *testing.T) {
 			t.Fatalf("before heartbeats: %v, exit %d", got, code)
 		}
 		// The first heartbeat comes within one interval.
-		time.Sleep(time.Minute + time.Second)
-		synctest.Wait()
+		advance(time.Minute + time.Second)
 		got, err = states()
 		if err != nil || !equalStates(got, "ok", "ok", "ok") {
 			t.Fatalf("all running: %v (%v)", got, err)
 		}
 		f.stops["h2"]()
-		time.Sleep(2*time.Minute + 2*time.Second)
-		synctest.Wait()
+		advance(2*time.Minute + 2*time.Second)
 		got, err = states()
 		if code, _ := cli.ExitCode(err); code != cli.ExitFailure || !equalStates(got, "ok", "missing", "ok") {
 			t.Fatalf("h2 stopped: %v, exit %d", got, code)
