@@ -238,11 +238,7 @@ func remoteArgv(c *cobra.Command, args []string) []string {
 func (t *hostTree) runRemote(c *cobra.Command, args []string) error {
 	o := t.opts
 	ctx := c.Context()
-	cfg, err := o.Config()
-	if err != nil {
-		return err
-	}
-	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+	cfg, kw, err := o.KnownWatchers()
 	if err != nil {
 		return err
 	}

@@ -159,11 +159,7 @@ never seen, or the heartbeats could not be read: it can run from cron or a
 monitor.`,
 		Args: cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			cfg, err := o.Config()
-			if err != nil {
-				return err
-			}
-			kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+			cfg, kw, err := o.KnownWatchers()
 			if err != nil {
 				return err
 			}

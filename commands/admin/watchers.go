@@ -125,11 +125,7 @@ func newWatchersListCmd(o *cli.Options) *cobra.Command {
 		Short: "List known watchers",
 		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, args []string) error {
-			cfg, err := o.Config()
-			if err != nil {
-				return err
-			}
-			kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+			cfg, kw, err := o.KnownWatchers()
 			if err != nil {
 				return err
 			}

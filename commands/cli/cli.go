@@ -177,6 +177,20 @@ func (o *Options) Config() (*settings.Config, error) {
 	return settings.Load(o.Env, o.System)
 }
 
+// KnownWatchers loads the settings and the known_watchers file they name:
+// what every command that addresses watchers starts with.
+func (o *Options) KnownWatchers() (*settings.Config, *sera.KnownWatchers, error) {
+	cfg, err := o.Config()
+	if err != nil {
+		return nil, nil, err
+	}
+	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, kw, nil
+}
+
 // Transport opens the configured transport.
 func (o *Options) Transport(ctx context.Context, cfg *settings.Config) (transport.Transport, error) {
 	if o.OpenTransport == nil {

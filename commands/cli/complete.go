@@ -24,11 +24,7 @@ func (o *Options) CompleteGroups(c *cobra.Command, args []string, toComplete str
 
 func (o *Options) completeKnown(toComplete string, names func(*sera.KnownWatcher) []string) ([]string, cobra.ShellCompDirective) {
 	none := cobra.ShellCompDirectiveNoFileComp
-	cfg, err := o.Config()
-	if err != nil {
-		return nil, none
-	}
-	kw, err := sera.ReadKnownWatchers(cfg.KnownWatchersFile())
+	_, kw, err := o.KnownWatchers()
 	if err != nil {
 		return nil, none
 	}
